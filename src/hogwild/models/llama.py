@@ -1,0 +1,131 @@
+"""Our own compact forward for the Llama family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2).
+
+Module and parameter names mirror transformers' ``LlamaForCausalLM`` so a transformers state
+dict loads as is. The forward does not own attention: each layer hands its un-rotated queries
+and its keys/values to an :class:`AttentionPlan`, which writes them into the shared cache and
+attends over every worker's view. That is what lets one model call serve many workers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class AttentionPlan(Protocol):
+    """What a forward pass needs from the cache: store this layer's K/V, return attention."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [rows, heads, d] un-rotated; k, v [rows, kv_heads, d], k un-rotated. Returns [rows, heads, d]."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
+
+    def forward(self, x: torch.Tensor, layer: int, plan: AttentionPlan) -> torch.Tensor:
+        c = self.c
+        rows = x.shape[0]
+        q = self.q_proj(x).view(rows, c.num_heads, c.head_dim)
+        k = self.k_proj(x).view(rows, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).view(rows, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        out = plan.attend(layer, q, k, v)
+        return self.o_proj(out.reshape(rows, c.num_heads * c.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.self_attn = SelfAttention(c)
+        self.mlp = MLP(c)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_eps)
+
+    def forward(self, x: torch.Tensor, layer: int, plan: AttentionPlan) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), layer, plan)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_eps)
+
+
+class CausalLM(nn.Module):
+    """A decoder-only LM whose attention is supplied per call by an :class:`AttentionPlan`."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @torch.inference_mode()
+    def forward(
+        self, ids: torch.Tensor, plan: AttentionPlan, logit_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run all rows (tokens of every worker, packed) through the model in one call.
+
+        Only ``logit_rows`` (default: all) go through the final norm and the output
+        projection: the 49k-wide head is a large share of a pass on small models.
+        Returns fp32 logits [len(logit_rows), vocab].
+        """
+        x = self.model.embed_tokens(ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, i, plan)
+        if logit_rows is not None:
+            x = x.index_select(0, logit_rows)
+        return self.lm_head(self.model.norm(x)).float()

@@ -1,0 +1,51 @@
+"""Next-token choice for all workers at once: greedy, or temperature + top-p with a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InvalidRequestError(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1] (got {self.top_p})")
+
+
+class Sampler:
+    """One random stream per worker, so a worker's samples do not depend on how many others run."""
+
+    def __init__(self, settings: Sampling, num_workers: int, device: torch.device):
+        self.settings = settings
+        self.generators = []
+        if settings.temperature > 0:
+            base = settings.seed if settings.seed is not None else int(torch.seed() % (2**31))
+            for w in range(num_workers):
+                g = torch.Generator(device=device)
+                g.manual_seed(base * 1009 + w)
+                self.generators.append(g)
+
+    def sample(self, logits: torch.Tensor, workers: list[int]) -> list[int]:
+        """``logits`` [rows, vocab] fp32, one row per entry of ``workers``."""
+        if self.settings.temperature == 0:
+            return logits.argmax(-1).tolist()
+        probs = torch.softmax(logits / self.settings.temperature, dim=-1)
+        if self.settings.top_p < 1:
+            sorted_p, order = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < self.settings.top_p  # always keeps the top token
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        out = []
+        for row, w in zip(probs, workers):
+            out.append(int(torch.multinomial(row, 1, generator=self.generators[w]).item()))
+        return out
