@@ -29,7 +29,7 @@ def expected_views(layout, script, steps, history, current, n):
         elif layout == "interleaved":
             v = prompt + hist + current[w]
         else:
-            v = prompt + hist + const[OTHERS_HEADER]
+            v = prompt + hist + (const[OTHERS_HEADER] if others else [])
             v += [t for o in others for t in current[o] + const[UNFINISHED]]
             v += const[OWN_HEADER] + current[w]
         views.append(v)

@@ -61,10 +61,13 @@ def _interleaved(s: LayoutState, w: int) -> list[int]:
 
 
 def _combined(s: LayoutState, w: int) -> list[int]:
-    view = [s.prompt, *s.history, s.constants[OTHERS_HEADER]]
-    for o in s.others(w):
-        if not s.is_done(o):  # a finished worker's last step is already in history
-            view += [s.current[o], s.constants[UNFINISHED]]
+    view = [s.prompt, *s.history]
+    # a finished worker's last step is already in history; with no one else, no section
+    others = [o for o in s.others(w) if not s.is_done(o)]
+    if others:
+        view.append(s.constants[OTHERS_HEADER])
+    for o in others:
+        view += [s.current[o], s.constants[UNFINISHED]]
     return view + [s.constants[OWN_HEADER], s.current[w]]
 
 

@@ -1,0 +1,443 @@
+"""The ``hogwild`` command line: ``solve``, ``show`` and ``models`` (more commands plug in).
+
+Adding a command is one decorated function::
+
+    @app.command()
+    def bench(...): ...
+
+Every command runs inside :class:`HogwildGroup`, which turns a :class:`HogwildError` into
+``error: <message>`` on stderr with exit code 2 (no traceback) and Ctrl-C into exit code 130.
+Heavy imports (torch, the model code) happen inside commands so that ``hogwild --help`` and
+``hogwild show`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from .errors import HogwildError, InvalidRequestError
+from .models.registry import DEFAULT_MODEL
+from . import render
+
+#: exit code for errors the user caused (same as a usage error)
+EXIT_USER_ERROR = 2
+#: exit code after Ctrl-C (128 + SIGINT)
+EXIT_INTERRUPTED = 130
+#: marks a JSON file written by ``hogwild solve --save``
+SAVE_FORMAT = "hogwild-solve"
+
+
+def print_error(message: str) -> None:
+    Console(stderr=True, highlight=False).print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+
+
+class HogwildGroup(TyperGroup):
+    """Runs a subcommand; user errors become ``error: ...`` and exit 2, Ctrl-C exits 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HogwildError as error:
+            print_error(str(error))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            Console(stderr=True).print(Text("interrupted", style="yellow"))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+app = typer.Typer(
+    cls=HogwildGroup,
+    name="hogwild",
+    help="Parallel collaborative LLM inference: N workers of one model share one KV cache.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def main() -> None:
+    """Entry point of the ``hogwild`` script."""
+    app()
+
+
+# ---------------------------------------------------------------------------- helpers
+def _use_plain(plain: Optional[bool]) -> bool:
+    """--plain / --live as given; by default plain unless stdout is a terminal."""
+    if plain is not None:
+        return plain
+    return not sys.stdout.isatty()
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise InvalidRequestError(f"--threads must be at least 1 (got {threads})")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_worker(spec: str, names: list[str]) -> int:
+    """A worker given by name (case-insensitive) or 1-based number -> 0-based index."""
+    spec = spec.strip()
+    if spec.isdigit():
+        number = int(spec)
+        if 1 <= number <= len(names):
+            return number - 1
+        raise InvalidRequestError(f"--show-view {spec}: workers are numbered 1..{len(names)}")
+    for i, name in enumerate(names):
+        if name.lower() == spec.lower():
+            return i
+    raise InvalidRequestError(f"--show-view {spec!r}: no such worker; the workers are {', '.join(names)}")
+
+
+def _protocol_names(protocol: Any, count: int) -> list[str]:
+    names = getattr(protocol, "worker_names", None) or getattr(protocol, "names", None)
+    return list(names) if names else [f"Worker {i + 1}" for i in range(count)]
+
+
+def _print_report(
+    plain: bool, names: list[str], parts: list[render.TranscriptPart], rows: list[tuple[str, str]],
+    header: list[tuple[str, str]] | None = None,
+) -> None:
+    if plain:
+        out = []
+        if header:
+            out.append(render.plain_summary(header))
+        out.append(render.plain_transcript(names, parts))
+        out.append("===== result =====")
+        out.append(render.plain_summary(rows))
+        print("\n".join(out), flush=True)
+        return
+    console = Console(highlight=False)
+    if header:
+        console.print(render.rich_summary(header))
+    console.print(render.rich_transcript(names, parts))
+    console.rule("Result")
+    console.print(render.rich_summary(rows))
+
+
+def _print_view(plain: bool, name: str, view: str) -> None:
+    if plain:
+        print(f"===== view of {name} (exactly what it attends to) =====\n{view}\n===== end of view =====", flush=True)
+        return
+    console = Console(highlight=False)
+    console.rule(f"View of {name}: exactly what it attends to")
+    print(view, flush=True)  # raw: no wrapping, no markup
+    console.rule()
+
+
+# ---------------------------------------------------------------------------- solve
+@app.command()
+def solve(
+    problem: str = typer.Argument(..., help="The problem to solve (quote it)."),
+    workers: int = typer.Option(2, "--workers", "-n", help="Number of workers."),
+    layout: str = typer.Option("combined", "--layout", "-l", help="combined, interleaved or contiguous."),
+    max_passes: int = typer.Option(512, "--max-passes", "-b", help="Budget in forward passes."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    check_in_every: int = typer.Option(
+        1024, "--check-in-every", help="Ask 'am I doing redundant work?' every K generated tokens (0 = off)."
+    ),
+    few_shot: Optional[bool] = typer.Option(
+        None, "--few-shot/--no-few-shot", help="Few-shot collaboration examples (default: when the context allows)."
+    ),
+    stop: str = typer.Option("first", "--stop", help="first boxed answer, agree (k workers agree) or none."),
+    agree_k: int = typer.Option(2, "--agree-k", help="With --stop agree: how many workers must agree."),
+    forced_answer: bool = typer.Option(
+        True, "--forced-answer/--no-forced-answer", help="Force a boxed answer when the budget runs out."
+    ),
+    plain: Optional[bool] = typer.Option(
+        None, "--plain/--live", help="Plain text lines for pipes, or the live panels (default: live on a terminal)."
+    ),
+    show_view: Optional[str] = typer.Option(
+        None, "--show-view", help="At the end print exactly what worker W sees (name or 1-based number)."
+    ),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the run as JSON to this file."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+) -> None:
+    """Let N workers solve PROBLEM together and print their transcript and answer."""
+    started = time.perf_counter()
+    if not problem.strip():
+        raise InvalidRequestError("the problem is empty: give the text of a problem to solve")
+    from .solve import ResultEvent, SolveSettings, make_protocol
+
+    settings = SolveSettings(
+        workers=workers, layout=layout, max_passes=max_passes, temperature=temperature, top_p=top_p,
+        seed=seed, check_in_every=check_in_every, few_shot=few_shot, stop=stop, agree_k=agree_k,
+        forced_answer=forced_answer,
+    )
+    settings.validate()  # before loading the model: bad arguments fail fast
+    names = _protocol_names(make_protocol(settings), workers)
+    view_of = _resolve_worker(show_view, names) if show_view is not None else None
+    if save is not None and save.is_dir():
+        raise InvalidRequestError(f"--save {save}: is a directory; give a file name")
+    use_plain = _use_plain(plain)
+    _set_threads(threads)
+
+    from .models.loading import load_model
+
+    err = Console(stderr=True, highlight=False)
+    if use_plain:
+        print(f"loading {model} ...", file=sys.stderr, flush=True)
+        loaded = load_model(model, dtype=dtype, device=device or _default_device())
+    else:
+        with err.status(f"loading {model} ..."):
+            loaded = load_model(model, dtype=dtype, device=device or _default_device())
+    load_s = time.perf_counter() - started
+
+    state = render.RunState(names, max_passes=max_passes)
+    result = None
+    try:
+        result = _stream(loaded, problem, settings, state, use_plain, ResultEvent)
+    except KeyboardInterrupt:
+        _report_interrupted(state, use_plain)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    assert result is not None
+
+    result.timings["load_s"] = load_s
+    result.timings["wall_s"] = time.perf_counter() - started
+    parts = render.transcript_parts(result.history, result.unfinished)
+    rows = render.summary_lines(
+        result.answer, result.forced, result.passes, max_passes, result.stop_reason, result.timings
+    )
+    header = [("problem", problem), ("model", loaded.name)]
+    _print_report(use_plain, names, parts, rows, header=header)
+    if view_of is not None and result.views:
+        _print_view(use_plain, names[view_of], result.views[view_of])
+    if save is not None:
+        _save(save, result)
+        err.print(f"saved to {save}", soft_wrap=True)
+
+
+def _stream(loaded: Any, problem: str, settings: Any, state: render.RunState, plain: bool, result_type: type) -> Any:
+    """Consume solve_stream, keeping ``state`` current and the display updated; return the result."""
+    from .solve import solve_stream
+
+    title = f"{loaded.name} · {settings.workers} workers · {settings.layout} · budget {settings.max_passes} passes"
+    if not plain:
+        title += " · " + " ".join(problem.split())
+    if plain:
+        printer = render.PlainPrinter(state, sys.stdout)
+        print(f"# {title}", flush=True)
+        batch: list[Any] = []
+        for ev in solve_stream(loaded, problem, settings):
+            if isinstance(ev, result_type):
+                printer.handle(batch)
+                printer.finish()
+                return ev.result
+            state.update(ev)
+            batch.append(ev)
+            if len(batch) >= max(settings.workers, 1):
+                printer.handle(batch)
+                batch = []
+        printer.finish()
+        return None
+    view = render.LiveView(state, title=title)
+    console = Console(highlight=False)
+    with Live(view, console=console, refresh_per_second=8, transient=True, vertical_overflow="crop"):
+        for ev in solve_stream(loaded, problem, settings):
+            if isinstance(ev, result_type):
+                return ev.result
+            state.update(ev)
+    return None
+
+
+def _report_interrupted(state: render.RunState, plain: bool) -> None:
+    if plain:
+        print(file=sys.stdout)
+    parts = render.transcript_parts(state.history, state.unfinished())
+    rows = [
+        ("interrupted", f"after {state.passes} passes, {state.elapsed():.1f} s"),
+        ("answer so far", state.answer if state.answer is not None else "(none)"),
+    ]
+    _print_report(plain, state.names, parts, rows)
+
+
+def _save(path: Path, result: Any) -> None:
+    data = {"format": SAVE_FORMAT, "version": 1, **result.to_json()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as error:
+        raise InvalidRequestError(f"could not write {path}: {error.strerror or error}") from None
+
+
+# ---------------------------------------------------------------------------- show
+_REQUIRED = ("problem", "names", "answer", "forced", "passes", "history", "workers")
+
+
+def load_saved(path: Path) -> dict:
+    """Read a run written by ``hogwild solve --save``; a clear error for anything else."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidRequestError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidRequestError(f"{path}: is a directory, not a saved run") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidRequestError(f"{path}: cannot read it ({error})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidRequestError(
+            f"{path} is not a saved hogwild run: invalid JSON at line {error.lineno}, column {error.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"{path} is not a saved hogwild run: expected a JSON object")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise InvalidRequestError(f"{path} is not a saved hogwild run: missing {', '.join(missing)}")
+    try:
+        data["history"] = [(int(w), str(t)) for w, t in data["history"]]
+        data["unfinished"] = [(int(w), str(t)) for w, t in data.get("unfinished") or []]
+        data["names"] = [str(n) for n in data["names"]]
+        data["passes"] = int(data["passes"])
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"{path} is not a saved hogwild run: malformed history or names") from None
+    if not data["unfinished"] and isinstance(data["workers"], list):
+        data["unfinished"] = render.unfinished_from_texts([str(t) for t in data["workers"]], data["history"])
+    return data
+
+
+@app.command()
+def show(
+    file: Path = typer.Argument(..., help="A JSON file written by 'hogwild solve --save'."),
+    show_view: Optional[str] = typer.Option(None, "--show-view", help="Also print what worker W saw at the end."),
+    plain: Optional[bool] = typer.Option(None, "--plain/--rich", help="Plain text (default when piped)."),
+) -> None:
+    """Replay a saved run: its problem, transcript and answer."""
+    data = load_saved(file)
+    names = data["names"]
+    view_of = _resolve_worker(show_view, names) if show_view is not None else None
+    settings = data.get("settings") or {}
+    header = [("problem", str(data["problem"])), ("model", str(data.get("model", "?")))]
+    if settings:
+        header.append((
+            "settings",
+            f"{settings.get('workers', len(names))} workers, layout {settings.get('layout', '?')}, "
+            f"budget {settings.get('max_passes', '?')} passes, temperature {settings.get('temperature', '?')}",
+        ))
+    parts = render.transcript_parts(data["history"], data["unfinished"])
+    rows = render.summary_lines(
+        data["answer"], bool(data["forced"]), data["passes"], settings.get("max_passes"),
+        str(data.get("stop_reason", "?")), data.get("timings") or {},
+    )
+    use_plain = _use_plain(plain)
+    _print_report(use_plain, names, parts, rows, header=header)
+    if view_of is not None:
+        views = data.get("views") or []
+        if view_of >= len(views):
+            raise InvalidRequestError(f"{file} holds no view for {names[view_of]}")
+        _print_view(use_plain, names[view_of], str(views[view_of]))
+
+
+# ---------------------------------------------------------------------------- models
+@app.command()
+def models() -> None:
+    """List the models that have short names, and whether each is installed."""
+    from .models.registry import list_models
+
+    table = Table(title="hogwild models", title_justify="left")
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("installed", no_wrap=True)
+    table.add_column("size", no_wrap=True, justify="right")
+    table.add_column("description")
+    for row in list_models():
+        name = row.name + (" (default)" if row.name == DEFAULT_MODEL else "")
+        installed = Text("yes", style="green") if row.installed else Text("no", style="red")
+        table.add_row(name, installed, row.size, row.description)
+    Console().print(table)
+    Console().print(
+        "Any local directory with config.json, a .gguf file or a hub id also works with --model.",
+        style="dim",
+    )
+
+
+# ---------------------------------------------------------------------------- eval, report
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InvalidRequestError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise InvalidRequestError(f"{what}: give at least one number")
+    return values
+
+
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Option("gsm_symbolic", "--dataset", "-d",
+                                help="reasoning-gym generator, hub dataset (gsm8k, limo, math-500, aime) or JSON/JSONL file."),
+    strategies: str = typer.Option("single,early-stop,independent,hogwild-combined", "--strategies", "-s",
+                                   help="Comma list: single, early-stop, independent, hogwild-combined|interleaved|contiguous."),
+    workers: str = typer.Option("2", "--workers", "-n", help="Worker counts for multi-worker strategies, e.g. 2,4."),
+    budgets: str = typer.Option("64,128,256,512", "--budgets", "-b", help="Budgets in forward passes."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    limit: int = typer.Option(12, "--limit", help="Number of tasks (bundles when --bundle > 1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for generated datasets and sampling."),
+    bundle: int = typer.Option(1, "--bundle", "-k", help="Join K questions into one task."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (independent then samples at 0.7)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
+    forced_tokens: int = typer.Option(32, "--forced-tokens", help="Max tokens of a forced answer."),
+    check_in_every: int = typer.Option(1024, "--check-in-every", help="Hogwild check-in period in tokens (0 = off)."),
+    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Hogwild few-shot examples."),
+    question_field: Optional[str] = typer.Option(None, "--question-field", help="Field of the question in a file."),
+    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Field of the answer in a file."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Field of the id in a file."),
+    out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Output directory (resumes if it exists)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+) -> None:
+    """Accuracy against forward-pass budget for each strategy; resumable (see docs/eval.md)."""
+    from .eval.runner import EvalConfig, evaluate
+
+    config = EvalConfig(
+        dataset=dataset, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+        workers=_int_list(workers, "--workers"), budgets=_int_list(budgets, "--budgets"), model=model,
+        dtype=dtype, limit=limit, seed=seed, bundle=bundle, temperature=temperature, top_p=top_p,
+        forced_tokens=forced_tokens, check_in_every=check_in_every, few_shot=few_shot,
+        question_field=question_field, answer_field=answer_field, id_field=id_field)
+    _set_threads(threads)
+    evaluate(config, out, console=Console(), device=device or _default_device())
+
+
+@app.command()
+def report(
+    directory: Path = typer.Argument(..., help="An output directory of `hogwild eval`."),
+) -> None:
+    """Rebuild the summary table, summary.json and the plot from DIR/results.jsonl."""
+    from .eval.report import report as build
+
+    build(directory, console=Console())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
