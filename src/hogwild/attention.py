@@ -49,7 +49,12 @@ def row_position(store: KVStore, view: Sequence[int], block_id: int, local: int)
 
 
 class PassLayout:
-    """Per-pass bookkeeping shared by all layers. Built after slots are reserved."""
+    """Per-pass bookkeeping shared by all layers. Built after slots are reserved.
+
+    Pairs (row, view entry) are grouped by block so each block's keys are read once per
+    layer for all rows that see it; a block that repeats in a view (a marker) yields one pair
+    per occurrence, each with its own rotation.
+    """
 
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup]):
         device = store.device
@@ -72,7 +77,8 @@ class PassLayout:
         self.num_rows = row
         self.slots = torch.tensor(slots, dtype=torch.long, device=device)
         self.k_cos, self.k_sin = rope.cos_sin(torch.tensor(k_locals, device=device))
-        # pairs sorted by block: each block's pairs form one contiguous slice
+        groups_per_kv = store.config.kv_groups
+        # each block's pairs form one contiguous slice [start, end) of the pair list
         self.segments: list[tuple[int, int, int, torch.Tensor | None]] = []
         for b, pairs in per_block.items():
             start = len(pair_rows)
@@ -80,15 +86,37 @@ class PassLayout:
             if any(partial for _, _, partial in pairs):
                 local_idx = torch.arange(store.length(b), device=device)
                 limits = torch.tensor([d for _, d, _ in pairs], device=device)
-                mask = local_idx[None, :] <= limits[:, None]  # [pairs, len] True = visible
+                visible = local_idx[None, :] <= limits[:, None]  # [pairs, len]
+                additive = torch.zeros(visible.shape, dtype=store.dtype, device=device)
+                additive.masked_fill_(~visible, float("-inf"))
+                # kernel layout: rows of a segment are (pair, group) pairs, pair-major
+                mask = additive.repeat_interleave(groups_per_kv, dim=0)
             for r, d, _ in pairs:
                 pair_rows.append(r)
                 deltas.append(d)
             self.segments.append((b, start, len(pair_rows), mask))
+        self.num_pairs = len(pair_rows)
         self.pair_rows = torch.tensor(pair_rows, dtype=torch.long, device=device)
         self.q_cos, self.q_sin = rope.cos_sin(torch.tensor(deltas, device=device))
-        # one pair per row, in row order: no merge needed (e.g. single-block prefill)
+        # one pair per row, in row order: nothing to merge (e.g. a single-block prefill)
         self.trivial_merge = len(pair_rows) == row and pair_rows == list(range(row))
+
+
+def _block_attention_cpu(q, k, v, mask, scale):
+    """Fused CPU kernel returning (out, logsumexp): one call per block instead of ~8 ops."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=None if mask is None else mask[None, None], scale=scale
+    )
+
+
+def _block_attention_generic(q, k, v, mask, scale):
+    """The same in plain ops, for devices without the fused CPU kernel. q [1, Hkv, n, d]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores + mask.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    return torch.matmul(probs.to(v.dtype), v), lse
 
 
 class FastPlan:
@@ -98,6 +126,9 @@ class FastPlan:
         self.store = store
         self.layout = PassLayout(store, rope, groups)
         self.scale = scale if scale is not None else 1.0 / math.sqrt(store.config.head_dim)
+        self.block_attention = (
+            _block_attention_cpu if store.device.type == "cpu" else _block_attention_generic
+        )
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         lay, store = self.layout, self.store
@@ -106,31 +137,37 @@ class FastPlan:
         kv_heads = store.config.num_kv_heads
         groups = heads // kv_heads
         qp = rotate(q.index_select(0, lay.pair_rows), lay.q_cos, lay.q_sin)  # [P, H, d]
+        # kernel layout [kv_heads, pairs, groups, d]: the G query heads sharing a KV head
+        # are treated as extra query rows against that head's keys
+        qk = qp.view(lay.num_pairs, kv_heads, groups, d).transpose(0, 1).contiguous()
         outs, lses = [], []
         for block_id, start, end, mask in lay.segments:
             n = end - start
-            qb = qp[start:end].view(n, kv_heads, groups, d).permute(1, 0, 2, 3).reshape(kv_heads, n * groups, d)
-            scores = torch.matmul(qb, store.keys(layer, block_id).transpose(1, 2)).float() * self.scale
-            if mask is not None:
-                scores = scores.view(kv_heads, n, groups, -1)
-                scores = scores.masked_fill(~mask[None, :, None, :], float("-inf")).view(kv_heads, n * groups, -1)
-            m = scores.amax(-1, keepdim=True)
-            p = torch.exp(scores - m)
-            denom = p.sum(-1, keepdim=True)
-            o = torch.matmul(p.to(q.dtype), store.values(layer, block_id)).float() / denom
-            outs.append(o.view(kv_heads, n, groups, d).permute(1, 0, 2, 3).reshape(n, heads, d))
-            lses.append((m + denom.log()).view(kv_heads, n, groups).permute(1, 0, 2).reshape(n, heads))
+            qb = qk[:, start:end].reshape(1, kv_heads, n * groups, d)
+            keys = store.keys(layer, block_id)[None]
+            values = store.values(layer, block_id)[None]
+            o, lse = self.block_attention(qb, keys, values, mask, self.scale)
+            outs.append(o.view(kv_heads, n, groups, d))
+            lses.append(lse.view(kv_heads, n, groups))
         if len(outs) == 1 and lay.trivial_merge:
-            return outs[0].to(q.dtype)
-        out = torch.cat(outs)  # [P, H, d], rows in segment order
-        lse = torch.cat(lses)  # [P, H]
+            merged = outs[0]
+        else:
+            merged = self._merge(torch.cat(outs, dim=1), torch.cat(lses, dim=1).float())
+        return merged.transpose(0, 1).reshape(lay.num_rows, heads, d).to(q.dtype)
+
+    def _merge(self, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """Combine per-block results of each row: weights exp(lse_b - max), normalised."""
+        lay = self.layout
+        kv_heads, _, groups, d = out.shape
         rows = lay.pair_rows
-        best = torch.full((lay.num_rows, heads), float("-inf"), device=q.device)
-        best = best.scatter_reduce(0, rows[:, None].expand(-1, heads), lse, reduce="amax")
-        w = torch.exp(lse - best.index_select(0, rows))  # [P, H]
-        den = torch.zeros((lay.num_rows, heads), device=q.device).index_add_(0, rows, w)
-        num = torch.zeros((lay.num_rows, heads, d), device=q.device).index_add_(0, rows, out * w[..., None])
-        return (num / den[..., None]).to(q.dtype)
+        index = rows[None, :, None].expand(kv_heads, -1, groups)
+        best = torch.full((kv_heads, lay.num_rows, groups), float("-inf"), device=out.device)
+        best = best.scatter_reduce(1, index, lse, reduce="amax")
+        w = torch.exp(lse - best.gather(1, index))  # [Hkv, P, G]
+        den = torch.zeros_like(best).index_add_(1, rows, w)
+        num = torch.zeros((kv_heads, lay.num_rows, groups, d), device=out.device)
+        num.index_add_(1, rows, out.float() * w[..., None])
+        return num / den[..., None]
 
 
 class ReferencePlan:
