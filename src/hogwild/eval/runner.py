@@ -1,0 +1,273 @@
+"""The evaluation runner: tasks x strategies x worker counts, resumable, with progress.
+
+A *unit* is one task run by one strategy with one worker count; it yields answers at every
+budget and is appended to ``DIR/results.jsonl`` as one line (flushed and fsynced) as soon
+as it finishes. Rerunning the same command skips finished units, so a killed run loses at
+most the unit in flight. ``DIR/config.json`` records the settings; resuming into a
+directory made with different settings is refused. Units run task by task (every strategy
+on task 1, then task 2, ...), so a partial run compares strategies on the same tasks.
+
+``single`` and ``early-stop`` always use one worker; ``independent`` and ``hogwild-*`` run
+once for each worker count of at least 2 in ``workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import HogwildError
+from . import report as rep
+from .bundles import make_bundles, score_answer
+from .datasets import Task, load_tasks
+from .strategies import STRATEGIES, make_strategy
+
+DEFAULT_STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined")
+
+
+@dataclass
+class EvalConfig:
+    """Everything that decides the results (saved as config.json)."""
+
+    dataset: str = "gsm_symbolic"
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
+    workers: list[int] = field(default_factory=lambda: [2])
+    budgets: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    model: str = "smollm2-135m"
+    dtype: str = "float32"
+    limit: int | None = 12
+    seed: int = 0
+    bundle: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    forced_tokens: int = 32
+    check_in_every: int = 1024
+    few_shot: bool | None = None
+    question_field: str | None = None
+    answer_field: str | None = None
+    id_field: str | None = None
+
+    def validate(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise HogwildError(f"unknown strategies {unknown or '(none)'}; choose from {', '.join(STRATEGIES)}")
+        if not self.budgets or min(self.budgets) < 1:
+            raise HogwildError(f"budgets must be positive numbers of passes (got {self.budgets})")
+        if not self.workers or min(self.workers) < 1:
+            raise HogwildError(f"worker counts must be at least 1 (got {self.workers})")
+        multi = [s for s in self.strategies if s not in ("single", "early-stop")]
+        if multi and not any(w >= 2 for w in self.workers):
+            raise HogwildError(f"{', '.join(multi)} need a worker count of at least 2 in --workers")
+        if self.bundle < 1:
+            raise HogwildError(f"--bundle must be at least 1 (got {self.bundle})")
+        self.budgets = sorted(set(self.budgets))
+        self.workers = sorted(set(self.workers))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Unit:
+    task: Task
+    strategy: str
+    workers: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.task.id, self.strategy, self.workers)
+
+
+def plan_units(tasks: Sequence[Task], config: EvalConfig) -> list[Unit]:
+    units = []
+    for task in tasks:
+        for name in config.strategies:
+            counts = [1] if name in ("single", "early-stop") else [w for w in config.workers if w >= 2]
+            units += [Unit(task, name, w) for w in counts]
+    return units
+
+
+def load_eval_tasks(config: EvalConfig) -> list[Task]:
+    """The config's tasks; with bundles, ``limit`` counts bundles (limit x k questions)."""
+    n = None if config.limit is None else config.limit * config.bundle
+    tasks = load_tasks(config.dataset, limit=n, seed=config.seed, question_field=config.question_field,
+                       answer_field=config.answer_field, id_field=config.id_field)
+    return make_bundles(tasks, config.bundle)
+
+
+def check_config(out: Path, config: EvalConfig) -> None:
+    """Write config.json, or refuse if the directory holds a run with other settings."""
+    path = out / rep.CONFIG
+    mine = config.to_json()
+    if path.exists():
+        try:
+            theirs = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise HogwildError(f"{path} is unreadable; remove it or choose another --out") from None
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            lines = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise HogwildError(
+                f"{out} holds results of a run with different settings ({lines}). Resume with the "
+                f"same settings, or choose another --out.")
+    elif (out / rep.RESULTS).exists():
+        raise HogwildError(f"{out} has {rep.RESULTS} but no {rep.CONFIG}; choose another --out")
+    else:
+        path.write_text(json.dumps(mine, indent=2) + "\n")
+
+
+def unit_seed(config: EvalConfig, unit: Unit) -> int:
+    family = "plain-1" if unit.strategy in ("single", "early-stop") else unit.strategy
+    return (config.seed * 1_000_003 + zlib.crc32(f"{unit.task.id}|{family}|{unit.workers}".encode())) % (2**31)
+
+
+def run_unit(loaded: Any, unit: Unit, config: EvalConfig, shared: dict | None = None) -> dict:
+    """Run one unit and return its record (see docs/eval.md for the fields).
+
+    ``shared``: decoded runs by decode key, so that strategies making the same engine run
+    (single and early-stop) decode once per task.
+    """
+    strategy = make_strategy(unit.strategy, unit.workers, temperature=config.temperature, top_p=config.top_p,
+                             forced_tokens=config.forced_tokens, check_in_every=config.check_in_every,
+                             few_shot=config.few_shot, seed=unit_seed(config, unit))
+    t0 = time.perf_counter()
+    key = strategy.decode_key()
+    reused = shared is not None and key is not None and (unit.task.id, key) in shared
+    if reused:
+        decoded = shared[(unit.task.id, key)]
+    else:
+        decoded = strategy.decode(loaded, unit.task, config.budgets)
+        if shared is not None and key is not None:
+            shared.clear()  # keep only the current task's run
+            shared[(unit.task.id, key)] = decoded
+    out = strategy.answers(loaded, unit.task, decoded)
+    if reused:
+        out.timings["shared_decode"] = True
+    wall = time.perf_counter() - t0
+    results = []
+    for r in out.results:
+        score = score_answer(r.answer, unit.task.answer)
+        row = {"budget": r.budget, "answer": r.answer, "score": score, "correct": score == 1.0,
+               "forced": r.forced, "passes": r.passes, "tokens": r.tokens, "wall_s": r.wall_s}
+        if r.votes is not None:
+            row["votes"] = r.votes
+        results.append(row)
+    return {
+        "task": unit.task.id, "strategy": unit.strategy, "workers": unit.workers,
+        "k": unit.task.k, "gold": unit.task.answer, "passes": out.passes,
+        "stop_reason": out.stop_reason, "wall_s": round(wall, 3), "timings": out.timings,
+        "results": results, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class _Progress:
+    """A rich progress bar (tasks done, accuracy per strategy at the top budget, passes/s)."""
+
+    def __init__(self, console: Any, total: int, done: int, records: list[dict], top_budget: int):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.top = top_budget
+        self.scores: dict[str, list[float]] = defaultdict(list)
+        self.passes = 0
+        self.decode_s = 0.0
+        for rec in records:
+            self._add(rec)
+        self.progress = Progress(
+            TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[acc]}"),
+            console=console, transient=False)
+        self.task = self.progress.add_task("eval", total=total, completed=done, rate="", acc=self._acc())
+
+    def _add(self, rec: dict) -> None:
+        top = [r for r in rec["results"] if r["budget"] == self.top]
+        if top:
+            self.scores[rep.series_name(rec["strategy"], rec["workers"])].append(float(top[0]["score"]))
+
+    def _acc(self) -> str:
+        return "  ".join(f"{k} {sum(v) / len(v):.2f}" for k, v in self.scores.items()) + \
+            (f"  (accuracy at {self.top})" if self.scores else "")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def update(self, rec: dict) -> None:
+        self._add(rec)
+        if not rec["timings"].get("shared_decode"):
+            self.passes += rec["passes"]
+            self.decode_s += rec["timings"].get("decode_s", 0.0)
+        rate = f"{self.passes / self.decode_s:.1f} passes/s" if self.decode_s else ""
+        self.progress.update(self.task, advance=1, rate=rate, acc=self._acc())
+
+
+def evaluate(
+    config: EvalConfig,
+    out: str | Path,
+    loaded: Any = None,
+    console: Any = None,
+    progress: bool = True,
+    on_unit: Callable[[dict], None] | None = None,
+    device: str = "cpu",
+) -> list[dict]:
+    """Run (or resume) an evaluation into ``out``; returns the summary rows.
+
+    ``loaded``: a LoadedModel (else ``config.model`` is loaded on ``device``).
+    ``on_unit``: called with each new record after it is saved (tests interrupt here).
+    """
+    config.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_config(out, config)
+    tasks = load_eval_tasks(config)
+    if not tasks:
+        raise HogwildError(f"no tasks from {config.dataset!r} (with --bundle {config.bundle})")
+    results_path = out / rep.RESULTS
+    records = rep.read_results(results_path, repair=True)
+    done = {rep.unit_key(r) for r in records}
+    units = plan_units(tasks, config)
+    todo = [u for u in units if u.key not in done]
+    if console is not None and done:
+        console.print(f"resuming: {len(units) - len(todo)} of {len(units)} units already in {results_path}")
+    if todo and loaded is None:
+        from ..models.loading import load_model
+
+        loaded = load_model(config.model, dtype=config.dtype, device=device)
+    bar = _Progress(console, len(units), len(units) - len(todo),
+                    [r for r in records if r["task"] in {t.id for t in tasks}], config.budgets[-1]) \
+        if progress and console is not None else None
+    try:
+        if bar is not None:
+            bar.__enter__()
+        shared: dict = {}
+        for unit in todo:
+            record = run_unit(loaded, unit, config, shared)
+            rep.append_result(results_path, record)
+            records.append(record)
+            if bar is not None:
+                bar.update(record)
+            if on_unit is not None:
+                on_unit(record)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    ids = {t.id for t in tasks}
+    mine = [r for r in records if r["task"] in ids]
+    rows = rep.summarize(mine)
+    rep.write_summary(out, rows, config.to_json(), len({r["task"] for r in mine}))
+    rep.plot(rows, out / rep.PLOT)
+    if console is not None:
+        console.print(rep.table(rows))
+        console.print(f"results: {results_path}\nsummary: {out / rep.SUMMARY}\nplot:    {out / rep.PLOT}")
+    return rows

@@ -1,0 +1,314 @@
+"""Evaluation strategies: one run per task gives an answer at every budget.
+
+All strategies share :meth:`Strategy.run` ``(loaded, task, budgets) -> StrategyRun``: the
+engine runs once up to the largest budget with snapshots at every budget
+(``Run.run(snapshot_at=...)``); each snapshot is turned into an answer. When a stop rule
+ends the run early, budgets past the stop reuse the final state (its answer, and its
+forced answer if one is needed). Forced answers are decoded after the budget from the
+transcript; they do not count towards passes.
+
+- ``single``: one worker, plain chain of thought (a plain prompt, no worker names or step
+  headers: :func:`plain_script`); the answer it has boxed so far, else none.
+- ``early-stop``: the same run; at a budget without an answer, the forced answer.
+- ``independent``: N workers on the plain prompt in the ``independent`` layout (no
+  cross-visibility, same batched passes); each worker's own answer, else its own forced
+  answer; combined by :func:`majority_vote`. Greedy decoding would make N copies of one
+  answer, so this strategy samples (``temperature``, default 0.7 when the run is greedy).
+- ``hogwild-combined`` / ``-interleaved`` / ``-contiguous``: N collaborating workers with
+  the protocol; the last answer in completion order, else the forced answer.
+
+Stop rules: single/early-stop/hogwild stop at the first complete answer (for a bundle of
+k questions, a box with k answers); independent stops when every worker has answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..answers import answers_equal
+from ..engine import Engine, Run
+from ..events import Event, Snapshot, SnapshotEvent, StopEvent, TokenEvent
+from ..protocol import FORCED_ANSWER_LEAD, Protocol, _with_bos, render_chat, stop_ids
+from ..sampling import Sampling
+from ..script import Script
+from ..solve import forced_answer, make_decoder
+from .bundles import SEPARATOR, answer_from_text, is_complete, split_answers
+from .datasets import Task
+
+#: The usual chain-of-thought instruction of math-tuned chat models (Qwen2.5-Math's).
+PLAIN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+PLAIN_FORCED_TEXT = "Time is up: I must stop here and give my final answer now."
+INDEPENDENT_TEMPERATURE = 0.7
+
+
+@dataclass
+class BudgetResult:
+    """The answer of one strategy run at one budget (``passes`` <= budget actually used)."""
+
+    budget: int
+    answer: str | None
+    forced: bool
+    passes: int
+    tokens: list[int]
+    wall_s: float
+    votes: list[str | None] | None = None  # independent: each worker's answer
+
+
+@dataclass
+class Decoded:
+    """One engine run: the snapshot (and seconds since start) behind every budget."""
+
+    budgets: list[int]
+    script: Script
+    snapshots: dict[int, tuple[Snapshot, float]]
+    passes: int
+    stop_reason: str
+    timings: dict[str, float]
+
+
+@dataclass
+class StrategyRun:
+    results: list[BudgetResult]
+    passes: int
+    stop_reason: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def plain_script(loaded, question: str, workers: int = 1) -> Script:
+    """A plain chain-of-thought prompt (chat template + short instruction), no openings."""
+    tok = loaded.tokenizer
+    text = render_chat(tok, PLAIN_SYSTEM, f"Problem: {question.strip()}")
+    ids = _with_bos(tok, list(tok.encode(text, add_special_tokens=False)))
+    return Script(prompt_ids=ids, opening_ids=[[] for _ in range(workers)], stop_ids=stop_ids(tok))
+
+
+class PlainForcing:
+    """The ``forced_answer_text`` of a plain prompt: transcript + "final answer is \\boxed{"."""
+
+    def forced_answer_text(self, prompt_text: str, history, unfinished) -> str:
+        body = "".join(t for _, t in [*history, *unfinished])
+        text = prompt_text + body.rstrip()
+        return text + "\n\n" + PLAIN_FORCED_TEXT + "\n\n" + FORCED_ANSWER_LEAD
+
+
+def majority_vote(answers: Sequence[str | None], equal=answers_equal) -> str | None:
+    """The most common answer, grouping equivalent ones (``equal``); None answers abstain.
+
+    Ties go to the group whose first member came earliest (lowest worker index); the
+    group's first member is returned as its representative.
+    """
+    groups: list[list[str]] = []
+    for ans in answers:
+        if ans is None or not str(ans).strip():
+            continue
+        for group in groups:
+            if equal(group[0], ans):
+                group.append(ans)
+                break
+        else:
+            groups.append([ans])
+    if not groups:
+        return None
+    best = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
+    return groups[best][0]
+
+
+def bundle_vote(answers: Sequence[str | None], k: int) -> str | None:
+    """Majority vote per question for a bundle (questions are independent of each other)."""
+    if k == 1:
+        return majority_vote(answers)
+    split = [split_answers(a) for a in answers]
+    out = []
+    for i in range(k):
+        winner = majority_vote([parts[i] if len(parts) > i else None for parts in split])
+        out.append(winner if winner is not None else "")
+    return SEPARATOR.join(out) if any(out) else None
+
+
+class Strategy:
+    """Base class: subclasses choose the script, layout, stop rule and answer rule."""
+
+    name = "strategy"
+    layout = "independent"
+    multi_worker = False
+
+    def __init__(self, workers: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, forced_tokens: int = 32, check_in_every: int = 1024,
+                 few_shot: bool | None = None):
+        self.workers = workers if self.multi_worker else 1
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.forced_tokens = forced_tokens
+        self.check_in_every, self.few_shot = check_in_every, few_shot
+
+    # -- hooks ---------------------------------------------------------------------------
+    def script(self, loaded, task: Task) -> Script:
+        return plain_script(loaded, task.question, self.workers)
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.seed)
+
+    def should_stop(self, run: Run, task: Task, answered: dict[int, str]) -> bool:
+        return bool(answered)
+
+    def answer_at(self, loaded, task: Task, script: Script, snap: Snapshot) -> tuple[str | None, bool, list | None]:
+        raise NotImplementedError
+
+    # -- the shared driver ---------------------------------------------------------------
+    def decode_key(self) -> tuple | None:
+        """Strategies with equal keys make identical engine runs (the runner reuses one)."""
+        return None
+
+    def decode(self, loaded, task: Task, budgets: Sequence[int]) -> Decoded:
+        """Run the engine once up to the largest budget, with snapshots at every budget."""
+        budgets = sorted({int(b) for b in budgets})
+        if not budgets or budgets[0] < 1:
+            raise ValueError(f"budgets must be positive integers (got {budgets})")
+        decode = make_decoder(loaded)
+        script = self.script(loaded, task)
+        t0 = time.perf_counter()
+        run = Engine(loaded.model, self.layout, self.sampling(), decode=decode).start(script)
+        t_prefill = time.perf_counter() - t0
+        answered: dict[int, str] = {}
+
+        def stop(run: Run, events: list[Event]) -> bool:
+            for ev in events:
+                if isinstance(ev, TokenEvent) and "}" in ev.text and ev.worker not in answered:
+                    found = answer_from_text(decode(run.workers[ev.worker].all_ids), task.k)
+                    if is_complete(found, task.k):
+                        answered[ev.worker] = found
+            return self.should_stop(run, task, answered)
+
+        snaps: dict[int, tuple[Snapshot, float]] = {}
+        stop_reason = "budget"
+        for ev in run.run(budgets[-1], stop=stop, snapshot_at=budgets):
+            if isinstance(ev, SnapshotEvent):
+                snaps[ev.passes] = (ev.snapshot, time.perf_counter() - t0)
+            elif isinstance(ev, StopEvent):
+                stop_reason = ev.reason
+        t_decode = time.perf_counter() - t0 - t_prefill
+        final = (run.snapshot(), time.perf_counter() - t0)
+        return Decoded(budgets, script, {b: snaps.get(b, final) for b in budgets}, run.passes,
+                       stop_reason, {"prefill_s": round(t_prefill, 3), "decode_s": round(t_decode, 3)})
+
+    def answers(self, loaded, task: Task, decoded: Decoded) -> StrategyRun:
+        """Answers at every budget from a decoded run (forced answers decoded here)."""
+        t0 = time.perf_counter()
+        self._forced_cache: dict[str, tuple[str | None, bool]] = {}
+        results, memo = [], {}
+        for b in decoded.budgets:
+            snap, wall = decoded.snapshots[b]
+            if id(snap) not in memo:
+                memo[id(snap)] = self.answer_at(loaded, task, decoded.script, snap)
+            answer, forced, votes = memo[id(snap)]
+            results.append(BudgetResult(b, answer, forced, snap.passes, list(snap.generated_tokens),
+                                        round(wall, 3), votes))
+        timings = dict(decoded.timings, forced_s=round(time.perf_counter() - t0, 3))
+        timings["total_s"] = round(sum(timings.values()), 3)
+        return StrategyRun(results, decoded.passes, decoded.stop_reason, timings)
+
+    def run(self, loaded, task: Task, budgets: Sequence[int], seed: int | None = None) -> StrategyRun:
+        """Decode once and read the answers at every budget."""
+        if seed is not None:
+            self.seed = seed
+        return self.answers(loaded, task, self.decode(loaded, task, budgets))
+
+    # -- helpers -------------------------------------------------------------------------
+    def _forced_plain(self, loaded, script: Script, text: str) -> str | None:
+        """Forced answer after a plain transcript (cached on the text)."""
+        if text not in self._forced_cache:
+            snap = Snapshot(passes=0, workers=[text], history=[], current=[(0, text)])
+            _, ans = forced_answer(loaded, PlainForcing(), script, snap, self.forced_tokens)
+            self._forced_cache[text] = (ans, True)
+        return self._forced_cache[text][0]
+
+
+class Single(Strategy):
+    name = "single"
+
+    def decode_key(self):
+        # single and early-stop make the same run (plain prompt, one worker, stop at answer)
+        return ("plain-1", self.temperature, self.top_p, self.seed)
+
+    def answer_at(self, loaded, task, script, snap):
+        return answer_from_text(snap.workers[0], task.k), False, None
+
+
+class EarlyStop(Single):
+    name = "early-stop"
+
+    def answer_at(self, loaded, task, script, snap):
+        found = answer_from_text(snap.workers[0], task.k)
+        if is_complete(found, task.k):
+            return found, False, None
+        return self._forced_plain(loaded, script, snap.workers[0]), True, None
+
+
+class Independent(Strategy):
+    name = "independent"
+    multi_worker = True
+
+    def sampling(self) -> Sampling:
+        temperature = self.temperature if self.temperature > 0 else INDEPENDENT_TEMPERATURE
+        return Sampling(temperature, self.top_p, self.seed)
+
+    def should_stop(self, run, task, answered):
+        return all(w.index in answered or w.done for w in run.workers)
+
+    def answer_at(self, loaded, task, script, snap):
+        votes, forced = [], False
+        for text in snap.workers:
+            found = answer_from_text(text, task.k)
+            if not is_complete(found, task.k):
+                found = self._forced_plain(loaded, script, text)
+                forced = True
+            votes.append(found)
+        return bundle_vote(votes, task.k), forced, votes
+
+
+class Hogwild(Strategy):
+    """N collaborating workers in one of the engine's layouts, with the protocol's prompt."""
+
+    multi_worker = True
+
+    def __init__(self, layout: str, **kwargs):
+        super().__init__(**kwargs)
+        self.layout = layout
+        self.name = f"hogwild-{layout}"
+        self.protocol = Protocol(num_workers=self.workers, layout=layout,
+                                 check_in_every=self.check_in_every, few_shot=self.few_shot)
+
+    def script(self, loaded, task):
+        return self.protocol.script(task.question, loaded.tokenizer, loaded.context_length)
+
+    def answer_at(self, loaded, task, script, snap):
+        if snap.history:
+            texts = [t for _, t in snap.history] + [t for _, t in snap.current]
+        else:  # layouts without steps: each worker's whole text, in worker order
+            texts = list(snap.workers)
+        candidates = [answer_from_text(text, task.k) for text in reversed(texts)]
+        if task.k > 1:  # answers spread over several steps or workers
+            candidates.append(answer_from_text("\n\n".join(texts), task.k))
+        for found in candidates:
+            if is_complete(found, task.k):
+                return found, False, None
+        _, ans = forced_answer(loaded, self.protocol, script, snap, self.forced_tokens)
+        return ans, True, None
+
+
+STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined",
+              "hogwild-interleaved", "hogwild-contiguous")
+
+
+def make_strategy(name: str, workers: int = 1, **kwargs) -> Strategy:
+    """A strategy by name (see :data:`STRATEGIES`)."""
+    if name == "single":
+        return Single(workers=1, **kwargs)
+    if name == "early-stop":
+        return EarlyStop(workers=1, **kwargs)
+    if name == "independent":
+        return Independent(workers=workers, **kwargs)
+    if name.startswith("hogwild-") and name[len("hogwild-"):] in ("combined", "interleaved", "contiguous"):
+        return Hogwild(name[len("hogwild-"):], workers=workers, **kwargs)
+    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")

@@ -1,0 +1,146 @@
+"""Strategies on the default model with tiny budgets: answers agree with the snapshots.
+
+Most runs here script the sampled tokens (the forward passes still run on the real model)
+so that an answer appears at a known pass; forced answers use the real model greedily.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from hogwild.engine import Engine
+from hogwild.eval import strategies as st
+from hogwild.eval.bundles import answer_from_text
+from hogwild.eval.datasets import Task
+from hogwild.protocol import stop_ids
+
+TASK = Task("t", "What is 2 + 3?", "5")
+FAST = dict(forced_tokens=3, few_shot=False, check_in_every=0)
+
+
+class ScriptedSampler:
+    """Emits fixed token sequences per worker; the last token (end of turn) repeats."""
+
+    def __init__(self, seqs):
+        self.seqs, self.pos = seqs, defaultdict(int)
+
+    def sample(self, logits, workers):
+        out = []
+        for w in workers:
+            seq = self.seqs[w]
+            out.append(seq[min(self.pos[w], len(seq) - 1)])
+            self.pos[w] += 1
+        return out
+
+
+def scripted(monkeypatch, loaded, texts):
+    """Make the strategies' engine sample ``texts`` (one per worker), then end of turn."""
+    tok = loaded.tokenizer
+    eos = stop_ids(tok)[0]
+    seqs = [tok.encode(t, add_special_tokens=False) + [eos] for t in texts]
+
+    class ScriptedEngine(Engine):
+        def start(self, script):
+            run = super().start(script)
+            run.sampler = ScriptedSampler(seqs)
+            return run
+
+    monkeypatch.setattr(st, "Engine", ScriptedEngine)
+    return [len(s) for s in seqs]
+
+
+def record_snapshots(strategy):
+    """Wrap answer_at to keep the snapshot behind every budget's answer."""
+    seen = []
+    inner = strategy.answer_at
+
+    def answer_at(loaded, task, script, snap):
+        seen.append(snap)
+        return inner(loaded, task, script, snap)
+
+    strategy.answer_at = answer_at
+    return seen
+
+
+def test_single_and_early_stop_reuse_the_answer_after_the_stop(default_model, monkeypatch):
+    text = " \\boxed{5}. Done."
+    scripted(monkeypatch, default_model, [text])
+    tok = default_model.tokenizer
+    prefix = tok.encode(text[: text.index("}") + 1], add_special_tokens=False)
+    stop_pass = len(prefix)  # the pass that samples the closing brace
+    budgets = [2, stop_pass + 1, 64]
+    single = st.make_strategy("single", **FAST)
+    snaps = record_snapshots(single)
+    out = single.run(default_model, TASK, budgets)
+    assert out.stop_reason == "stop-rule" and out.passes == stop_pass
+    r2, r_mid, r_top = out.results
+    assert (r2.answer, r2.forced, r2.passes, r2.tokens) == (None, False, 2, [2])
+    assert answer_from_text(snaps[0].workers[0]) is None and snaps[0].passes == 2
+    for r in (r_mid, r_top):
+        assert (r.answer, r.forced, r.passes) == ("5", False, stop_pass)
+    early = st.make_strategy("early-stop", **FAST)
+    out = early.run(default_model, TASK, budgets)
+    assert out.results[0].forced and out.results[0].passes == 2
+    assert [(r.answer, r.forced) for r in out.results[1:]] == [("5", False), ("5", False)]
+
+
+def test_independent_votes_over_equivalent_answers(default_model, monkeypatch):
+    texts = [" \\boxed{0.5}", " \\boxed{1/2}", " \\boxed{3}"]
+    lengths = scripted(monkeypatch, default_model, texts)
+    task = Task("h", "What is one half?", "1/2")
+    strategy = st.make_strategy("independent", workers=3, **FAST)
+    assert strategy.sampling().temperature > 0  # greedy would make N identical samples
+    out = strategy.run(default_model, task, [max(lengths) + 2])
+    (r,) = out.results
+    assert out.stop_reason in ("stop-rule", "eos") and out.passes < max(lengths) + 2
+    assert r.votes == ["0.5", "1/2", "3"] and r.answer == "0.5" and not r.forced
+    assert r.passes == out.passes and len(r.tokens) == 3
+
+
+def test_independent_forces_each_worker_at_small_budget(default_model, monkeypatch):
+    scripted(monkeypatch, default_model, [" Let me see", " Hmm, so we"])
+    strategy = st.make_strategy("independent", workers=2, **FAST)
+    snaps = record_snapshots(strategy)
+    out = strategy.run(default_model, TASK, [2])
+    (r,) = out.results
+    assert r.forced and len(r.votes) == 2 and r.passes == 2 and r.tokens == [2, 2]
+    assert r.answer == st.majority_vote(r.votes)
+    assert all(answer_from_text(t) is None for t in snaps[0].workers)
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "contiguous"])
+def test_hogwild_layouts_find_the_answer(default_model, monkeypatch, layout):
+    texts = [" Sum.\n\nIt is \\boxed{5}.\n\n", " Yes."]
+    scripted(monkeypatch, default_model, texts)
+    strategy = st.make_strategy(f"hogwild-{layout}", workers=2, **FAST)
+    out = strategy.run(default_model, TASK, [30])
+    (r,) = out.results
+    assert out.stop_reason == "stop-rule" and (r.answer, r.forced) == ("5", False)
+    assert r.passes == out.passes < 30
+
+
+def test_hogwild_combined_real_decoding_is_consistent(default_model, monkeypatch):
+    forced_at = []
+
+    def fake_forced(loaded, protocol, script, snap, max_tokens):  # the real one: tests above
+        forced_at.append(snap.passes)
+        return "", "7"
+
+    monkeypatch.setattr(st, "forced_answer", fake_forced)
+    strategy = st.make_strategy("hogwild-combined", workers=2, **FAST)
+    snaps = record_snapshots(strategy)
+    out = strategy.run(default_model, TASK, [2, 4])
+    assert [s.passes for s in snaps] == [r.passes for r in out.results] == [2, 4]
+    for snap, r in zip(snaps, out.results):
+        assert r.tokens == snap.generated_tokens
+        texts = [t for _, t in snap.history] + [t for _, t in snap.current]
+        given = [answer_from_text(t) for t in texts if answer_from_text(t) is not None]
+        assert r.forced == (not given) == (snap.passes in forced_at)
+        if r.forced:
+            assert r.answer == "7"
+        else:
+            assert r.answer == given[-1]
+    # the text at budget 2 is where the text at budget 4 started
+    assert all(b.startswith(a) for a, b in zip(snaps[0].workers, snaps[1].workers))
