@@ -184,12 +184,12 @@ class Run:
         if first:
             self._queue_first_pass(groups, ids)
         active = [w for w in self.workers if w.pending and not w.done]
+        if self._would_overflow(active):
+            self.stop_reason = "context"
+            return [StopEvent(self.passes, "context")]
         for w in active:
             for block, toks in w.pending:
                 self._reserve(block, toks)
-        if any(self.view_length(w.index) > self.max_positions for w in active):
-            self.stop_reason = "context"
-            return [StopEvent(self.passes, "context")]
         views = self.layout.views(self.layout_state())
         logit_rows: list[int] = []
         for w in active:
@@ -230,6 +230,19 @@ class Run:
         block = self.store.new_block(capacity)
         self.block_ids[block] = []
         return block
+
+    def _would_overflow(self, active: list[WorkerState]) -> bool:
+        """Would feeding every pending token push some worker's view past the context?"""
+        incoming: dict[int, int] = {}
+        for w in active:
+            for block, toks in w.pending:
+                incoming[block] = incoming.get(block, 0) + len(toks)
+        for w in active:
+            view = self.view(w.index)
+            total = sum(self.store.length(b) + incoming.get(b, 0) for b in view)
+            if total > self.max_positions:
+                return True
+        return False
 
     def _reserve(self, block: int, toks: Sequence[int]) -> None:
         self.store.reserve(block, len(toks))

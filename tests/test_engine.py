@@ -1,0 +1,109 @@
+"""Engine behaviour on a tiny random model: budgets, snapshots, sampling, custom layouts, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hogwild.engine import Engine
+from hogwild.errors import InvalidRequestError
+from hogwild.events import HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
+from hogwild.layouts import Layout, get_layout
+from hogwild.sampling import Sampling
+from hogwild.script import Script
+
+from tiny import forced_tokens, random_script, tiny_model, toy_decode
+
+
+def test_budget_and_snapshots() -> None:
+    run = Engine(tiny_model(), "combined", decode=toy_decode).start(random_script(3, seed=1))
+    events = list(run.run(max_passes=9, snapshot_at=[2, 5, 9]))
+    snaps = [e for e in events if isinstance(e, SnapshotEvent)]
+    assert [s.passes for s in snaps] == [2, 5, 9]
+    assert [s.snapshot.passes for s in snaps] == [2, 5, 9]
+    assert isinstance(events[-1], StopEvent) and events[-1].reason == "budget"
+    assert run.passes == 9
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    assert len(tokens) == 27  # one token per worker per pass
+    for w in range(3):  # each snapshot's text is a prefix of the later ones
+        assert snaps[-1].snapshot.workers[w].startswith(snaps[0].snapshot.workers[w])
+    assert sum(isinstance(e, HeaderEvent) for e in events) >= 3  # the openings
+
+
+def test_stop_rule_and_eos() -> None:
+    script = random_script(2, seed=2)
+    run = Engine(tiny_model(), "interleaved", decode=toy_decode).start(script)
+    events = list(run.run(max_passes=50, stop=lambda r, ev: r.passes == 4))
+    assert run.passes == 4 and run.stop_reason == "stop-rule"
+    script.stop_ids = (5,)
+    run = Engine(tiny_model(), "combined", decode=toy_decode).start(script)
+    for forced in [{0: 9, 1: 9}, {0: 5, 1: 9}, {1: 5}]:
+        events = run.step(force=forced)
+    assert run.stop_reason == "eos" and isinstance(events[-1], StopEvent)
+    assert any(isinstance(e, StepEvent) for e in events), "a finished worker's last step joins history"
+    with pytest.raises(InvalidRequestError):
+        run.step()
+
+
+def test_sampling_is_seeded() -> None:
+    model = tiny_model(seed=4)
+    script = random_script(2, seed=3)
+
+    def tokens(seed, temperature=1.0, top_p=1.0):
+        run = Engine(model, "combined", Sampling(temperature, top_p, seed), decode=toy_decode).start(script)
+        return [e.token for e in run.run(12) if isinstance(e, TokenEvent)]
+
+    assert tokens(1) == tokens(1)
+    assert tokens(1) != tokens(2)
+    greedy = [e.token for e in Engine(model, "combined", decode=toy_decode).start(script).run(12)
+              if isinstance(e, TokenEvent)]
+    assert tokens(1, top_p=1e-6) == greedy  # top-p that keeps only the best token is greedy
+    with pytest.raises(InvalidRequestError):
+        Sampling(temperature=-1)
+    with pytest.raises(InvalidRequestError):
+        Sampling(top_p=0)
+
+
+def test_custom_layout() -> None:
+    """A user's own layout: every worker sees only the prompt and worker 0's block before its own."""
+    lay = Layout("follow-alice", lambda s, w: [s.prompt] + ([s.current[0]] if w else []) + [s.current[w]], steps=False)
+    run = Engine(tiny_model(), lay, decode=toy_decode).start(random_script(3, seed=4))
+    for forced in forced_tokens(3, 5, seed=1):
+        run.step(force=forced)
+    assert run.view(2) == [run.prompt, run.workers[0].block, run.workers[2].block]
+    assert run.view_token_ids(0) == list(run.script.prompt_ids) + run.workers[0].all_ids[:-1]
+
+
+def test_bad_input() -> None:
+    model = tiny_model()
+    with pytest.raises(InvalidRequestError, match="at least one worker"):
+        Engine(model).start(Script(prompt_ids=[3, 4], opening_ids=[]))
+    with pytest.raises(InvalidRequestError, match="empty"):
+        Engine(model, "independent").start(Script(prompt_ids=[], opening_ids=[[1]]))
+    with pytest.raises(InvalidRequestError, match="unknown layout"):
+        get_layout("diagonal")
+    with pytest.raises(InvalidRequestError, match="constant blocks"):
+        Engine(model, "combined").start(Script(prompt_ids=[3, 4], opening_ids=[[1]]))
+    small = tiny_model(max_positions=32)
+    with pytest.raises(InvalidRequestError, match="context"):
+        Engine(small, "independent").start(Script(prompt_ids=list(range(2, 40)), opening_ids=[[1]]))
+
+
+def test_context_limit_stops_the_run() -> None:
+    small = tiny_model(max_positions=24)
+    run = Engine(small, "independent", decode=toy_decode).start(Script(prompt_ids=list(range(2, 12)), opening_ids=[[3], [4]]))
+    events = list(run.run(100))
+    assert run.stop_reason == "context" and isinstance(events[-1], StopEvent)
+    assert all(run.view_length(w) <= 24 for w in range(2))
+
+
+def test_bfloat16_fast_matches_reference() -> None:
+    model = tiny_model(seed=5, dtype=torch.bfloat16)
+    script = random_script(3, seed=9)
+    fast = Engine(model, "combined", decode=toy_decode).start(script)
+    ref = Engine(model, "combined", decode=toy_decode, reference=True).start(script)
+    for forced in forced_tokens(3, 12, seed=3):
+        fast.step(force=forced)
+        ref.step(force=forced)
+    for a, b in zip(fast.logits, ref.logits):
+        assert (a - b).abs().max().item() < 0.1 * b.abs().max().item()
