@@ -107,3 +107,20 @@ def test_bfloat16_fast_matches_reference() -> None:
         ref.step(force=forced)
     for a, b in zip(fast.logits, ref.logits):
         assert (a - b).abs().max().item() < 0.1 * b.abs().max().item()
+
+
+@pytest.mark.parametrize("arch", [{}, {"model_type": "qwen3", "qk_norm": True}, {"model_type": "qwen2", "qkv_bias": True}])
+def test_fused_projections_match(arch) -> None:
+    import copy
+
+    plain = tiny_model(seed=1, **arch)
+    fused = copy.deepcopy(plain).fuse_projections()
+    assert fused.model.layers[0].self_attn.qkv_proj is not None
+    script = random_script(2, seed=1)
+    a = Engine(plain, "combined", decode=toy_decode).start(script)
+    b = Engine(fused, "combined", decode=toy_decode).start(script)
+    for forced in forced_tokens(2, 6, seed=1):
+        a.step(force=forced)
+        b.step(force=forced)
+    for x, y in zip(a.logits, b.logits):
+        assert (x - y).abs().max().item() < 1e-5

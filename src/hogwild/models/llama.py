@@ -49,12 +49,26 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
 
+        self.qkv_proj: nn.Linear | None = None
+
+    def fuse(self) -> None:
+        """One q/k/v matmul instead of three (fewer kernel launches per layer)."""
+        self.qkv_proj = _concat_linears(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
+
     def forward(self, x: torch.Tensor, layer: int, plan: AttentionPlan) -> torch.Tensor:
         c = self.c
         rows = x.shape[0]
-        q = self.q_proj(x).view(rows, c.num_heads, c.head_dim)
-        k = self.k_proj(x).view(rows, c.num_kv_heads, c.head_dim)
-        v = self.v_proj(x).view(rows, c.num_kv_heads, c.head_dim)
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x)
+            q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+            q = qkv[:, :q_size].view(rows, c.num_heads, c.head_dim)
+            k = qkv[:, q_size : q_size + kv_size].view(rows, c.num_kv_heads, c.head_dim)
+            v = qkv[:, q_size + kv_size :].view(rows, c.num_kv_heads, c.head_dim)
+        else:
+            q = self.q_proj(x).view(rows, c.num_heads, c.head_dim)
+            k = self.k_proj(x).view(rows, c.num_kv_heads, c.head_dim)
+            v = self.v_proj(x).view(rows, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
@@ -68,9 +82,29 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.gate_up_proj: nn.Linear | None = None
+
+    def fuse(self) -> None:
+        self.gate_up_proj = _concat_linears(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _concat_linears(*linears: nn.Linear) -> nn.Linear:
+    first = linears[0]
+    out = sum(l.out_features for l in linears)
+    fused = nn.Linear(first.in_features, out, bias=first.bias is not None)
+    fused = fused.to(device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([l.weight for l in linears]))
+        if first.bias is not None:
+            fused.bias.copy_(torch.cat([l.bias for l in linears]))
+    return fused
 
 
 class DecoderLayer(nn.Module):
@@ -104,6 +138,17 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def fuse_projections(self) -> CausalLM:
+        """Concatenate q/k/v and gate/up weights for inference (done by the loader).
+
+        The state dict then no longer matches transformers' names; fuse after loading.
+        """
+        for layer in self.model.layers:
+            if layer.self_attn.qkv_proj is None:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
+        return self
 
     @property
     def device(self) -> torch.device:

@@ -470,6 +470,7 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval().requires_grad_(False)
+    model.fuse_projections()
 
     tokenizer = _load_tokenizer(directory)
     extra = _extra_eos(directory, tokenizer)
