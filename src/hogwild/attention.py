@@ -78,28 +78,62 @@ class PassLayout:
         self.slots = torch.tensor(slots, dtype=torch.long, device=device)
         self.k_cos, self.k_sin = rope.cos_sin(torch.tensor(k_locals, device=device))
         groups_per_kv = store.config.kv_groups
-        # each block's pairs form one contiguous slice [start, end) of the pair list
-        self.segments: list[tuple[int, int, int, torch.Tensor | None]] = []
-        for b, pairs in per_block.items():
-            start = len(pair_rows)
+        # Segments: one kernel call per layer each. A large block is its own segment; small
+        # blocks lying close together in the pool (steps, headers, markers) share one, with
+        # a mask keeping each pair to its own block's keys: the call count per layer stays
+        # about three however many workers there are.
+        self.segments: list[tuple[int, int, int, int, torch.Tensor | None]] = []
+        for cluster in _clusters(store, list(per_block)):
+            span_start = store.blocks[cluster[0]].start
+            span_end = max(store.blocks[b].end for b in cluster)
+            first = len(pair_rows)
+            lo, hi, any_partial = [], [], False
+            for b in cluster:
+                block = store.blocks[b]
+                for r, d, partial in per_block[b]:
+                    pair_rows.append(r)
+                    deltas.append(d)
+                    lo.append(block.start - span_start)
+                    hi.append(block.start - span_start + (min(block.length, d + 1) if partial else block.length))
+                    any_partial = any_partial or partial
             mask = None
-            if any(partial for _, _, partial in pairs):
-                local_idx = torch.arange(store.length(b), device=device)
-                limits = torch.tensor([d for _, d, _ in pairs], device=device)
-                visible = local_idx[None, :] <= limits[:, None]  # [pairs, len]
+            if len(cluster) > 1 or any_partial:
+                idx = torch.arange(span_end - span_start, device=device)
+                lo_t = torch.tensor(lo, device=device)[:, None]
+                hi_t = torch.tensor(hi, device=device)[:, None]
+                visible = (idx[None, :] >= lo_t) & (idx[None, :] < hi_t)  # [pairs, span]
                 additive = torch.zeros(visible.shape, dtype=store.dtype, device=device)
                 additive.masked_fill_(~visible, float("-inf"))
-                # kernel layout: rows of a segment are (pair, group) pairs, pair-major
+                # kernel layout: rows of a segment are (pair, group), pair-major
                 mask = additive.repeat_interleave(groups_per_kv, dim=0)
-            for r, d, _ in pairs:
-                pair_rows.append(r)
-                deltas.append(d)
-            self.segments.append((b, start, len(pair_rows), mask))
+            self.segments.append((span_start, span_end - span_start, first, len(pair_rows), mask))
         self.num_pairs = len(pair_rows)
         self.pair_rows = torch.tensor(pair_rows, dtype=torch.long, device=device)
         self.q_cos, self.q_sin = rope.cos_sin(torch.tensor(deltas, device=device))
         # one pair per row, in row order: nothing to merge (e.g. a single-block prefill)
         self.trivial_merge = len(pair_rows) == row and pair_rows == list(range(row))
+
+
+SMALL_BLOCK = 256  # blocks shorter than this may share a kernel call with their neighbours
+MAX_GAP = 128  # ... when the unused pool slots between them are at most this many
+
+
+def _clusters(store: KVStore, blocks: list[int]) -> list[list[int]]:
+    """Group blocks into segments: small blocks near each other in the pool go together."""
+    out = [[b] for b in blocks if store.blocks[b].length >= SMALL_BLOCK]
+    small = sorted((b for b in blocks if store.blocks[b].length < SMALL_BLOCK), key=lambda b: store.blocks[b].start)
+    current: list[int] = []
+    end = 0
+    for b in small:
+        block = store.blocks[b]
+        if current and block.start - end > MAX_GAP:
+            out.append(current)
+            current = []
+        current.append(b)
+        end = max(end, block.end) if len(current) > 1 else block.end
+    if current:
+        out.append(current)
+    return out
 
 
 def _block_attention_cpu(q, k, v, mask, scale):
@@ -141,11 +175,11 @@ class FastPlan:
         # are treated as extra query rows against that head's keys
         qk = qp.view(lay.num_pairs, kv_heads, groups, d).transpose(0, 1).contiguous()
         outs, lses = [], []
-        for block_id, start, end, mask in lay.segments:
+        for key_start, key_len, start, end, mask in lay.segments:
             n = end - start
             qb = qk[:, start:end].reshape(1, kv_heads, n * groups, d)
-            keys = store.keys(layer, block_id)[None]
-            values = store.values(layer, block_id)[None]
+            keys = store.k[layer, :, key_start : key_start + key_len][None]
+            values = store.v[layer, :, key_start : key_start + key_len][None]
             o, lse = self.block_attention(qb, keys, values, mask, self.scale)
             outs.append(o.view(kv_heads, n, groups, d))
             lses.append(lse.view(kv_heads, n, groups))
