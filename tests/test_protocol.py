@@ -218,11 +218,11 @@ def test_openings_differ_and_lead_plans():
 
 def test_system_text_mentions_the_setting():
     team = Protocol(num_workers=3).system_text()
-    for piece in ("Alice, Bob and Carol", "(unfinished)", "\\boxed{answer}", "duplicat",
+    for piece in ("Alice, Bob and Carol", "(unfinished)", "\\boxed{}", "duplicat",
                   "split", "Your own current step"):
         assert piece in team
     solo = Protocol(num_workers=1).system_text()
-    assert "Alice" in solo and "copies" not in solo and "\\boxed{answer}" in solo
+    assert "Alice" in solo and "copies" not in solo and "\\boxed{}" in solo
     interleaved = Protocol(num_workers=2, layout="interleaved").system_text()
     assert "Your own current step" not in interleaved
 

@@ -439,5 +439,39 @@ def report(
     build(directory, console=Console())
 
 
+# ---------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    workers: str = typer.Option("1,2,4,8", "--workers", "-n", help="Worker counts, e.g. 1,2,4,8."),
+    contexts: str = typer.Option("256,1024,4096", "--contexts", "-c", help="Shared prompt lengths in tokens."),
+    dtypes: str = typer.Option("float32,bfloat16", "--dtypes", help="Comma list: float32, bfloat16, float16."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id (real weights)."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights at a named shape (see --config)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Shape for --random-weights: tiny, smollm2-135m, qwen2.5-0.5b, qwen2.5-7b."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads (fixed for the whole run)."),
+    passes: int = typer.Option(8, "--passes", "-k", help="Timed passes per variant per round."),
+    rounds: int = typer.Option(3, "--rounds", "-r", help="Round-robin repeats over all variants."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed passes per variant before timing."),
+    transformers: bool = typer.Option(True, "--transformers/--no-transformers", help="Also time transformers with batch N."),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="Profile a few engine passes (N near 4, context near 1k)."),
+    bandwidth_mb: int = typer.Option(512, "--bandwidth-mb", help="Size of the copy that measures memory bandwidth."),
+    matmul_size: int = typer.Option(2048, "--matmul-size", help="n of the n^3 matmul that measures the compute rate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random prompts (and random weights)."),
+    out: Optional[Path] = typer.Option(Path("bench-out"), "--out", "-o", help="Directory for bench.json and bench.png."),
+) -> None:
+    """Time per forward pass: our engine vs. transformers batch N vs. the hardware floor (docs/bench.md)."""
+    from .bench import BenchConfig, bench_main
+
+    cfg = BenchConfig(
+        model=model, random_weights=random_weights or config is not None, shape=config,
+        workers=_int_list(workers, "--workers"), contexts=_int_list(contexts, "--contexts"),
+        dtypes=[d.strip() for d in dtypes.split(",") if d.strip()], passes=passes, rounds=rounds,
+        warmup=warmup, threads=threads, device=device, transformers=transformers,
+        bandwidth_mb=bandwidth_mb, matmul_size=matmul_size, profile=profile, seed=seed,
+    )
+    bench_main(cfg, out, Console(highlight=False))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
