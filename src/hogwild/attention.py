@@ -76,64 +76,69 @@ class PassLayout:
                 row += 1
         self.num_rows = row
         self.slots = torch.tensor(slots, dtype=torch.long, device=device)
-        self.k_cos, self.k_sin = rope.cos_sin(torch.tensor(k_locals, device=device))
+        self.k_cos, self.k_sin = rope.cos_sin(k_locals)
         groups_per_kv = store.config.kv_groups
-        # Segments: one kernel call per layer each. A large block is its own segment; small
-        # blocks lying close together in the pool (steps, headers, markers) share one, with
-        # a mask keeping each pair to its own block's keys: the call count per layer stays
-        # about three however many workers there are.
-        self.segments: list[tuple[int, int, int, int, torch.Tensor | None]] = []
-        for cluster in _clusters(store, list(per_block)):
-            span_start = store.blocks[cluster[0]].start
-            span_end = max(store.blocks[b].end for b in cluster)
+        # Segments: one kernel call per layer each. A large block is its own segment, read
+        # in place. All small blocks (steps, headers, markers) share one segment: their few
+        # keys are gathered once per layer and a mask keeps each pair to its own block, so
+        # the call count per layer stays at about three however many workers there are.
+        self.segments: list[Segment] = []
+        big = [b for b in per_block if store.length(b) >= SMALL_BLOCK]
+        small = [b for b in per_block if store.length(b) < SMALL_BLOCK]
+        for cluster in [[b] for b in big] + ([small] if small else []):
             first = len(pair_rows)
-            lo, hi, any_partial = [], [], False
+            lo, hi, any_partial, base = [], [], False, 0
             for b in cluster:
-                block = store.blocks[b]
+                n = store.length(b)
                 for r, d, partial in per_block[b]:
                     pair_rows.append(r)
                     deltas.append(d)
-                    lo.append(block.start - span_start)
-                    hi.append(block.start - span_start + (min(block.length, d + 1) if partial else block.length))
+                    lo.append(base)
+                    hi.append(base + (min(n, d + 1) if partial else n))
                     any_partial = any_partial or partial
+                base += n
             mask = None
             if len(cluster) > 1 or any_partial:
-                idx = torch.arange(span_end - span_start, device=device)
+                idx = torch.arange(base, device=device)
                 lo_t = torch.tensor(lo, device=device)[:, None]
                 hi_t = torch.tensor(hi, device=device)[:, None]
-                visible = (idx[None, :] >= lo_t) & (idx[None, :] < hi_t)  # [pairs, span]
+                visible = (idx[None, :] >= lo_t) & (idx[None, :] < hi_t)  # [pairs, keys]
                 additive = torch.zeros(visible.shape, dtype=store.dtype, device=device)
                 additive.masked_fill_(~visible, float("-inf"))
                 # kernel layout: rows of a segment are (pair, group), pair-major
                 mask = additive.repeat_interleave(groups_per_kv, dim=0)
-            self.segments.append((span_start, span_end - span_start, first, len(pair_rows), mask))
+            if len(cluster) == 1:
+                block = store.blocks[cluster[0]]
+                seg = Segment(first, len(pair_rows), mask, region=(block.start, block.length))
+            else:
+                slots_of = [torch.arange(store.blocks[b].start, store.blocks[b].end) for b in cluster]
+                seg = Segment(first, len(pair_rows), mask, gather=torch.cat(slots_of).to(device))
+            self.segments.append(seg)
         self.num_pairs = len(pair_rows)
         self.pair_rows = torch.tensor(pair_rows, dtype=torch.long, device=device)
-        self.q_cos, self.q_sin = rope.cos_sin(torch.tensor(deltas, device=device))
+        self.q_cos, self.q_sin = rope.cos_sin(deltas)
         # one pair per row, in row order: nothing to merge (e.g. a single-block prefill)
         self.trivial_merge = len(pair_rows) == row and pair_rows == list(range(row))
 
 
-SMALL_BLOCK = 256  # blocks shorter than this may share a kernel call with their neighbours
-MAX_GAP = 128  # ... when the unused pool slots between them are at most this many
+SMALL_BLOCK = 256  # blocks shorter than this share one gathered segment
 
 
-def _clusters(store: KVStore, blocks: list[int]) -> list[list[int]]:
-    """Group blocks into segments: small blocks near each other in the pool go together."""
-    out = [[b] for b in blocks if store.blocks[b].length >= SMALL_BLOCK]
-    small = sorted((b for b in blocks if store.blocks[b].length < SMALL_BLOCK), key=lambda b: store.blocks[b].start)
-    current: list[int] = []
-    end = 0
-    for b in small:
-        block = store.blocks[b]
-        if current and block.start - end > MAX_GAP:
-            out.append(current)
-            current = []
-        current.append(b)
-        end = max(end, block.end) if len(current) > 1 else block.end
-    if current:
-        out.append(current)
-    return out
+@dataclass
+class Segment:
+    """Pairs [first, end) attend to keys read in place (``region``) or gathered (``gather``)."""
+
+    first: int
+    end: int
+    mask: torch.Tensor | None
+    region: tuple[int, int] | None = None  # (pool start, length)
+    gather: torch.Tensor | None = None  # pool slots, for small blocks taken together
+
+    def keys_values(self, store: KVStore, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.region is not None:
+            start, n = self.region
+            return store.k[layer, :, start : start + n], store.v[layer, :, start : start + n]
+        return store.k[layer].index_select(1, self.gather), store.v[layer].index_select(1, self.gather)
 
 
 def _block_attention_cpu(q, k, v, mask, scale):
@@ -175,12 +180,11 @@ class FastPlan:
         # are treated as extra query rows against that head's keys
         qk = qp.view(lay.num_pairs, kv_heads, groups, d).transpose(0, 1).contiguous()
         outs, lses = [], []
-        for key_start, key_len, start, end, mask in lay.segments:
-            n = end - start
-            qb = qk[:, start:end].reshape(1, kv_heads, n * groups, d)
-            keys = store.k[layer, :, key_start : key_start + key_len][None]
-            values = store.v[layer, :, key_start : key_start + key_len][None]
-            o, lse = self.block_attention(qb, keys, values, mask, self.scale)
+        for seg in lay.segments:
+            n = seg.end - seg.first
+            qb = qk[:, seg.first : seg.end].reshape(1, kv_heads, n * groups, d)
+            keys, values = seg.keys_values(store, layer)
+            o, lse = self.block_attention(qb, keys[None], values[None], seg.mask, self.scale)
             outs.append(o.view(kv_heads, n, groups, d))
             lses.append(lse.view(kv_heads, n, groups))
         if len(outs) == 1 and lay.trivial_merge:
@@ -223,7 +227,7 @@ class ReferencePlan:
             for block_id, off in zip(g.view, view_offsets(store, g.view)):
                 n = store.length(block_id)
                 stored = store.keys(layer, block_id).transpose(0, 1)  # [n, kv_heads, d] at local 0..n-1
-                cos, sin = rope.cos_sin(torch.full((n,), off, device=q.device))
+                cos, sin = rope.cos_sin([off] * n)
                 keys.append(rotate(stored, cos, sin))  # now at view positions off..off+n-1
                 values.append(store.values(layer, block_id).transpose(0, 1))
             keys_all = torch.cat(keys).repeat_interleave(groups, dim=1)  # [T, H, d]
@@ -231,7 +235,7 @@ class ReferencePlan:
             total = keys_all.shape[0]
             for block_id, local in zip(g.blocks, g.locals):
                 p = row_position(store, g.view, block_id, local)
-                cos, sin = rope.cos_sin(torch.tensor([p], device=q.device))
+                cos, sin = rope.cos_sin([p])
                 qr = rotate(q[row : row + 1], cos, sin)[0]  # [H, d]
                 scores = torch.einsum("hd,thd->ht", qr.float(), keys_all.float()) * self.scale
                 visible = torch.arange(total, device=q.device) <= p

@@ -259,6 +259,8 @@ def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> M
             if ours.config.tie_embeddings:
                 hf.tie_weights()
             hf.eval()
+        # the product path, as load_model prepares it (fused, prepacked on fp32 CPU)
+        ours.fuse_projections().pack_for_cpu()
         return Models(f"{shape} (random weights)", ours.config, ours, hf, "random")
     from .models.loading import load_model
 
@@ -279,24 +281,15 @@ def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> M
 
 def weight_bytes_read(model: CausalLM) -> int:
     """Parameter bytes one pass reads: every weight once; the embedding table only if tied
-    (then it is the output projection; an untied table is read a few rows at a time)."""
-    seen: set[int] = set()
-    total = 0
-    embed = model.model.embed_tokens.weight
-    for p in model.parameters():
-        if p.data_ptr() in seen:
-            continue
-        seen.add(p.data_ptr())
-        if p is embed and not model.config.tie_embeddings:
-            continue
-        total += p.numel() * p.element_size()
-    return total
+    (then it is the output projection; an untied table is read a few rows at a time).
+    Counted from the config, since packed linear layers hold no plain parameters."""
+    element = torch.empty((), dtype=model.dtype).element_size()
+    return model.config.weight_params_read() * element
 
 
 def matmul_params(model: CausalLM) -> tuple[int, int]:
     """(weights of the layers' linear maps, weights of the output projection)."""
-    layers = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
-    return layers, model.lm_head.weight.numel()
+    return model.config.layer_linear_params(), model.config.head_params()
 
 
 def pass_flops(model: CausalLM, rows: int, logit_rows: int, attended: int) -> int:
@@ -411,7 +404,7 @@ class TransformersVariant(Variant):
         for layer in self.cache.layers:
             for t in (layer.keys, layer.values):
                 held += t.numel() * t.element_size()
-        kvbpt = c.kv_bytes_per_token(self.models.ours.lm_head.weight.element_size())
+        kvbpt = c.kv_bytes_per_token(torch.empty((), dtype=self.models.ours.dtype).element_size())
         generated = seq - len(self.prompt)
         return dict(
             kv_bytes_in_use=held,

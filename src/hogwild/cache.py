@@ -109,7 +109,7 @@ class KVStore:
         offset = self.blocks[dst_id].length
         self.reserve(dst_id, n)
         dst = self.blocks[dst_id]
-        cos, sin = rope.cos_sin(torch.full((n,), offset, device=self.device))
+        cos, sin = rope.cos_sin([offset] * n)
         L, H, _, D = self.k.shape
         src_k = self.k[:, :, src.start : src.end]  # [L, H, n, D]
         rows = src_k.permute(2, 0, 1, 3).reshape(n, L * H, D)

@@ -46,6 +46,24 @@ class ModelConfig:
         """Bytes one token occupies in the KV store over all layers (K and V)."""
         return self.num_layers * 2 * self.num_kv_heads * self.head_dim * bytes_per_element
 
+    def layer_linear_params(self) -> int:
+        """Weights of all decoder layers' linear maps (q, k, v, o, gate, up, down)."""
+        d, h, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        per_layer = d * h + 2 * d * kv + h * d + 3 * d * self.intermediate_size
+        return self.num_layers * per_layer
+
+    def head_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def weight_params_read(self) -> int:
+        """Parameters one decoding pass reads: layers, norms and the output head (an untied
+        embedding table is only read a few rows at a time)."""
+        norms = self.num_layers * 2 * self.hidden_size + self.hidden_size
+        if self.qk_norm:
+            norms += self.num_layers * 2 * self.head_dim
+        bias = self.num_layers * (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
+        return self.layer_linear_params() + self.head_params() + norms + bias
+
     @classmethod
     def from_hf(cls, hf: Any) -> ModelConfig:
         """Build from a ``transformers.PretrainedConfig`` (or anything with its attributes)."""

@@ -95,6 +95,36 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class PackedLinear(nn.Module):
+    """A linear layer whose weight was reordered once into oneDNN's blocked layout.
+
+    On CPU in fp32, MKL's plain sgemm runs at about half the memory bandwidth when a pass has
+    a handful of rows (N workers); the prepacked oneDNN kernel reads the weight once at close
+    to full speed (see docs/design-decisions.md). The original weight is not kept.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether prepacked oneDNN linears are available for this dtype and device."""
+    if device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = nn.Linear(8, 8)
+        PackedLinear(probe)(torch.zeros(2, 8))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
 def _concat_linears(*linears: nn.Linear) -> nn.Linear:
     first = linears[0]
     out = sum(l.out_features for l in linears)
@@ -150,13 +180,23 @@ class CausalLM(nn.Module):
                 layer.mlp.fuse()
         return self
 
+    def pack_for_cpu(self) -> CausalLM:
+        """Replace every linear layer by a :class:`PackedLinear` (fp32 CPU inference only)."""
+        if not can_pack(self.dtype, self.device):
+            return self
+        for module in [self, *self.modules()]:
+            for name, child in list(module.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(module, name, PackedLinear(child))
+        return self
+
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.model.embed_tokens.weight.dtype
 
     @torch.inference_mode()
     def forward(

@@ -39,16 +39,35 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
 
 
 class Rope:
-    """cos/sin tables on demand for arbitrary (possibly negative) integer offsets."""
+    """cos/sin for integer positions, from a table grown on demand (no sin/cos per pass)."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str = "cpu"):
         self.inv_freq = inverse_frequencies(config).to(device)
+        self._cos = self._sin = torch.empty(0, config.head_dim, device=device)
 
-    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of shape [len(positions), head_dim], fp32, in the rotate-half layout."""
+    def _angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
+
+    def cos_sin(self, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape [len(positions), head_dim], fp32, in the rotate-half layout.
+
+        ``positions``: a list of non-negative ints (table lookup) or a tensor (computed).
+        """
+        if isinstance(positions, torch.Tensor):
+            return self._angles(positions)
+        positions = list(positions)
+        if not positions:
+            return self._cos[:0], self._sin[:0]
+        top = max(positions)
+        if min(positions) < 0:
+            return self._angles(torch.tensor(positions, device=self.inv_freq.device))
+        if top >= self._cos.shape[0]:
+            size = max(1024, 2 * top + 2)
+            self._cos, self._sin = self._angles(torch.arange(size, device=self.inv_freq.device))
+        index = torch.tensor(positions, device=self.inv_freq.device)
+        return self._cos.index_select(0, index), self._sin.index_select(0, index)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
