@@ -12,7 +12,7 @@ from tiny import forced_tokens, random_script, tiny_model, toy_decode
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 8])
 def test_fast_equals_reference(layout: str, workers: int) -> None:
     model = tiny_model(seed=workers)
     seed = 100 * workers + len(layout)

@@ -37,7 +37,7 @@ def expected_views(layout, script, steps, history, current, n):
 
 
 @pytest.mark.parametrize("layout", ["combined", "interleaved", "contiguous", "independent"])
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
 def test_views_match_layout_definition(layout: str, n: int) -> None:
     steps_layout = layout in ("combined", "interleaved")
     script = random_script(n, seed=7 * n + len(layout))

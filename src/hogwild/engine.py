@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import FastPlan, QueryGroup, ReferencePlan, view_offsets
+from .attention import FastPlan, QueryGroup, ReferencePlan
 from .cache import KVStore
 from .errors import InvalidRequestError
 from .events import Event, HeaderEvent, Snapshot, SnapshotEvent, StepEvent, StopEvent, TokenEvent
@@ -335,7 +335,3 @@ class Run:
     def _text(self, ids: Sequence[int]) -> str:
         return self.decode(ids) if self.decode is not None else " ".join(map(str, ids))
 
-
-def offsets_of(run: Run, worker: int) -> list[int]:
-    """View offsets of each block in a worker's view (positions of their first tokens)."""
-    return view_offsets(run.store, run.view(worker))
