@@ -254,7 +254,7 @@ def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> M
 
             with torch.device(device):
                 hf = AutoModelForCausalLM.from_config(hf_config_for(ours.config), dtype=dtype)
-            # the very same tensors: no second copy of the weights
+            # the same random weights (ours makes fused copies below)
             hf.load_state_dict(ours.state_dict(), strict=False, assign=True)
             if ours.config.tie_embeddings:
                 hf.tie_weights()
