@@ -1,7 +1,8 @@
 """A plain causal KV cache for one sequence: the simplest :class:`AttentionPlan`.
 
-Used as the reference in tests (our forward against transformers') and for single-sequence
-work such as the forced-answer decode. Each call of ``model(ids, plan)`` appends ``ids`` to
+It checks our model code on its own, apart from the shared cache and per-block attention:
+the tests compare our forward through this plan with transformers'. (The forced-answer
+decode goes through the engine with one worker instead.) Each call of ``model(ids, plan)`` appends ``ids`` to
 the sequence: keys are rotated at their absolute positions and stored, queries are rotated
 at theirs and attend causally over everything stored so far (GQA by repeating K/V heads).
 """
