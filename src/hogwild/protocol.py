@@ -87,7 +87,7 @@ their questions.
 are duplicating someone, say so in one sentence and switch to a part nobody has taken.
 - From time to time a step starts with a quick check whether you are doing redundant work. \
 Answer it honestly, and change course if the answer is yes.
-- Before finishing, agree on one final answer. Write it once, inside \\boxed{}, for example \\boxed{12}."""
+- Before finishing, agree on one final answer. Write it once, within \\boxed{}."""
 
 VIEW_COMBINED = """\
 What you see, from top to bottom:
@@ -120,7 +120,7 @@ continue it from where it stops.
 
 From time to time a step starts with a quick check whether you are repeating earlier work. \
 Answer it honestly, and change course if the answer is yes. Check your results before you \
-finish. Write the final answer once, inside \\boxed{}, for example \\boxed{12}."""
+finish. Write the final answer once, within \\boxed{}."""
 
 USER_TEXT = "Problem: {problem}"
 
