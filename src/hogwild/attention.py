@@ -39,9 +39,10 @@ def view_offsets(store: KVStore, view: Sequence[int]) -> list[int]:
     return offsets
 
 
-def row_position(store: KVStore, view: Sequence[int], block_id: int, local: int) -> int:
-    """View position of a row: offset of its block's LAST occurrence in the view + local index."""
-    offsets = view_offsets(store, view)
+def row_position(view: Sequence[int], offsets: Sequence[int], block_id: int, local: int) -> int:
+    """View position of a row: offset of its block's LAST occurrence in the view + local index.
+
+    ``offsets`` are the view's block offsets (:func:`view_offsets`), computed once per group."""
     for i in range(len(view) - 1, -1, -1):
         if view[i] == block_id:
             return offsets[i] + local
@@ -67,7 +68,7 @@ class PassLayout:
             for block_id, local in zip(g.blocks, g.locals):
                 slots.extend(store.slot_range(block_id, local, 1))
                 k_locals.append(local)
-                p = row_position(store, g.view, block_id, local)
+                p = row_position(g.view, offsets, block_id, local)
                 for b, off in zip(g.view, offsets):
                     n = store.length(b)
                     if n == 0 or off > p:
@@ -224,7 +225,8 @@ class ReferencePlan:
         row = 0
         for g in self.groups:
             keys, values = [], []
-            for block_id, off in zip(g.view, view_offsets(store, g.view)):
+            offsets = view_offsets(store, g.view)
+            for block_id, off in zip(g.view, offsets):
                 n = store.length(block_id)
                 stored = store.keys(layer, block_id).transpose(0, 1)  # [n, kv_heads, d] at local 0..n-1
                 cos, sin = rope.cos_sin([off] * n)
@@ -234,7 +236,7 @@ class ReferencePlan:
             values_all = torch.cat(values).repeat_interleave(groups, dim=1)
             total = keys_all.shape[0]
             for block_id, local in zip(g.blocks, g.locals):
-                p = row_position(store, g.view, block_id, local)
+                p = row_position(g.view, offsets, block_id, local)
                 cos, sin = rope.cos_sin([p])
                 qr = rotate(q[row : row + 1], cos, sin)[0]  # [H, d]
                 scores = torch.einsum("hd,thd->ht", qr.float(), keys_all.float()) * self.scale

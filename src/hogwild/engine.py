@@ -184,13 +184,13 @@ class Run:
         if first:
             self._queue_first_pass(groups, ids)
         active = [w for w in self.workers if w.pending and not w.done]
-        if self._would_overflow(active):
+        views = self.layout.views(self.layout_state())  # block ids; feeding changes only lengths
+        if self._would_overflow(active, views):
             self.stop_reason = "context"
             return [StopEvent(self.passes, "context")]
         for w in active:
             for block, toks in w.pending:
                 self._reserve(block, toks)
-        views = self.layout.views(self.layout_state())
         logit_rows: list[int] = []
         for w in active:
             blocks = [b for b, toks in w.pending for _ in toks]
@@ -231,14 +231,14 @@ class Run:
         self.block_ids[block] = []
         return block
 
-    def _would_overflow(self, active: list[WorkerState]) -> bool:
+    def _would_overflow(self, active: list[WorkerState], views: list[list[int]]) -> bool:
         """Would feeding every pending token push some worker's view past the context?"""
         incoming: dict[int, int] = {}
         for w in active:
             for block, toks in w.pending:
                 incoming[block] = incoming.get(block, 0) + len(toks)
         for w in active:
-            view = self.view(w.index)
+            view = views[w.index]
             total = sum(self.store.length(b) + incoming.get(b, 0) for b in view)
             if total > self.max_positions:
                 return True
