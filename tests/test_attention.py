@@ -11,13 +11,14 @@ from hogwild.layouts import LAYOUTS
 from tiny import forced_tokens, random_script, tiny_model, toy_decode
 
 
+@pytest.mark.parametrize("attention", ["torch", "auto"])  # FastPlan; KernelPlan where kernels exist
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 8])
-def test_fast_equals_reference(layout: str, workers: int) -> None:
+def test_fast_equals_reference(layout: str, workers: int, attention: str) -> None:
     model = tiny_model(seed=workers)
     seed = 100 * workers + len(layout)
     script = random_script(workers, seed=seed, check_in_every=5)
-    fast = Engine(model, layout, decode=toy_decode).start(script)
+    fast = Engine(model, layout, decode=toy_decode, attention=attention).start(script)
     ref = Engine(model, layout, decode=toy_decode, reference=True).start(script)
     worst = 0.0
     for forced in forced_tokens(workers, 40, seed):

@@ -136,7 +136,7 @@ def test_default_model_matches_transformers(default_model):
     """Oracle 1 on our model code: plain matmuls (packing is checked on its own below)."""
     from transformers import AutoModelForCausalLM
 
-    lm: LoadedModel = load_model("smollm2-135m", pack=False)
+    lm: LoadedModel = load_model("smollm2-135m", optimize=False)
     assert lm.name == "smollm2-135m"
     assert lm.model.dtype == torch.float32
     assert lm.context_length == 8192
@@ -299,15 +299,29 @@ def test_chunks_are_assembled_in_order_and_verified(monkeypatch, tmp_path):
     assert not any((tmp_path / "cache" / "gguf").iterdir())
 
 
-def test_packed_linears_match_plain(default_model):
-    """The prepacked oneDNN linears (the default on fp32 CPU) change only fp32 rounding."""
-    from hogwild.models.llama import PackedLinear, can_pack
+def test_prepared_model_matches_plain(default_model):
+    """The loader's CPU preparation (native kernels, else prepacked oneDNN linears) changes
+    only fp32 rounding, module by module and through the one-call native decoder."""
+    from hogwild import kernels
+    from hogwild.engine import Engine
+    from hogwild.models.llama import KernelLinear, PackedLinear, can_pack
+    from hogwild.script import Script
 
-    if not can_pack(torch.float32, torch.device("cpu")):
-        pytest.skip("oneDNN prepacking is not available on this CPU")
-    assert isinstance(default_model.model.lm_head, PackedLinear)
-    plain = load_model("smollm2-135m", pack=False)
+    if kernels.available():
+        assert isinstance(default_model.model.lm_head, KernelLinear)
+        assert default_model.model.native is not None
+    elif can_pack(torch.float32, torch.device("cpu")):
+        assert isinstance(default_model.model.lm_head, PackedLinear)
+    plain = load_model("smollm2-135m", optimize=False)
     ids = torch.tensor(default_model.tokenizer("The quick brown fox jumps over")["input_ids"])
     a = default_model.model(ids, SequencePlan(default_model.config))
     b = plain.model(ids, SequencePlan(plain.config))
     assert (a - b).abs().max().item() <= 5e-4  # logits reach ~30: relative ~1e-5
+    script = Script(prompt_ids=ids.tolist(), opening_ids=[[], []], constants={})
+    fast = Engine(default_model.model, "independent").start(script)
+    slow = Engine(plain.model, "independent", attention="torch").start(script)
+    for _ in range(6):
+        fast.step()
+        slow.step(force={w: fast.workers[w].all_ids[-1] for w in range(2)})
+        for x, y in zip(fast.logits, slow.logits):
+            assert (x - y).abs().max().item() <= 5e-4

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import kernels
 from .cache import KVStore
 from .models.rope import Rope, rotate
 
@@ -49,35 +50,56 @@ def row_position(view: Sequence[int], offsets: Sequence[int], block_id: int, loc
     raise ValueError(f"block {block_id} is not in the view it is written through")
 
 
+@dataclass
+class PassPairs:
+    """Who sees what in one pass, in row order: the rows' store slots and local positions,
+    and per row its (block, query rotation, visible keys) for every view entry it can see."""
+
+    slots: list[int]
+    k_locals: list[int]
+    pairs: list[tuple[int, int, int, int]]  # (row, block, delta, visible keys), row-major
+    num_rows: int
+
+
+def pass_pairs(store: KVStore, groups: Sequence[QueryGroup]) -> PassPairs:
+    """Expand the groups into (row, view entry) pairs. An entry is seen up to the row's own
+    position: whole blocks before it, the row's block up to itself, nothing after it. A block
+    that repeats in a view (a marker) yields one pair per occurrence, each with its rotation."""
+    slots, k_locals, pairs = [], [], []
+    row = 0
+    for g in groups:
+        offsets = view_offsets(store, g.view)
+        lengths = [store.length(b) for b in g.view]
+        for block_id, local in zip(g.blocks, g.locals):
+            slots.append(store.blocks[block_id].start + local)
+            k_locals.append(local)
+            p = row_position(g.view, offsets, block_id, local)
+            for b, off, n in zip(g.view, offsets, lengths):
+                if n == 0 or off > p:
+                    continue
+                pairs.append((row, b, p - off, min(n, p - off + 1)))
+            row += 1
+    return PassPairs(slots, k_locals, pairs, row)
+
+
 class PassLayout:
     """Per-pass bookkeeping shared by all layers. Built after slots are reserved.
 
     Pairs (row, view entry) are grouped by block so each block's keys are read once per
-    layer for all rows that see it; a block that repeats in a view (a marker) yields one pair
-    per occurrence, each with its own rotation.
+    layer for all rows that see it.
     """
 
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup]):
         device = store.device
         self.store = store
-        slots, k_locals, pair_rows, deltas = [], [], [], []
-        per_block: dict[int, list[tuple[int, int, bool]]] = {}  # block -> [(row, delta, partial)]
-        row = 0
-        for g in groups:
-            offsets = view_offsets(store, g.view)
-            for block_id, local in zip(g.blocks, g.locals):
-                slots.extend(store.slot_range(block_id, local, 1))
-                k_locals.append(local)
-                p = row_position(g.view, offsets, block_id, local)
-                for b, off in zip(g.view, offsets):
-                    n = store.length(b)
-                    if n == 0 or off > p:
-                        continue
-                    per_block.setdefault(b, []).append((row, p - off, off + n - 1 > p))
-                row += 1
-        self.num_rows = row
-        self.slots = torch.tensor(slots, dtype=torch.long, device=device)
-        self.k_cos, self.k_sin = rope.cos_sin(k_locals)
+        expanded = pass_pairs(store, groups)
+        pair_rows, deltas = [], []
+        per_block: dict[int, list[tuple[int, int, int]]] = {}  # block -> [(row, delta, visible)]
+        for r, b, d, visible in expanded.pairs:
+            per_block.setdefault(b, []).append((r, d, visible))
+        self.num_rows = row = expanded.num_rows
+        self.slots = torch.tensor(expanded.slots, dtype=torch.long, device=device)
+        self.k_cos, self.k_sin = rope.cos_sin(expanded.k_locals)
         groups_per_kv = store.config.kv_groups
         # Segments: one kernel call per layer each. A large block is its own segment, read
         # in place. All small blocks (steps, headers, markers) share one segment: their few
@@ -91,21 +113,21 @@ class PassLayout:
             lo, hi, any_partial, base = [], [], False, 0
             for b in cluster:
                 n = store.length(b)
-                for r, d, partial in per_block[b]:
+                for r, d, visible in per_block[b]:
                     pair_rows.append(r)
                     deltas.append(d)
                     lo.append(base)
-                    hi.append(base + (min(n, d + 1) if partial else n))
-                    any_partial = any_partial or partial
+                    hi.append(base + visible)
+                    any_partial = any_partial or visible < n
                 base += n
             mask = None
             if len(cluster) > 1 or any_partial:
                 idx = torch.arange(base, device=device)
                 lo_t = torch.tensor(lo, device=device)[:, None]
                 hi_t = torch.tensor(hi, device=device)[:, None]
-                visible = (idx[None, :] >= lo_t) & (idx[None, :] < hi_t)  # [pairs, keys]
-                additive = torch.zeros(visible.shape, dtype=store.dtype, device=device)
-                additive.masked_fill_(~visible, float("-inf"))
+                visible_t = (idx[None, :] >= lo_t) & (idx[None, :] < hi_t)  # [pairs, keys]
+                additive = torch.zeros(visible_t.shape, dtype=store.dtype, device=device)
+                additive.masked_fill_(~visible_t, float("-inf"))
                 # kernel layout: rows of a segment are (pair, group), pair-major
                 mask = additive.repeat_interleave(groups_per_kv, dim=0)
             if len(cluster) == 1:
@@ -176,7 +198,8 @@ class FastPlan:
         heads, d = q.shape[1], q.shape[2]
         kv_heads = store.config.num_kv_heads
         groups = heads // kv_heads
-        qp = rotate(q.index_select(0, lay.pair_rows), lay.q_cos, lay.q_sin)  # [P, H, d]
+        # in the store's dtype: the fused kernel wants q, k, v (and the mask) alike
+        qp = rotate(q.index_select(0, lay.pair_rows), lay.q_cos, lay.q_sin).to(store.dtype)  # [P, H, d]
         # kernel layout [kv_heads, pairs, groups, d]: the G query heads sharing a KV head
         # are treated as extra query rows against that head's keys
         qk = qp.view(lay.num_pairs, kv_heads, groups, d).transpose(0, 1).contiguous()
@@ -207,6 +230,74 @@ class FastPlan:
         num = torch.zeros((kv_heads, lay.num_rows, groups, d), device=out.device)
         num.index_add_(1, rows, out.float() * w[..., None])
         return num / den[..., None]
+
+
+class KernelPlan:
+    """The CPU decode path: one native call per layer stores the new keys and values and
+    attends every row over every block of its view (per-block query rotation, online
+    softmax across blocks; :func:`hogwild.kernels.attend`). Meant for passes of a few rows;
+    prefill chunks go through :class:`FastPlan`, whose fused kernel tiles many queries."""
+
+    MAX_ROWS = 64
+
+    def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup], scale: float | None = None):
+        self.store = store
+        expanded = pass_pairs(store, groups)
+        self.num_rows = expanded.num_rows
+        self.slots = torch.tensor(expanded.slots, dtype=torch.long)
+        self.k_cos, self.k_sin = rope.cos_sin(expanded.k_locals)
+        pairs = expanded.pairs
+        counts = [0] * (self.num_rows + 1)
+        for r, _, _, _ in pairs:
+            counts[r + 1] += 1
+        for r in range(self.num_rows):
+            counts[r + 1] += counts[r]
+        self.row_start = torch.tensor(counts, dtype=torch.int32)
+        starts = [store.blocks[b].start for _, b, _, _ in pairs]
+        self.pair_slot = torch.tensor(starts, dtype=torch.long)
+        self.pair_len = torch.tensor([v for _, _, _, v in pairs], dtype=torch.int32)
+        self.max_slot = max((s + v for s, (_, _, _, v) in zip(starts, pairs)), default=0)
+        self.q_cos, self.q_sin = (t.contiguous() for t in rope.cos_sin([d for _, _, d, _ in pairs]))
+        self.scale = scale if scale is not None else 1.0 / math.sqrt(store.config.head_dim)
+        self._native = None
+
+    def native_pass(self):
+        """This pass as the C struct :class:`hogwild.kernels.native.NativeDecoder` reads."""
+        if self._native is None:
+            from .kernels.native import PassInfo
+
+            if self.max_slot > self.store.capacity or (self.num_rows and int(self.slots.max()) >= self.store.capacity):
+                raise ValueError("a pass reads or writes outside the store")
+            self._native = PassInfo(
+                self.num_rows, self.slots.data_ptr(), self.k_cos.data_ptr(), self.k_sin.data_ptr(),
+                self.row_start.data_ptr(), self.pair_slot.data_ptr(), self.pair_len.data_ptr(),
+                self.q_cos.data_ptr(), self.q_sin.data_ptr(),
+            )
+        return self._native
+
+    @staticmethod
+    def usable(store: KVStore, rows: int) -> bool:
+        """Whether this pass can take the kernel path (CPU, fp32/bf16 store, few rows)."""
+        c = store.config
+        return (
+            rows <= KernelPlan.MAX_ROWS
+            and store.device.type == "cpu"
+            and store.dtype in (torch.float32, torch.bfloat16)
+            and kernels.supports_attention(c.num_heads, c.num_kv_heads, c.head_dim)
+            and kernels.available()
+        )
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        store = self.store
+        k_pool, v_pool = store.k[layer], store.v[layer]
+        kernels.store_kv(
+            k.float().contiguous(), v.float().contiguous(), self.slots, self.k_cos, self.k_sin, k_pool, v_pool
+        )
+        out = kernels.attend(
+            q.float().contiguous(), self.row_start, self.pair_slot, self.pair_len, self.q_cos, self.q_sin,
+            k_pool, v_pool, self.scale, self.max_slot,
+        )
+        return out.to(q.dtype)
 
 
 class ReferencePlan:

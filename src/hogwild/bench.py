@@ -259,8 +259,8 @@ def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> M
             if ours.config.tie_embeddings:
                 hf.tie_weights()
             hf.eval()
-        # the product path, as load_model prepares it (fused, prepacked on fp32 CPU)
-        ours.fuse_projections().pack_for_cpu()
+        # the product path, as load_model prepares it (fused, native CPU kernels)
+        ours.fuse_projections().prepare_for_cpu()
         return Models(f"{shape} (random weights)", ours.config, ours, hf, "random")
     from .models.loading import load_model
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import FastPlan, QueryGroup, ReferencePlan
+from .attention import FastPlan, KernelPlan, QueryGroup, ReferencePlan
 from .cache import KVStore
 from .errors import InvalidRequestError
 from .events import Event, HeaderEvent, Snapshot, SnapshotEvent, StepEvent, StopEvent, TokenEvent
@@ -33,6 +33,7 @@ from .script import Script
 from .textstream import IncrementalDecoder
 
 PREFILL_CHUNK = 512
+ATTENTION_PATHS = ("auto", "torch", "reference")
 
 
 @dataclass
@@ -59,12 +60,18 @@ class Engine:
         sampling: Sampling | None = None,
         decode: Callable[[Sequence[int]], str] | None = None,
         reference: bool = False,
+        attention: str = "auto",
     ):
+        if attention not in ATTENTION_PATHS:
+            raise InvalidRequestError(f"unknown attention path {attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
         self.model = model
         self.layout = get_layout(layout)
         self.sampling = sampling or Sampling()
         self.decode = decode
         self.reference = reference  # use the dense oracle attention (tests, debugging)
+        # "auto": native kernel for decode passes where available, else the PyTorch path;
+        # "torch": always the PyTorch path (FastPlan); "reference": the dense oracle
+        self.attention = "reference" if reference else attention
         self.rope = Rope(model.config, model.device)
 
     def start(self, script: Script) -> Run:
@@ -249,7 +256,13 @@ class Run:
         self.block_ids[block] += toks
 
     def _forward(self, ids: list[int], groups: list[QueryGroup], logit_rows: list[int]) -> torch.Tensor:
-        plan_cls = ReferencePlan if self.engine.reference else FastPlan
+        choice = self.engine.attention
+        if choice == "reference":
+            plan_cls: type = ReferencePlan
+        elif choice == "auto" and KernelPlan.usable(self.store, len(ids)):
+            plan_cls = KernelPlan
+        else:
+            plan_cls = FastPlan
         plan = plan_cls(self.store, self.engine.rope, groups)
         device = self.model.device
         return self.model(

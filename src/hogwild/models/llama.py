@@ -14,11 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from .config import ModelConfig
 
 
 class AttentionPlan(Protocol):
-    """What a forward pass needs from the cache: store this layer's K/V, return attention."""
+    """What a forward pass needs from the cache: store this layer's K/V, return attention.
+
+    A plan may also offer ``native_pass()`` (as :class:`hogwild.attention.KernelPlan` does):
+    then a model prepared with native kernels runs all layers of the pass in one call."""
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [rows, heads, d] un-rotated; k, v [rows, kv_heads, d], k un-rotated. Returns [rows, heads, d]."""
@@ -30,8 +34,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.weight32: torch.Tensor | None = None  # set by use_kernels(): fp32 copy for the kernel
+
+    def use_kernels(self) -> None:
+        self.weight32 = self.weight.detach().float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight32 is not None and x.dtype == torch.float32 and x.is_contiguous():
+            return kernels.rmsnorm(x, self.weight32, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -83,6 +93,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
         self.gate_up_proj: nn.Linear | None = None
+        self.kernel = False  # set by CausalLM.prepare_for_cpu: fused SiLU-gate kernel
 
     def fuse(self) -> None:
         self.gate_up_proj = _concat_linears(self.gate_proj, self.up_proj)
@@ -90,7 +101,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            if self.kernel and gate_up.dtype == torch.float32:
+                return self.down_proj(kernels.silu_mul(gate_up))
+            gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
@@ -111,6 +125,30 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+class KernelLinear(nn.Module):
+    """A linear layer for CPU inference with fp32 activations and fp32 or bf16 weights.
+
+    Decode passes (at most ``MAX_ROWS`` rows) use the native kernel, which reads the weight
+    once at close to the memory bandwidth in either dtype; larger batches (prefill) use
+    torch's fp32 matmul, converting a bf16 weight on the fly, because CPUs without bf16
+    instructions run bf16 matmuls at a fraction of their fp32 rate.
+    """
+
+    MAX_ROWS = 16
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight.detach().contiguous()  # shares storage when already contiguous
+        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.dim() == 2 and x.shape[0] <= self.MAX_ROWS:
+            return kernels.linear(x.contiguous(), self.weight, self.bias)
+        return F.linear(x, self.weight.float(), self.bias)
 
 
 def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
@@ -168,6 +206,8 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.activation_dtype: torch.dtype | None = None  # None: the weights' dtype
+        self.native = None  # a NativeDecoder once prepare_for_cpu() found the kernels
 
     def fuse_projections(self) -> CausalLM:
         """Concatenate q/k/v and gate/up weights for inference (done by the loader).
@@ -180,15 +220,38 @@ class CausalLM(nn.Module):
                 layer.mlp.fuse()
         return self
 
-    def pack_for_cpu(self) -> CausalLM:
-        """Replace every linear layer by a :class:`PackedLinear` (fp32 CPU inference only)."""
-        if not can_pack(self.dtype, self.device):
+    def prepare_for_cpu(self) -> CausalLM:
+        """Swap in the fastest CPU inference path available (done by the loader).
+
+        With the native kernels (:mod:`hogwild.kernels`): every linear becomes a
+        :class:`KernelLinear`, norms and the SiLU gate use their kernels, and activations
+        flow in fp32 whatever the weight dtype (fp32 or bf16 weights, "weight-only" bf16).
+        Without them, fp32 linears are prepacked for oneDNN (:class:`PackedLinear`).
+        Results differ from the plain path by fp32 rounding only. A no-op off CPU.
+        """
+        if self.device.type != "cpu":
             return self
+        if kernels.available() and self.dtype in (torch.float32, torch.bfloat16):
+            self._swap_linears(KernelLinear)
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    module.use_kernels()
+                elif isinstance(module, MLP):
+                    module.kernel = module.gate_up_proj is not None
+            self.activation_dtype = torch.float32
+            if self.model.layers and self.model.layers[0].self_attn.qkv_proj is not None:
+                from ..kernels.native import NativeDecoder
+
+                self.native = NativeDecoder(self)
+        elif can_pack(self.dtype, self.device):
+            self._swap_linears(PackedLinear)
+        return self
+
+    def _swap_linears(self, cls: type[nn.Module]) -> None:
         for module in [self, *self.modules()]:
             for name, child in list(module.named_children()):
                 if type(child) is nn.Linear:
-                    setattr(module, name, PackedLinear(child))
-        return self
+                    setattr(module, name, cls(child))
 
     @property
     def device(self) -> torch.device:
@@ -209,8 +272,15 @@ class CausalLM(nn.Module):
         Returns fp32 logits [len(logit_rows), vocab].
         """
         x = self.model.embed_tokens(ids)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, i, plan)
+        if self.activation_dtype is not None:
+            x = x.to(self.activation_dtype)
+        native_pass = getattr(plan, "native_pass", None)
+        if self.native is not None and native_pass is not None and x.shape[0] <= self.native.MAX_ROWS:
+            x = x.contiguous()
+            self.native.run(x, plan)  # all layers in one native call (decode passes)
+        else:
+            for i, layer in enumerate(self.model.layers):
+                x = layer(x, i, plan)
         if logit_rows is not None:
             x = x.index_select(0, logit_rows)
         return self.lm_head(self.model.norm(x)).float()

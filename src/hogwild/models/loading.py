@@ -104,19 +104,20 @@ def load_model(
     name_or_path: str = registry.DEFAULT_MODEL,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
-    pack: bool = True,
+    optimize: bool = True,
 ) -> LoadedModel:
     """Load a short name, local directory, ``.gguf`` file or hub id into our :class:`CausalLM`.
 
-    ``pack``: prepack linear weights for oneDNN where that helps (fp32 on CPU); the results
-    then differ from the plain matmuls by fp32 rounding only (reduction order).
+    ``optimize``: switch to the fastest CPU path (native kernels, else oneDNN-prepacked fp32
+    linears; see :meth:`CausalLM.prepare_for_cpu`); results then differ from the plain
+    PyTorch modules by fp32 rounding only (reduction order).
     """
     torch_dtype = _parse_dtype(dtype)
     torch_device = _parse_device(device)
     directory = resolve(name_or_path)
     loaded = _load_directory(directory, str(name_or_path), torch_dtype, torch_device)
-    if pack:
-        loaded.model.pack_for_cpu()
+    if optimize:
+        loaded.model.prepare_for_cpu()
     return loaded
 
 

@@ -1,0 +1,514 @@
+/* hogwild CPU kernels for decode passes (a few rows per pass), AVX2 + FMA.
+ *
+ * Why: a decode pass is memory-bound, but on CPUs without native bf16 PyTorch's bf16 matmul
+ * reaches a fraction of the memory bandwidth, and a pass of ~90 small torch ops per layer
+ * spends more time in dispatch than in math. These kernels read bf16 or fp32 weights once,
+ * at close to the bandwidth, and do the per-block attention of a whole layer (store the new
+ * keys, rotate queries per block, online softmax over every block of every view) in one call.
+ *
+ * Everything is computed in fp32. Built on first use by hogwild/kernels/__init__.py and
+ * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ helpers */
+
+static inline __m256 load8_bf16(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* round to nearest even, as torch's .to(torch.bfloat16) does */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u); /* NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* exp(x) for x <= 0 (softmax weights): 2^n * e^r, |r| <= ln2/2, degree-7 Taylor polynomial
+ * (relative error < 1e-8 before rounding). Inputs below -87 flush to 0. */
+static inline __m256 exp8_nonpositive(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* r = x - n ln2, with ln2 split in two for accuracy */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 out = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(underflow, out);
+}
+
+/* ------------------------------------------------------------------ linear */
+
+/* y[m, n] (+)= sum_k x[m, k] w[n, k] + b[n] for rows m0..m0+MB-1 and output n.
+ * One weight row is read from memory once per n; the MB rows of x stay in L1. */
+#define LINEAR_BODY(MB, LOADW, ES)                                                          \
+    {                                                                                       \
+        const char *wrow = (const char *)w + (size_t)n * K * ES;                            \
+        __m256 a[MB][2];                                                                    \
+        for (int i = 0; i < MB; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();               \
+        int k = 0;                                                                          \
+        for (; k + 16 <= K; k += 16) {                                                      \
+            __m256 w0 = LOADW(wrow + (size_t)k * ES), w1 = LOADW(wrow + (size_t)(k + 8) * ES); \
+            for (int i = 0; i < MB; i++) {                                                  \
+                const float *xr = x + (size_t)(m0 + i) * K + k;                             \
+                a[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a[i][0]);                \
+                a[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a[i][1]);            \
+            }                                                                               \
+        }                                                                                   \
+        for (; k + 8 <= K; k += 8) {                                                        \
+            __m256 w0 = LOADW(wrow + (size_t)k * ES);                                       \
+            for (int i = 0; i < MB; i++)                                                    \
+                a[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)(m0 + i) * K + k), a[i][0]); \
+        }                                                                                   \
+        for (int i = 0; i < MB; i++) {                                                      \
+            float s = hsum8(_mm256_add_ps(a[i][0], a[i][1]));                               \
+            for (int kk = k; kk < K; kk++) s += x[(size_t)(m0 + i) * K + kk] * WSCALAR(wrow, kk); \
+            if (b) s += b[n];                                                               \
+            float *out = y + (size_t)(m0 + i) * N + n;                                      \
+            *out = accumulate ? *out + s : s;                                               \
+        }                                                                                   \
+    }
+
+#define LOADW_F32(p) _mm256_loadu_ps((const float *)(p))
+#define LOADW_BF16(p) load8_bf16((const uint16_t *)(p))
+
+static void linear_f32(const float *x, const void *w, const float *b, float *y, int M, int N, int K,
+                       int accumulate, int threads) {
+#define WSCALAR(row, kk) (((const float *)(row))[kk])
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++) {
+        int m0 = 0;
+        for (; m0 + 4 <= M; m0 += 4) LINEAR_BODY(4, LOADW_F32, 4)
+        switch (M - m0) {
+        case 3: LINEAR_BODY(3, LOADW_F32, 4) break;
+        case 2: LINEAR_BODY(2, LOADW_F32, 4) break;
+        case 1: LINEAR_BODY(1, LOADW_F32, 4) break;
+        default: break;
+        }
+    }
+#undef WSCALAR
+}
+
+static void linear_bf16(const float *x, const void *w, const float *b, float *y, int M, int N, int K,
+                        int accumulate, int threads) {
+#define WSCALAR(row, kk) bf16_to_f32(((const uint16_t *)(row))[kk])
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int n = 0; n < N; n++) {
+        int m0 = 0;
+        for (; m0 + 4 <= M; m0 += 4) LINEAR_BODY(4, LOADW_BF16, 2)
+        switch (M - m0) {
+        case 3: LINEAR_BODY(3, LOADW_BF16, 2) break;
+        case 2: LINEAR_BODY(2, LOADW_BF16, 2) break;
+        case 1: LINEAR_BODY(1, LOADW_BF16, 2) break;
+        default: break;
+        }
+    }
+#undef WSCALAR
+}
+
+/* y [M, N] = x [M, K] @ w[N, K]^T + b (fp32 x, y, b; w fp32 or bf16). With accumulate,
+ * y += instead of y = (a residual connection without another pass over y). */
+void hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N,
+               int K, int accumulate, int threads) {
+    if (w_bf16)
+        linear_bf16(x, w, b, y, M, N, K, accumulate, threads);
+    else
+        linear_f32(x, w, b, y, M, N, K, accumulate, threads);
+}
+
+/* ------------------------------------------------------------------ elementwise */
+
+/* y = x / rms(x) * w, row by row over the last dimension K (fp32 throughout). */
+void hw_rmsnorm(const float *x, const float *w, float *y, int M, int K, float eps) {
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * K;
+        float *yr = y + (size_t)m * K;
+        __m256 acc = _mm256_setzero_ps();
+        int k = 0;
+        for (; k + 8 <= K; k += 8) {
+            __m256 v = _mm256_loadu_ps(xr + k);
+            acc = _mm256_fmadd_ps(v, v, acc);
+        }
+        float ss = hsum8(acc);
+        for (; k < K; k++) ss += xr[k] * xr[k];
+        float inv = 1.0f / sqrtf(ss / (float)K + eps);
+        __m256 vinv = _mm256_set1_ps(inv);
+        k = 0;
+        for (; k + 8 <= K; k += 8)
+            _mm256_storeu_ps(yr + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vinv),
+                                                   _mm256_loadu_ps(w + k)));
+        for (; k < K; k++) yr[k] = xr[k] * inv * w[k];
+    }
+}
+
+/* y [M, I] = silu(gu[:, :I]) * gu[:, I:]  (the gated MLP's activation, fused gate/up input). */
+void hw_silu_mul(const float *gu, float *y, int M, int I) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int m = 0; m < M; m++) {
+        const float *g = gu + (size_t)m * 2 * I, *u = g + I;
+        float *yr = y + (size_t)m * I;
+        int i = 0;
+        for (; i + 8 <= I; i += 8) {
+            __m256 gv = _mm256_loadu_ps(g + i);
+            /* silu(g) = g / (1 + exp(-g)); exp of a non-positive argument either way */
+            __m256 neg = _mm256_cmp_ps(gv, _mm256_setzero_ps(), _CMP_LT_OQ);
+            __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_setzero_ps(),
+                                                      _mm256_andnot_ps(_mm256_set1_ps(-0.0f), gv)));
+            /* g >= 0: g / (1 + e^-g);  g < 0: g e^g / (1 + e^g) */
+            __m256 num = _mm256_blendv_ps(gv, _mm256_mul_ps(gv, e), neg);
+            __m256 s = _mm256_div_ps(num, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(yr + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+        }
+        for (; i < I; i++) yr[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+/* ------------------------------------------------------------------ attention */
+
+/* Rotate-half RoPE of one head vector by (cos, sin), times scale. */
+static inline void rope_row(const float *x, const float *c, const float *s, float *out, int D, float scale) {
+    int half = D / 2;
+    for (int d = 0; d < half; d++) out[d] = (x[d] * c[d] - x[d + half] * s[d]) * scale;
+    for (int d = half; d < D; d++) out[d] = (x[d] * c[d] + x[d - half] * s[d]) * scale;
+}
+
+/* Write this pass's keys (rotated at their local positions) and values into the pool.
+ * k, v [R, Hkv, D] fp32; slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
+ * capacity * D elements), fp32 or bf16. */
+void hw_store_kv(const float *k, const float *v, const int64_t *slots, const float *kcos, const float *ksin,
+                 void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D) {
+    float tmp[1024];
+    for (int r = 0; r < R; r++) {
+        for (int h = 0; h < Hkv; h++) {
+            const float *kr = k + ((size_t)r * Hkv + h) * D, *vr = v + ((size_t)r * Hkv + h) * D;
+            rope_row(kr, kcos + (size_t)r * D, ksin + (size_t)r * D, tmp, D, 1.0f);
+            size_t at = (size_t)h * head_stride + (size_t)slots[r] * D;
+            if (bf16) {
+                uint16_t *kp = (uint16_t *)kpool + at, *vp = (uint16_t *)vpool + at;
+                for (int d = 0; d < D; d++) {
+                    kp[d] = f32_to_bf16(tmp[d]);
+                    vp[d] = f32_to_bf16(vr[d]);
+                }
+            } else {
+                memcpy((float *)kpool + at, tmp, sizeof(float) * D);
+                memcpy((float *)vpool + at, vr, sizeof(float) * D);
+            }
+        }
+    }
+}
+
+#define UNIT_KEYS 256 /* keys per work unit: long blocks are split so all threads get work */
+#define MAX_G 16
+#define MAX_D 256
+#define CHUNK 32
+
+typedef struct {
+    int row;
+    int pair;
+    int first; /* first key of the pair's block in this unit */
+    int count;
+} Unit;
+
+/* [sum(a0), ..., sum(a7)]: eight dot products finished at once, no horizontal sum each */
+static inline __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                             __m256 a7) {
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* n rows of D values from a pool (fp32 or bf16) as fp32: the pool itself when fp32,
+ * else converted into buf. Rows of one head are contiguous in the pool. */
+static inline const float *rows_f32(const void *base, size_t at, int n, int D, int bf16, float *buf) {
+    if (!bf16) return (const float *)base + at;
+    const uint16_t *src = (const uint16_t *)base + at;
+    int total = n * D, i = 0;
+    for (; i + 8 <= total; i += 8) _mm256_storeu_ps(buf + i, load8_bf16(src + i));
+    for (; i < total; i++) buf[i] = bf16_to_f32(src[i]);
+    return buf;
+}
+
+/* One unit for one KV head: keys [first, first+count) of one block, seen by the G query
+ * heads of one row through one view entry. Writes the unnormalised partial result: max
+ * score m, sum of weights l, and sum of weights x values acc (per query head). */
+static void attend_unit(const float *q, const Unit *u, int kh, int H, int G, int D, const int64_t *pair_slot,
+                        const float *pair_cos, const float *pair_sin, const void *kbase, const void *vbase,
+                        int64_t head_stride, int bf16, float scale, float *m_out, float *l_out, float *acc_out) {
+    float qr[MAX_G][MAX_D];
+    float sc[MAX_G][CHUNK];
+    float kbuf[CHUNK * MAX_D], vbuf[CHUNK * MAX_D];
+    const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
+    for (int g = 0; g < G; g++) {
+        rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, qr[g], D, scale);
+        m_out[g] = -INFINITY;
+        l_out[g] = 0.0f;
+        memset(acc_out + (size_t)g * D, 0, sizeof(float) * D);
+    }
+    size_t head = (size_t)kh * head_stride;
+    int64_t slot0 = pair_slot[u->pair] + u->first;
+    for (int j0 = 0; j0 < u->count; j0 += CHUNK) {
+        int n = u->count - j0 < CHUNK ? u->count - j0 : CHUNK;
+        size_t at = head + (size_t)(slot0 + j0) * D;
+        const float *kc = rows_f32(kbase, at, n, D, bf16, kbuf);
+        const float *vc = rows_f32(vbase, at, n, D, bf16, vbuf);
+        /* scores */
+        for (int g = 0; g < G; g++) {
+            int j = 0;
+            if (D % 8 == 0) {
+                for (; j + 8 <= n; j += 8) {
+                    __m256 a[8];
+                    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+                    for (int d = 0; d < D; d += 8) {
+                        __m256 qv = _mm256_loadu_ps(qr[g] + d);
+                        for (int i = 0; i < 8; i++)
+                            a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kc + (size_t)(j + i) * D + d), a[i]);
+                    }
+                    _mm256_storeu_ps(sc[g] + j, reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]));
+                }
+            }
+            for (; j < n; j++) {
+                float acc = 0.0f;
+                for (int d = 0; d < D; d++) acc += qr[g][d] * kc[(size_t)j * D + d];
+                sc[g][j] = acc;
+            }
+        }
+        /* online softmax */
+        for (int g = 0; g < G; g++) {
+            float mx = m_out[g];
+            for (int j = 0; j < n; j++) mx = sc[g][j] > mx ? sc[g][j] : mx;
+            float corr = m_out[g] == -INFINITY ? 0.0f : expf(m_out[g] - mx);
+            m_out[g] = mx;
+            float sum = 0.0f;
+            int j = 0;
+            __m256 vmx = _mm256_set1_ps(mx);
+            for (; j + 8 <= n; j += 8) {
+                __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sc[g] + j), vmx));
+                _mm256_storeu_ps(sc[g] + j, e);
+                sum += hsum8(e);
+            }
+            for (; j < n; j++) {
+                sc[g][j] = expf(sc[g][j] - mx);
+                sum += sc[g][j];
+            }
+            l_out[g] = l_out[g] * corr + sum;
+            float *acc = acc_out + (size_t)g * D;
+            /* values: 64 accumulator lanes stay in registers over the chunk's keys (eight
+             * independent FMA chains, so the loop is not bound by FMA latency) */
+            int d = 0;
+            __m256 vcorr = _mm256_set1_ps(corr);
+            for (; d + 64 <= D; d += 64) {
+                __m256 a[8];
+                for (int b = 0; b < 8; b++) a[b] = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 8 * b), vcorr);
+                for (int jj = 0; jj < n; jj++) {
+                    __m256 pw = _mm256_set1_ps(sc[g][jj]);
+                    const float *vr = vc + (size_t)jj * D + d;
+                    for (int b = 0; b < 8; b++) a[b] = _mm256_fmadd_ps(pw, _mm256_loadu_ps(vr + 8 * b), a[b]);
+                }
+                for (int b = 0; b < 8; b++) _mm256_storeu_ps(acc + d + 8 * b, a[b]);
+            }
+            for (; d + 8 <= D; d += 8) {
+                __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vcorr);
+                for (int jj = 0; jj < n; jj++)
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(sc[g][jj]), _mm256_loadu_ps(vc + (size_t)jj * D + d), a);
+                _mm256_storeu_ps(acc + d, a);
+            }
+            for (; d < D; d++) {
+                float a = acc[d] * corr;
+                for (int jj = 0; jj < n; jj++) a += sc[g][jj] * vc[(size_t)jj * D + d];
+                acc[d] = a;
+            }
+        }
+    }
+}
+
+/* Attention of R rows over their views, for one layer.
+ *
+ * q [R, H, D] fp32, un-rotated. Row r sees pairs row_start[r] .. row_start[r+1]-1; pair p is
+ * one view entry: keys at pool slots pair_slot[p] .. + pair_len[p] - 1 (already limited to
+ * what the row may see), scored with the query rotated by (pair_cos[p], pair_sin[p]).
+ * Pools: [Hkv, capacity, D] of this layer. out [R, H, D] fp32. Returns 0, or -1 when a
+ * scratch allocation fails. */
+int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
+              const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
+              const void *kbase, const void *vbase, int64_t head_stride, int bf16, float scale, int threads) {
+    int G = H / Hkv;
+    int units = 0;
+    for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
+    Unit *list = (Unit *)malloc(sizeof(Unit) * (units > 0 ? units : 1));
+    int *row_unit = (int *)malloc(sizeof(int) * (R + 1));
+    size_t per = (size_t)G * (D + 2);
+    float *part = (float *)malloc(sizeof(float) * per * (size_t)Hkv * (units > 0 ? units : 1));
+    if (!list || !row_unit || !part) {
+        free(list);
+        free(row_unit);
+        free(part);
+        return -1;
+    }
+    int u = 0;
+    for (int r = 0; r < R; r++) {
+        row_unit[r] = u;
+        for (int p = row_start[r]; p < row_start[r + 1]; p++)
+            for (int first = 0; first < pair_len[p]; first += UNIT_KEYS) {
+                list[u].row = r;
+                list[u].pair = p;
+                list[u].first = first;
+                list[u].count = pair_len[p] - first < UNIT_KEYS ? pair_len[p] - first : UNIT_KEYS;
+                u++;
+            }
+    }
+    row_unit[R] = u;
+    int items = units * Hkv;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int it = 0; it < items; it++) {
+        int un = it / Hkv, kh = it % Hkv;
+        float *base = part + per * (size_t)it;
+        attend_unit(q, &list[un], kh, H, G, D, pair_slot, pair_cos, pair_sin, kbase, vbase, head_stride, bf16,
+                    scale, base, base + G, base + 2 * G);
+    }
+    /* merge the units of each row: weights exp(m_u - max) */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int it = 0; it < R * Hkv; it++) {
+        int r = it / Hkv, kh = it % Hkv;
+        for (int g = 0; g < G; g++) {
+            float *o = out + ((size_t)r * H + (size_t)kh * G + g) * D;
+            float best = -INFINITY;
+            for (int un = row_unit[r]; un < row_unit[r + 1]; un++) {
+                float m = part[per * ((size_t)un * Hkv + kh) + g];
+                best = m > best ? m : best;
+            }
+            float den = 0.0f;
+            memset(o, 0, sizeof(float) * D);
+            if (best == -INFINITY) continue; /* a row that sees nothing (not produced by the engine) */
+            for (int un = row_unit[r]; un < row_unit[r + 1]; un++) {
+                const float *bp = part + per * ((size_t)un * Hkv + kh);
+                if (bp[g] == -INFINITY) continue;
+                float wgt = expf(bp[g] - best);
+                den += wgt * bp[G + g];
+                const float *acc = bp + 2 * G + (size_t)g * D;
+                for (int d = 0; d < D; d++) o[d] += wgt * acc[d];
+            }
+            float inv = 1.0f / den;
+            for (int d = 0; d < D; d++) o[d] *= inv;
+        }
+    }
+    free(list);
+    free(row_unit);
+    free(part);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ whole decoder stack */
+
+/* Pointers to one layer's weights (as prepared by hogwild.kernels.native: fused q/k/v and
+ * gate/up, weights fp32 or bf16, biases and norm weights fp32; NULL where absent). */
+typedef struct {
+    const void *qkv_w;
+    const float *qkv_b;
+    const void *o_w;
+    const float *o_b;
+    const void *gate_up_w;
+    const float *gate_up_b;
+    const void *down_w;
+    const float *down_b;
+    const float *ln_in;
+    const float *ln_post;
+    const float *q_norm; /* per-head RMSNorm of q and k (Qwen3), else NULL */
+    const float *k_norm;
+} LayerWeights;
+
+typedef struct {
+    int hidden, heads, kv_heads, head_dim, inter;
+    int w_bf16, kv_bf16, threads;
+    float eps, scale;
+} Dims;
+
+/* What one pass attends to (built per pass by hogwild.attention.KernelPlan). */
+typedef struct {
+    int rows;
+    const int64_t *slots;
+    const float *k_cos, *k_sin;
+    const int32_t *row_start;
+    const int64_t *pair_slot;
+    const int32_t *pair_len;
+    const float *pair_cos, *pair_sin;
+} PassInfo;
+
+/* Floats of scratch hw_decode_layers needs for `rows` rows. */
+int64_t hw_decode_scratch(const Dims *dm, int rows) {
+    int64_t qd = (int64_t)dm->heads * dm->head_dim, kd = (int64_t)dm->kv_heads * dm->head_dim;
+    return (int64_t)rows * (dm->hidden + (qd + 2 * kd) + qd + kd + kd + qd + 2 * (int64_t)dm->inter + dm->inter);
+}
+
+/* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
+ * in place. Pools are [layers, kv_heads, capacity, head_dim]; layer_stride and head_stride in
+ * elements. Returns 0, or -1 when attention scratch could not be allocated. */
+int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const Dims *dm, const PassInfo *ps,
+                     void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, float *scratch) {
+    int R = ps->rows, H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim, E = dm->hidden, I = dm->inter;
+    int qd = H * D, kd = Hkv * D, qkvd = qd + 2 * kd;
+    float *h = scratch;                  /* [R, E] normed input */
+    float *qkv = h + (size_t)R * E;      /* [R, qkvd] */
+    float *q = qkv + (size_t)R * qkvd;   /* [R, H, D] */
+    float *k = q + (size_t)R * qd;       /* [R, Hkv, D] */
+    float *v = k + (size_t)R * kd;       /* [R, Hkv, D] */
+    float *att = v + (size_t)R * kd;     /* [R, H, D] */
+    float *gu = att + (size_t)R * qd;    /* [R, 2I] */
+    float *act = gu + (size_t)R * 2 * I; /* [R, I] */
+    size_t es = dm->kv_bf16 ? 2 : 4;
+    for (int l = 0; l < num_layers; l++) {
+        const LayerWeights *w = &layers[l];
+        hw_rmsnorm(x, w->ln_in, h, R, E, dm->eps);
+        hw_linear(h, w->qkv_w, dm->w_bf16, w->qkv_b, qkv, R, qkvd, E, 0, dm->threads);
+        for (int r = 0; r < R; r++) {
+            const float *src = qkv + (size_t)r * qkvd;
+            memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
+            memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
+            memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
+        }
+        if (w->q_norm) hw_rmsnorm(q, w->q_norm, q, R * H, D, dm->eps);
+        if (w->k_norm) hw_rmsnorm(k, w->k_norm, k, R * Hkv, D, dm->eps);
+        char *kl = (char *)k_pool + (size_t)l * layer_stride * es, *vl = (char *)v_pool + (size_t)l * layer_stride * es;
+        hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D);
+        if (hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
+                      kl, vl, head_stride, dm->kv_bf16, dm->scale, dm->threads) != 0)
+            return -1;
+        hw_linear(att, w->o_w, dm->w_bf16, w->o_b, x, R, E, qd, 1, dm->threads);
+        hw_rmsnorm(x, w->ln_post, h, R, E, dm->eps);
+        hw_linear(h, w->gate_up_w, dm->w_bf16, w->gate_up_b, gu, R, 2 * I, E, 0, dm->threads);
+        hw_silu_mul(gu, act, R, I);
+        hw_linear(act, w->down_w, dm->w_bf16, w->down_b, x, R, E, I, 1, dm->threads);
+    }
+    return 0;
+}

@@ -1,0 +1,223 @@
+"""The native CPU kernels: each against PyTorch, the native decoder against the reference
+engine, and the fallback when they are turned off."""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hogwild import kernels
+from hogwild.engine import Engine
+from hogwild.layouts import LAYOUTS
+from hogwild.models.llama import KernelLinear, PackedLinear
+
+from tiny import forced_tokens, random_script, tiny_model, toy_decode
+
+
+def _buildable() -> bool:
+    return kernels._cpu_supported() and shutil.which("cc") is not None
+
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"native kernels: {kernels.status()}")
+
+
+def test_kernels_build_where_they_can() -> None:
+    """Where a compiler and AVX2 exist, the kernels must build (a broken build is a failure,
+    not a silent fallback)."""
+    if not _buildable():
+        pytest.skip("no C compiler or no AVX2 here")
+    assert kernels.available(), kernels.status()
+
+
+def test_turned_off_by_environment(monkeypatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "0")
+    kernels.reset()
+    try:
+        assert not kernels.available()
+        assert "HOGWILD_KERNELS" in kernels.status()
+        model = copy.deepcopy(tiny_model(seed=2)).fuse_projections().prepare_for_cpu()
+        assert model.native is None
+        assert not any(isinstance(m, KernelLinear) for m in model.modules())
+        assert isinstance(model.lm_head, (PackedLinear, torch.nn.Linear))
+    finally:
+        monkeypatch.delenv(kernels.ENV)
+        kernels.reset()
+    assert kernels.available() == _buildable() or not _buildable()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13])
+@pytest.mark.parametrize("shape", [(17, 5), (96, 64), (40, 72), (33, 150)])
+def test_linear(dtype, rows, shape) -> None:
+    torch.manual_seed(rows)
+    n, k = shape
+    x, w, b = torch.randn(rows, k), torch.randn(n, k).to(dtype), torch.randn(n)
+    expected = F.linear(x.double(), w.double(), b.double())
+    assert torch.allclose(kernels.linear(x, w, b).double(), expected, atol=1e-4 * math.sqrt(k))
+    assert torch.allclose(kernels.linear(x, w).double(), expected - b.double(), atol=1e-4 * math.sqrt(k))
+    out = torch.randn(rows, n)
+    start = out.clone()
+    kernels.linear(x, w, b, out=out, accumulate=True)
+    assert torch.allclose(out.double(), start.double() + expected, atol=1e-4 * math.sqrt(k))
+
+
+@needs_kernels
+def test_elementwise_kernels() -> None:
+    torch.manual_seed(0)
+    x, w = torch.randn(5, 77) * 3, torch.randn(77)
+    assert torch.allclose(kernels.rmsnorm(x, w, 1e-6), F.rms_norm(x, (77,), w, 1e-6), atol=1e-5)
+    gate_up = torch.randn(3, 2 * 45) * 8  # large |gate| exercises both branches of silu
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.allclose(kernels.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_wrappers_refuse_bad_tensors() -> None:
+    with pytest.raises(ValueError, match="fp32"):
+        kernels.linear(torch.randn(2, 4, dtype=torch.float64), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="mismatch"):
+        kernels.linear(torch.randn(2, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.linear(torch.randn(4, 2).t(), torch.randn(3, 4))
+
+
+def _dense_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale):
+    """Per row: concatenate the (rotated-query) scores of its pairs, one softmax."""
+    rows, heads, d = q.shape
+    kv_heads = k_pool.shape[0]
+    g = heads // kv_heads
+    out = torch.empty(rows, heads, d, dtype=torch.float64)
+    half = d // 2
+    for r in range(rows):
+        scores, values = [], []
+        for p, (row, start, n) in enumerate(pairs):
+            if row != r:
+                continue
+            qr = q[r].double()
+            rotated = torch.cat((-qr[:, half:], qr[:, :half]), dim=-1)
+            qr = qr * rope_cos[p].double() + rotated * rope_sin[p].double()
+            keys = k_pool[:, start : start + n].double().repeat_interleave(g, dim=0)  # [H, n, d]
+            scores.append(torch.einsum("hd,hnd->hn", qr, keys) * scale)
+            values.append(v_pool[:, start : start + n].double().repeat_interleave(g, dim=0))
+        probs = torch.cat(scores, dim=1).softmax(dim=-1)
+        out[r] = torch.einsum("hn,hnd->hd", probs, torch.cat(values, dim=1))
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72)])
+def test_attention_kernel(dtype, heads, kv_heads, d) -> None:
+    torch.manual_seed(heads + d)
+    cap = 1500
+    k_pool = torch.randn(kv_heads, cap, d).to(dtype)
+    v_pool = torch.randn(kv_heads, cap, d).to(dtype)
+    # rows with several pairs: a long block (split into work units), short ones, a repeat
+    pairs = [(0, 0, 700), (0, 900, 5), (0, 950, 1), (1, 0, 700), (1, 900, 33), (1, 900, 33), (2, 1000, 300)]
+    rows = 3
+    q = torch.randn(rows, heads, d)
+    angles = torch.rand(len(pairs), d // 2) * 6
+    cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
+    sin = torch.cat((angles.sin(), angles.sin()), dim=-1)
+    row_start = torch.tensor([0, 3, 6, 7], dtype=torch.int32)
+    slots = torch.tensor([s for _, s, _ in pairs])
+    lens = torch.tensor([n for _, _, n in pairs], dtype=torch.int32)
+    scale = 1 / math.sqrt(d)
+    got = kernels.attend(q, row_start, slots, lens, cos, sin, k_pool, v_pool, scale, 1300)
+    want = _dense_attention(q, pairs, k_pool, v_pool, cos, sin, scale)
+    assert (got.double() - want).abs().max().item() < 1e-4
+
+
+@needs_kernels
+def test_store_kv_rotates_and_rounds_like_torch() -> None:
+    from hogwild.models.rope import rotate
+
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        k, v = torch.randn(3, 2, 16), torch.randn(3, 2, 16)
+        angles = torch.rand(3, 8)
+        cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+        k_pool, v_pool = torch.zeros(2, 10, 16, dtype=dtype), torch.zeros(2, 10, 16, dtype=dtype)
+        slots = torch.tensor([7, 2, 5])
+        kernels.store_kv(k, v, slots, cos, sin, k_pool, v_pool)
+        assert torch.equal(v_pool[:, slots].transpose(0, 1), v.to(dtype))
+        expected = rotate(k, cos, sin).to(dtype)
+        assert (k_pool[:, slots].transpose(0, 1).float() - expected.float()).abs().max().item() <= 1e-5 * (dtype == torch.float32) + 1e-2 * (dtype == torch.bfloat16)
+        with pytest.raises(ValueError, match="slot"):
+            kernels.store_kv(k, v, torch.tensor([1, 2, 10]), cos, sin, k_pool, v_pool)
+
+
+def _prepared(model):
+    prepared = copy.deepcopy(model).fuse_projections().prepare_for_cpu()
+    assert prepared.native is not None
+    return prepared
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("workers", [1, 2, 4, 8])
+def test_native_decoder_equals_reference(layout: str, workers: int) -> None:
+    """The whole native decode (all layers in C) against the dense oracle on the plain model."""
+    plain = tiny_model(seed=workers)
+    fast = Engine(_prepared(plain), layout, decode=toy_decode).start(random_script(workers, seed=workers, check_in_every=5))
+    ref = Engine(plain, layout, decode=toy_decode, reference=True).start(random_script(workers, seed=workers, check_in_every=5))
+    worst = 0.0
+    for forced in forced_tokens(workers, 30, seed=workers):
+        fast.step(force=forced)
+        ref.step(force=forced)
+        for a, b in zip(fast.logits, ref.logits):
+            worst = max(worst, (a - b).abs().max().item())
+    assert worst < 1e-4, worst
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"head_dim": 64, "num_heads": 6, "num_kv_heads": 2, "hidden_size": 128},  # the 64-lane value path
+        {"head_dim": 128, "num_heads": 2, "num_kv_heads": 1, "hidden_size": 96},
+        {"model_type": "qwen3", "qk_norm": True},
+        {"model_type": "qwen2", "qkv_bias": True},
+        {"model_type": "llama", "qkv_bias": True, "o_bias": True, "mlp_bias": True},
+    ],
+)
+def test_native_decoder_architectures(arch) -> None:
+    plain = tiny_model(seed=4, **arch)
+    script = random_script(3, seed=4)
+    fast = Engine(_prepared(plain), "combined", decode=toy_decode).start(script)
+    ref = Engine(plain, "combined", decode=toy_decode, reference=True).start(script)
+    for forced in forced_tokens(3, 12, seed=4):
+        fast.step(force=forced)
+        ref.step(force=forced)
+        for a, b in zip(fast.logits, ref.logits):
+            assert (a - b).abs().max().item() < 1e-4
+
+
+@needs_kernels
+def test_native_decoder_bf16_weights() -> None:
+    """bf16 weights and store, fp32 math: close to the fp32 oracle on the same rounded weights
+    (the only other rounding is the bf16 key/value store)."""
+    bf16 = tiny_model(seed=6, dtype=torch.bfloat16)
+    as_fp32 = copy.deepcopy(bf16).float()
+    script = random_script(2, seed=6)
+    fast = Engine(_prepared(bf16), "combined", decode=toy_decode).start(script)
+    ref = Engine(as_fp32, "combined", decode=toy_decode, reference=True).start(script)
+    assert fast.store.dtype == torch.bfloat16
+    for forced in forced_tokens(2, 12, seed=6):
+        fast.step(force=forced)
+        ref.step(force=forced)
+        for a, b in zip(fast.logits, ref.logits):
+            assert (a - b).abs().max().item() < 0.03 * b.abs().max().item()
+
+
+@needs_kernels
+def test_prepared_model_cannot_be_copied() -> None:
+    prepared = _prepared(tiny_model(seed=1))
+    with pytest.raises(TypeError, match="copy"):
+        copy.deepcopy(prepared)
