@@ -110,22 +110,29 @@ def _dense_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale):
     return out
 
 
+# Rows with several pairs: a long block (split into work units) several rows share, short
+# ones, a repeat within a row, a partial view of a shared block.
+MIXED = [(0, 0, 700), (0, 900, 5), (0, 950, 1), (1, 0, 700), (1, 900, 33), (1, 900, 33), (2, 1000, 300),
+         (2, 0, 650)]
+# Nine rows seeing the same blocks: more sharing rows than one work item takes (groups split).
+SHARED = [(r, start, n) for r in range(9) for start, n in ((0, 300), (400, 7))]
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72)])
-def test_attention_kernel(dtype, heads, kv_heads, d) -> None:
+@pytest.mark.parametrize("pairs", [MIXED, SHARED], ids=["mixed", "shared"])
+def test_attention_kernel(dtype, heads, kv_heads, d, pairs) -> None:
     torch.manual_seed(heads + d)
     cap = 1500
     k_pool = torch.randn(kv_heads, cap, d).to(dtype)
     v_pool = torch.randn(kv_heads, cap, d).to(dtype)
-    # rows with several pairs: a long block (split into work units), short ones, a repeat
-    pairs = [(0, 0, 700), (0, 900, 5), (0, 950, 1), (1, 0, 700), (1, 900, 33), (1, 900, 33), (2, 1000, 300)]
-    rows = 3
+    rows = pairs[-1][0] + 1
     q = torch.randn(rows, heads, d)
     angles = torch.rand(len(pairs), d // 2) * 6
     cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
     sin = torch.cat((angles.sin(), angles.sin()), dim=-1)
-    row_start = torch.tensor([0, 3, 6, 7], dtype=torch.int32)
+    row_start = torch.tensor([sum(1 for p in pairs if p[0] < r) for r in range(rows + 1)], dtype=torch.int32)
     slots = torch.tensor([s for _, s, _ in pairs])
     lens = torch.tensor([n for _, _, n in pairs], dtype=torch.int32)
     scale = 1 / math.sqrt(d)

@@ -14,6 +14,7 @@ check dtypes, shapes and contiguity, since a wrong pointer here is a crash, not 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -23,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+from torch.autograd import profiler as _autograd_profiler
 
 from ..paths import cache_dir
 
@@ -126,6 +128,14 @@ def reset() -> None:
 
 
 # ---------------------------------------------------------------------------- wrappers
+def span(name: str) -> contextlib.AbstractContextManager:
+    """A ``hogwild::name`` range in torch.profiler traces (free when no profiler runs), so
+    profiles count native kernel time as model math, not as Python overhead."""
+    if _autograd_profiler._is_profiler_enabled:
+        return torch.profiler.record_function(f"hogwild::{name}")
+    return contextlib.nullcontext()
+
+
 def _need(cond: bool, what: str) -> None:
     if not cond:
         raise ValueError(f"hogwild kernel: {what}")
@@ -165,10 +175,11 @@ def linear(
         out = torch.empty((M, N), dtype=torch.float32, device=x.device)
     else:
         _need(out.dtype == torch.float32 and out.is_contiguous() and tuple(out.shape) == (M, N), "out must be fp32 [M, N]")
-    lib.hw_linear(
-        x.data_ptr(), weight.data_ptr(), int(weight.dtype == torch.bfloat16),
-        None if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K, int(accumulate), _threads(),
-    )
+    with span("linear"):
+        lib.hw_linear(
+            x.data_ptr(), weight.data_ptr(), int(weight.dtype == torch.bfloat16),
+            None if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K, int(accumulate), _threads(),
+        )
     return out
 
 
@@ -179,7 +190,8 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     K = x.shape[-1]
     _need(weight.dtype == torch.float32 and weight.is_contiguous() and weight.numel() == K, "weight must be fp32 [K]")
     out = torch.empty_like(x)
-    lib.hw_rmsnorm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // max(K, 1), K, eps)
+    with span("rmsnorm"):
+        lib.hw_rmsnorm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // max(K, 1), K, eps)
     return out
 
 
@@ -190,7 +202,8 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     M, two_i = gate_up.shape
     _need(two_i % 2 == 0, "gate_up width must be even")
     out = torch.empty((M, two_i // 2), dtype=torch.float32, device=gate_up.device)
-    lib.hw_silu_mul(gate_up.data_ptr(), out.data_ptr(), M, two_i // 2)
+    with span("silu_mul"):
+        lib.hw_silu_mul(gate_up.data_ptr(), out.data_ptr(), M, two_i // 2)
     return out
 
 
@@ -217,10 +230,11 @@ def store_kv(
     if R:
         _need(int(slots.min()) >= 0 and int(slots.max()) < k_pool.shape[1], "slot outside the pool")
     stride, bf16 = _pool_args(k_pool, v_pool)
-    lib.hw_store_kv(
-        k.data_ptr(), v.data_ptr(), slots.data_ptr(), k_cos.data_ptr(), k_sin.data_ptr(),
-        k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, R, Hkv, D,
-    )
+    with span("store_kv"):
+        lib.hw_store_kv(
+            k.data_ptr(), v.data_ptr(), slots.data_ptr(), k_cos.data_ptr(), k_sin.data_ptr(),
+            k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, R, Hkv, D,
+        )
 
 
 MAX_GROUP = 16  # query heads per KV head the attention kernel supports
@@ -254,11 +268,12 @@ def attend(
     _need(max_slot <= k_pool.shape[1], "a pair reads outside the pool")
     stride, bf16 = _pool_args(k_pool, v_pool)
     out = torch.empty_like(q)
-    rc = lib.hw_attend(
-        q.data_ptr(), out.data_ptr(), R, H, Hkv, D, row_start.data_ptr(), pair_slot.data_ptr(),
-        pair_len.data_ptr(), pair_cos.data_ptr(), pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
-        stride, bf16, scale, _threads(),
-    )
+    with span("attend"):
+        rc = lib.hw_attend(
+            q.data_ptr(), out.data_ptr(), R, H, Hkv, D, row_start.data_ptr(), pair_slot.data_ptr(),
+            pair_len.data_ptr(), pair_cos.data_ptr(), pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
+            stride, bf16, scale, _threads(),
+        )
     if rc != 0:
         raise MemoryError("hogwild kernel: attention scratch allocation failed")
     return out

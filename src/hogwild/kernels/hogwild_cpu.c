@@ -17,6 +17,7 @@
 
 /* ------------------------------------------------------------------ helpers */
 
+
 static inline __m256 load8_bf16(const uint16_t *p) {
     __m128i h = _mm_loadu_si128((const __m128i *)p);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -233,6 +234,7 @@ void hw_store_kv(const float *k, const float *v, const int64_t *slots, const flo
 #define MAX_G 16
 #define MAX_D 256
 #define CHUNK 32
+#define MAX_Q 32 /* query vectors (rows x heads of a KV head) computed together per work item */
 
 typedef struct {
     int row;
@@ -240,6 +242,19 @@ typedef struct {
     int first; /* first key of the pair's block in this unit */
     int count;
 } Unit;
+
+typedef struct {
+    int64_t slot; /* first pool slot the unit reads */
+    int count;
+    int unit;
+} UnitKey;
+
+static int unit_key_cmp(const void *a, const void *b) {
+    const UnitKey *x = (const UnitKey *)a, *y = (const UnitKey *)b;
+    if (x->slot != y->slot) return x->slot < y->slot ? -1 : 1;
+    if (x->count != y->count) return x->count < y->count ? -1 : 1;
+    return x->unit - y->unit;
+}
 
 /* [sum(a0), ..., sum(a7)]: eight dot products finished at once, no horizontal sum each */
 static inline __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
@@ -260,95 +275,147 @@ static inline const float *rows_f32(const void *base, size_t at, int n, int D, i
     return buf;
 }
 
-/* One unit for one KV head: keys [first, first+count) of one block, seen by the G query
- * heads of one row through one view entry. Writes the unnormalised partial result: max
- * score m, sum of weights l, and sum of weights x values acc (per query head). */
-static void attend_unit(const float *q, const Unit *u, int kh, int H, int G, int D, const int64_t *pair_slot,
-                        const float *pair_cos, const float *pair_sin, const void *kbase, const void *vbase,
-                        int64_t head_stride, int bf16, float scale, float *m_out, float *l_out, float *acc_out) {
-    float qr[MAX_G][MAX_D];
-    float sc[MAX_G][CHUNK];
+/* acc[i] = acc[i] * corr[i] + sum_j p[i][j] v[j] for QB queries and 16 lanes of d: 2*QB
+ * accumulators stay in registers across the chunk's keys; each value vector is loaded once
+ * for all QB queries. */
+static inline __attribute__((always_inline)) void pv_block(float *const *acc, const float *corr,
+                                                           const float (*p)[CHUNK], const float *vc, int n, int D,
+                                                           int d, int QB) {
+    __m256 a[4][2];
+    for (int i = 0; i < QB; i++) {
+        __m256 c = _mm256_set1_ps(corr[i]);
+        a[i][0] = _mm256_mul_ps(_mm256_loadu_ps(acc[i] + d), c);
+        a[i][1] = _mm256_mul_ps(_mm256_loadu_ps(acc[i] + d + 8), c);
+    }
+    for (int j = 0; j < n; j++) {
+        __m256 v0 = _mm256_loadu_ps(vc + (size_t)j * D + d), v1 = _mm256_loadu_ps(vc + (size_t)j * D + d + 8);
+        for (int i = 0; i < QB; i++) {
+            __m256 w = _mm256_set1_ps(p[i][j]);
+            a[i][0] = _mm256_fmadd_ps(w, v0, a[i][0]);
+            a[i][1] = _mm256_fmadd_ps(w, v1, a[i][1]);
+        }
+    }
+    for (int i = 0; i < QB; i++) {
+        _mm256_storeu_ps(acc[i] + d, a[i][0]);
+        _mm256_storeu_ps(acc[i] + d + 8, a[i][1]);
+    }
+}
+
+/* Scores of two queries against four keys: 8 accumulators, 6 loads per 8 FMAs. */
+static inline void scores_2x4(const float *q0, const float *q1, const float *kc, int j, int D, float *s0, float *s1) {
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (int d = 0; d < D; d += 8) {
+        __m256 x0 = _mm256_loadu_ps(q0 + d), x1 = _mm256_loadu_ps(q1 + d);
+        for (int i = 0; i < 4; i++) {
+            __m256 k = _mm256_loadu_ps(kc + (size_t)(j + i) * D + d);
+            a[i] = _mm256_fmadd_ps(x0, k, a[i]);
+            a[4 + i] = _mm256_fmadd_ps(x1, k, a[4 + i]);
+        }
+    }
+    float out[8];
+    _mm256_storeu_ps(out, reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]));
+    memcpy(s0 + j, out, 4 * sizeof(float));
+    memcpy(s1 + j, out + 4, 4 * sizeof(float));
+}
+
+/* A group of units reading the same keys (e.g. the prompt, seen by every row), for one KV
+ * head: members x G query vectors against keys [slot, slot + count). Each key and value row
+ * is read (and converted from bf16) once for all of them. Writes every member's unnormalised
+ * partial result into its own slot of `part`: max score m, weight sum l, weighted values. */
+static void attend_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
+                         int D, int Hkv, const float *pair_cos, const float *pair_sin, const void *kbase,
+                         const void *vbase, int64_t head_stride, int bf16, float scale, float *part, size_t per) {
+    float qr[MAX_Q][MAX_D];
+    float sc[MAX_Q][CHUNK];
     float kbuf[CHUNK * MAX_D], vbuf[CHUNK * MAX_D];
-    const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
-    for (int g = 0; g < G; g++) {
-        rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, qr[g], D, scale);
-        m_out[g] = -INFINITY;
-        l_out[g] = 0.0f;
-        memset(acc_out + (size_t)g * D, 0, sizeof(float) * D);
+    float *m[MAX_Q], *l[MAX_Q], *acc[MAX_Q];
+    int nq = nm * G;
+    for (int i = 0; i < nm; i++) {
+        const Unit *u = &list[members[i].unit];
+        const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
+        float *base = part + per * ((size_t)members[i].unit * Hkv + kh);
+        for (int g = 0; g < G; g++) {
+            int qi = i * G + g;
+            rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, qr[qi], D, scale);
+            m[qi] = base + g;
+            l[qi] = base + G + g;
+            acc[qi] = base + 2 * G + (size_t)g * D;
+            *m[qi] = -INFINITY;
+            *l[qi] = 0.0f;
+            memset(acc[qi], 0, sizeof(float) * D);
+        }
     }
     size_t head = (size_t)kh * head_stride;
-    int64_t slot0 = pair_slot[u->pair] + u->first;
-    for (int j0 = 0; j0 < u->count; j0 += CHUNK) {
-        int n = u->count - j0 < CHUNK ? u->count - j0 : CHUNK;
+    int64_t slot0 = members[0].slot;
+    int count = members[0].count;
+    for (int j0 = 0; j0 < count; j0 += CHUNK) {
+        int n = count - j0 < CHUNK ? count - j0 : CHUNK;
         size_t at = head + (size_t)(slot0 + j0) * D;
         const float *kc = rows_f32(kbase, at, n, D, bf16, kbuf);
         const float *vc = rows_f32(vbase, at, n, D, bf16, vbuf);
-        /* scores */
-        for (int g = 0; g < G; g++) {
+        /* scores: two queries x four keys at a time */
+        for (int qi = 0; qi < nq; qi += 2) {
+            const float *q0 = qr[qi], *q1 = qr[qi + 1 < nq ? qi + 1 : qi];
+            float *s0 = sc[qi], *s1 = sc[qi + 1 < nq ? qi + 1 : qi];
             int j = 0;
-            if (D % 8 == 0) {
-                for (; j + 8 <= n; j += 8) {
-                    __m256 a[8];
-                    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
-                    for (int d = 0; d < D; d += 8) {
-                        __m256 qv = _mm256_loadu_ps(qr[g] + d);
-                        for (int i = 0; i < 8; i++)
-                            a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kc + (size_t)(j + i) * D + d), a[i]);
-                    }
-                    _mm256_storeu_ps(sc[g] + j, reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]));
-                }
-            }
+            if (D % 8 == 0)
+                for (; j + 4 <= n; j += 4) scores_2x4(q0, q1, kc, j, D, s0, s1);
             for (; j < n; j++) {
-                float acc = 0.0f;
-                for (int d = 0; d < D; d++) acc += qr[g][d] * kc[(size_t)j * D + d];
-                sc[g][j] = acc;
+                float d0 = 0.0f, d1 = 0.0f;
+                for (int d = 0; d < D; d++) {
+                    d0 += q0[d] * kc[(size_t)j * D + d];
+                    d1 += q1[d] * kc[(size_t)j * D + d];
+                }
+                s0[j] = d0;
+                s1[j] = d1;
             }
         }
-        /* online softmax */
-        for (int g = 0; g < G; g++) {
-            float mx = m_out[g];
-            for (int j = 0; j < n; j++) mx = sc[g][j] > mx ? sc[g][j] : mx;
-            float corr = m_out[g] == -INFINITY ? 0.0f : expf(m_out[g] - mx);
-            m_out[g] = mx;
-            float sum = 0.0f;
+        /* online softmax: new running max; weights into sc; corr rescales what was accumulated */
+        float corr[MAX_Q];
+        for (int qi = 0; qi < nq; qi++) {
+            float old = *m[qi];
             int j = 0;
-            __m256 vmx = _mm256_set1_ps(mx);
+            __m256 vm = _mm256_set1_ps(-INFINITY);
+            for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(sc[qi] + j));
+            float lanes[8], mx = old;
+            _mm256_storeu_ps(lanes, vm);
+            for (int i = 0; i < 8; i++) mx = lanes[i] > mx ? lanes[i] : mx;
+            for (; j < n; j++) mx = sc[qi][j] > mx ? sc[qi][j] : mx;
+            corr[qi] = old == -INFINITY ? 0.0f : expf(old - mx);
+            *m[qi] = mx;
+            __m256 vsum = _mm256_setzero_ps(), vmx = _mm256_set1_ps(mx);
+            j = 0;
             for (; j + 8 <= n; j += 8) {
-                __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sc[g] + j), vmx));
-                _mm256_storeu_ps(sc[g] + j, e);
-                sum += hsum8(e);
+                __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sc[qi] + j), vmx));
+                _mm256_storeu_ps(sc[qi] + j, e);
+                vsum = _mm256_add_ps(vsum, e);
             }
+            float sum = hsum8(vsum);
             for (; j < n; j++) {
-                sc[g][j] = expf(sc[g][j] - mx);
-                sum += sc[g][j];
+                sc[qi][j] = expf(sc[qi][j] - mx);
+                sum += sc[qi][j];
             }
-            l_out[g] = l_out[g] * corr + sum;
-            float *acc = acc_out + (size_t)g * D;
-            /* values: 64 accumulator lanes stay in registers over the chunk's keys (eight
-             * independent FMA chains, so the loop is not bound by FMA latency) */
-            int d = 0;
-            __m256 vcorr = _mm256_set1_ps(corr);
-            for (; d + 64 <= D; d += 64) {
-                __m256 a[8];
-                for (int b = 0; b < 8; b++) a[b] = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 8 * b), vcorr);
-                for (int jj = 0; jj < n; jj++) {
-                    __m256 pw = _mm256_set1_ps(sc[g][jj]);
-                    const float *vr = vc + (size_t)jj * D + d;
-                    for (int b = 0; b < 8; b++) a[b] = _mm256_fmadd_ps(pw, _mm256_loadu_ps(vr + 8 * b), a[b]);
+            *l[qi] = *l[qi] * corr[qi] + sum;
+        }
+        /* values: up to four queries x sixteen lanes per register block */
+        int d16 = D / 16 * 16;
+        for (int q0 = 0; q0 < nq; q0 += 4) {
+            int qb = nq - q0 < 4 ? nq - q0 : 4;
+            for (int d = 0; d < d16; d += 16) {
+                switch (qb) {
+                case 4: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 4); break;
+                case 3: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 3); break;
+                case 2: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 2); break;
+                default: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 1); break;
                 }
-                for (int b = 0; b < 8; b++) _mm256_storeu_ps(acc + d + 8 * b, a[b]);
             }
-            for (; d + 8 <= D; d += 8) {
-                __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vcorr);
-                for (int jj = 0; jj < n; jj++)
-                    a = _mm256_fmadd_ps(_mm256_set1_ps(sc[g][jj]), _mm256_loadu_ps(vc + (size_t)jj * D + d), a);
-                _mm256_storeu_ps(acc + d, a);
-            }
-            for (; d < D; d++) {
-                float a = acc[d] * corr;
-                for (int jj = 0; jj < n; jj++) a += sc[g][jj] * vc[(size_t)jj * D + d];
-                acc[d] = a;
-            }
+            for (int i = q0; i < q0 + qb; i++)
+                for (int d = d16; d < D; d++) {
+                    float a = acc[i][d] * corr[i];
+                    for (int j = 0; j < n; j++) a += sc[i][j] * vc[(size_t)j * D + d];
+                    acc[i][d] = a;
+                }
         }
     }
 }
@@ -359,19 +426,29 @@ static void attend_unit(const float *q, const Unit *u, int kh, int H, int G, int
  * one view entry: keys at pool slots pair_slot[p] .. + pair_len[p] - 1 (already limited to
  * what the row may see), scored with the query rotated by (pair_cos[p], pair_sin[p]).
  * Pools: [Hkv, capacity, D] of this layer. out [R, H, D] fp32. Returns 0, or -1 when a
- * scratch allocation fails. */
+ * scratch allocation fails.
+ *
+ * Work: each pair is cut into units of at most UNIT_KEYS keys; units that read the same keys
+ * (the prompt, history steps, markers seen by several rows) are computed together, so a
+ * shared block is read once per layer however many rows see it; partial results of a row's
+ * units are merged by log-sum-exp at the end. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, float scale, int threads) {
     int G = H / Hkv;
     int units = 0;
     for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
-    Unit *list = (Unit *)malloc(sizeof(Unit) * (units > 0 ? units : 1));
+    int alloc = units > 0 ? units : 1;
+    Unit *list = (Unit *)malloc(sizeof(Unit) * alloc);
+    UnitKey *keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
+    int *group_start = (int *)malloc(sizeof(int) * (alloc + 1));
     int *row_unit = (int *)malloc(sizeof(int) * (R + 1));
     size_t per = (size_t)G * (D + 2);
-    float *part = (float *)malloc(sizeof(float) * per * (size_t)Hkv * (units > 0 ? units : 1));
-    if (!list || !row_unit || !part) {
+    float *part = (float *)malloc(sizeof(float) * per * (size_t)Hkv * alloc);
+    if (!list || !keys || !group_start || !row_unit || !part) {
         free(list);
+        free(keys);
+        free(group_start);
         free(row_unit);
         free(part);
         return -1;
@@ -385,17 +462,29 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
                 list[u].pair = p;
                 list[u].first = first;
                 list[u].count = pair_len[p] - first < UNIT_KEYS ? pair_len[p] - first : UNIT_KEYS;
+                keys[u].slot = pair_slot[p] + first;
+                keys[u].count = list[u].count;
+                keys[u].unit = u;
                 u++;
             }
     }
     row_unit[R] = u;
-    int items = units * Hkv;
+    qsort(keys, units, sizeof(UnitKey), unit_key_cmp);
+    int max_members = MAX_Q / G > 0 ? MAX_Q / G : 1;
+    int groups = 0;
+    for (int i = 0; i < units; i++) {
+        int same = i > 0 && keys[i].slot == keys[i - 1].slot && keys[i].count == keys[i - 1].count &&
+                   i - group_start[groups - 1] < max_members;
+        if (!same) group_start[groups++] = i;
+    }
+    group_start[groups] = units;
+    int items = groups * Hkv;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int it = 0; it < items; it++) {
-        int un = it / Hkv, kh = it % Hkv;
-        float *base = part + per * (size_t)it;
-        attend_unit(q, &list[un], kh, H, G, D, pair_slot, pair_cos, pair_sin, kbase, vbase, head_stride, bf16,
-                    scale, base, base + G, base + 2 * G);
+        int gr = it / Hkv, kh = it % Hkv;
+        int first = group_start[gr], nm = group_start[gr + 1] - first;
+        attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase, head_stride,
+                     bf16, scale, part, per);
     }
     /* merge the units of each row: weights exp(m_u - max) */
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -405,8 +494,8 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
             float *o = out + ((size_t)r * H + (size_t)kh * G + g) * D;
             float best = -INFINITY;
             for (int un = row_unit[r]; un < row_unit[r + 1]; un++) {
-                float m = part[per * ((size_t)un * Hkv + kh) + g];
-                best = m > best ? m : best;
+                float mu = part[per * ((size_t)un * Hkv + kh) + g];
+                best = mu > best ? mu : best;
             }
             float den = 0.0f;
             memset(o, 0, sizeof(float) * D);
@@ -424,6 +513,8 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
         }
     }
     free(list);
+    free(keys);
+    free(group_start);
     free(row_unit);
     free(part);
     return 0;
@@ -512,3 +603,4 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     }
     return 0;
 }
+

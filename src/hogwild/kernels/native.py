@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import library
+from . import library, span
 
 if TYPE_CHECKING:
     from ..models.llama import CausalLM
@@ -42,12 +42,10 @@ class PassInfo(ctypes.Structure):
     )]
 
 
-_bound = False
-
-
 def _bind(lib: ctypes.CDLL) -> None:
-    global _bound
-    if _bound:
+    """Declare the decoder's C signatures on this library object (a reloaded library is a
+    new object: without argtypes, ctypes would pass pointers as 32-bit ints)."""
+    if getattr(lib, "_hogwild_decoder_bound", False):
         return
     P = ctypes.c_void_p
     lib.hw_decode_scratch.restype = ctypes.c_int64
@@ -57,7 +55,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         P, ctypes.POINTER(LayerWeights), ctypes.c_int, ctypes.POINTER(Dims), ctypes.POINTER(PassInfo),
         P, P, ctypes.c_int64, ctypes.c_int64, P,
     ]
-    _bound = True
+    lib._hogwild_decoder_bound = True
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -135,10 +133,11 @@ class NativeDecoder:
         rows = x.shape[0]
         scratch = torch.empty(int(self.lib.hw_decode_scratch(ctypes.byref(dims), rows)), dtype=torch.float32)
         _, kv_heads, capacity, head_dim = store.k.shape
-        rc = self.lib.hw_decode_layers(
-            x.data_ptr(), self.table, self.num_layers, ctypes.byref(dims), ctypes.byref(info),
-            store.k.data_ptr(), store.v.data_ptr(), kv_heads * capacity * head_dim, capacity * head_dim,
-            scratch.data_ptr(),
-        )
+        with span("decode_layers"):
+            rc = self.lib.hw_decode_layers(
+                x.data_ptr(), self.table, self.num_layers, ctypes.byref(dims), ctypes.byref(info),
+                store.k.data_ptr(), store.v.data_ptr(), kv_heads * capacity * head_dim, capacity * head_dim,
+                scratch.data_ptr(),
+            )
         if rc != 0:
             raise MemoryError("hogwild kernel: attention scratch allocation failed")
