@@ -157,18 +157,32 @@ def measure_bandwidth(device: torch.device, megabytes: int = 512, repeats: int =
 
 
 def measure_matmul(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
-    """Dense matmul rate in FLOP/s for ``dtype``: best of ``repeats`` n x n @ n x n products."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.matmul(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+    """Dense matmul rate in FLOP/s for ``dtype``: best of ``repeats`` n x n @ n x n products.
+
+    A dtype the hardware only emulates (bf16 on CPUs without bf16 instructions) would take
+    minutes at n = 2048; a 256 probe comes first, and when an n-sized product would take over
+    2 s the rate is measured at the largest power-of-two size that fits (rates barely depend
+    on n at that point: emulation is compute-bound at every size)."""
+
+    def best_of(size: int, reps: int) -> float:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
         torch.matmul(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+        best = math.inf
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        return 2 * size**3 / best
+
+    probe = min(n, 256)
+    rate = best_of(probe, 1)
+    size = n
+    while size > probe and 2 * size**3 / rate > 2.0:
+        size //= 2
+    return best_of(size, repeats) if size > probe else rate
 
 
 def compute_rate(device: torch.device, dtype: torch.dtype, n: int, rates: dict[str, float], console: Any) -> float:
@@ -180,7 +194,7 @@ def compute_rate(device: torch.device, dtype: torch.dtype, n: int, rates: dict[s
     for d in names:
         if dtype_name(d) not in rates:
             rates[dtype_name(d)] = measure_matmul(device, d, n)
-            _log(console, f"matmul rate {dtype_name(d)} ({n}^3): {rates[dtype_name(d)] / 1e9:.1f} GFLOP/s")
+            _log(console, f"matmul rate {dtype_name(d)}: {rates[dtype_name(d)] / 1e9:.1f} GFLOP/s")
     return max(rates[dtype_name(d)] for d in names)
 
 
