@@ -275,48 +275,125 @@ static inline const float *rows_f32(const void *base, size_t at, int n, int D, i
     return buf;
 }
 
-/* acc[i] = acc[i] * corr[i] + sum_j p[i][j] v[j] for QB queries and 16 lanes of d: 2*QB
- * accumulators stay in registers across the chunk's keys; each value vector is loaded once
- * for all QB queries. */
-static inline __attribute__((always_inline)) void pv_block(float *const *acc, const float *corr,
-                                                           const float (*p)[CHUNK], const float *vc, int n, int D,
-                                                           int d, int QB) {
+/* acc[i] = acc[i] * corr[i] + sum_j p[i][j] v[j] for QB queries (rows of acc and p, strides
+ * D and CHUNK) and 16 lanes of d: 2*QB accumulators stay in registers across the chunk's
+ * keys; each value vector is loaded once for all QB queries. */
+static inline __attribute__((always_inline)) void pv_block(float *acc, const float *corr, const float *p,
+                                                           const float *vc, int n, int D, int d, int QB) {
     __m256 a[4][2];
     for (int i = 0; i < QB; i++) {
         __m256 c = _mm256_set1_ps(corr[i]);
-        a[i][0] = _mm256_mul_ps(_mm256_loadu_ps(acc[i] + d), c);
-        a[i][1] = _mm256_mul_ps(_mm256_loadu_ps(acc[i] + d + 8), c);
+        a[i][0] = _mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)i * D + d), c);
+        a[i][1] = _mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)i * D + d + 8), c);
     }
-    for (int j = 0; j < n; j++) {
-        __m256 v0 = _mm256_loadu_ps(vc + (size_t)j * D + d), v1 = _mm256_loadu_ps(vc + (size_t)j * D + d + 8);
+    const float *vr = vc + d;
+    for (int j = 0; j < n; j++, vr += D) {
+        __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
         for (int i = 0; i < QB; i++) {
-            __m256 w = _mm256_set1_ps(p[i][j]);
+            __m256 w = _mm256_broadcast_ss(p + i * CHUNK + j);
             a[i][0] = _mm256_fmadd_ps(w, v0, a[i][0]);
             a[i][1] = _mm256_fmadd_ps(w, v1, a[i][1]);
         }
     }
     for (int i = 0; i < QB; i++) {
-        _mm256_storeu_ps(acc[i] + d, a[i][0]);
-        _mm256_storeu_ps(acc[i] + d + 8, a[i][1]);
+        _mm256_storeu_ps(acc + (size_t)i * D + d, a[i][0]);
+        _mm256_storeu_ps(acc + (size_t)i * D + d + 8, a[i][1]);
     }
 }
 
-/* Scores of two queries against four keys: 8 accumulators, 6 loads per 8 FMAs. */
-static inline void scores_2x4(const float *q0, const float *q1, const float *kc, int j, int D, float *s0, float *s1) {
+/* Scores of two queries (rows q0, q1) against four keys: 8 accumulators, 6 loads per 8 FMAs. */
+static inline void scores_2x4(const float *q0, const float *q1, const float *kc, int D, float *s0, float *s1) {
     __m256 a[8];
     for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    const float *k0 = kc, *k1 = kc + D, *k2 = kc + 2 * D, *k3 = kc + 3 * D;
     for (int d = 0; d < D; d += 8) {
         __m256 x0 = _mm256_loadu_ps(q0 + d), x1 = _mm256_loadu_ps(q1 + d);
+        __m256 y0 = _mm256_loadu_ps(k0 + d), y1 = _mm256_loadu_ps(k1 + d);
+        __m256 y2 = _mm256_loadu_ps(k2 + d), y3 = _mm256_loadu_ps(k3 + d);
+        a[0] = _mm256_fmadd_ps(x0, y0, a[0]);
+        a[1] = _mm256_fmadd_ps(x0, y1, a[1]);
+        a[2] = _mm256_fmadd_ps(x0, y2, a[2]);
+        a[3] = _mm256_fmadd_ps(x0, y3, a[3]);
+        a[4] = _mm256_fmadd_ps(x1, y0, a[4]);
+        a[5] = _mm256_fmadd_ps(x1, y1, a[5]);
+        a[6] = _mm256_fmadd_ps(x1, y2, a[6]);
+        a[7] = _mm256_fmadd_ps(x1, y3, a[7]);
+    }
+    __m256 r = reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+    _mm_storeu_ps(s0, _mm256_castps256_ps128(r));
+    _mm_storeu_ps(s1, _mm256_extractf128_ps(r, 1));
+}
+
+/* bf16 K/V read in place, without conversion buffers. 16 packed bf16 values (one 256-bit
+ * load) give their even-indexed elements as fp32 by a left shift and the odd-indexed ones by
+ * a mask ("eo order": per 16 lanes, 8 even then 8 odd). Queries and accumulators are kept in
+ * eo order too, so dot products and value sums need no shuffles; the result is put back in
+ * natural order at the end. Needs D % 16 == 0. */
+static inline void eo_split(const uint16_t *p, __m256 *even, __m256 *odd) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    *even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    *odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+static inline void to_eo(float *row, int D) {
+    float tmp[16];
+    for (int d = 0; d < D; d += 16) {
+        for (int j = 0; j < 8; j++) {
+            tmp[j] = row[d + 2 * j];
+            tmp[8 + j] = row[d + 2 * j + 1];
+        }
+        memcpy(row + d, tmp, sizeof(tmp));
+    }
+}
+
+static inline void from_eo(const float *src, float *dst, int D) {
+    for (int d = 0; d < D; d += 16)
+        for (int j = 0; j < 8; j++) {
+            dst[d + 2 * j] = src[d + j];
+            dst[d + 2 * j + 1] = src[d + 8 + j];
+        }
+}
+
+static inline void scores_2x4_bf16(const float *q0, const float *q1, const uint16_t *kb, int D, float *s0, float *s1) {
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (int d = 0; d < D; d += 16) {
+        __m256 x0e = _mm256_loadu_ps(q0 + d), x0o = _mm256_loadu_ps(q0 + d + 8);
+        __m256 x1e = _mm256_loadu_ps(q1 + d), x1o = _mm256_loadu_ps(q1 + d + 8);
         for (int i = 0; i < 4; i++) {
-            __m256 k = _mm256_loadu_ps(kc + (size_t)(j + i) * D + d);
-            a[i] = _mm256_fmadd_ps(x0, k, a[i]);
-            a[4 + i] = _mm256_fmadd_ps(x1, k, a[4 + i]);
+            __m256 ke, ko;
+            eo_split(kb + (size_t)i * D + d, &ke, &ko);
+            a[i] = _mm256_fmadd_ps(x0o, ko, _mm256_fmadd_ps(x0e, ke, a[i]));
+            a[4 + i] = _mm256_fmadd_ps(x1o, ko, _mm256_fmadd_ps(x1e, ke, a[4 + i]));
         }
     }
-    float out[8];
-    _mm256_storeu_ps(out, reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]));
-    memcpy(s0 + j, out, 4 * sizeof(float));
-    memcpy(s1 + j, out + 4, 4 * sizeof(float));
+    __m256 r = reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+    _mm_storeu_ps(s0, _mm256_castps256_ps128(r));
+    _mm_storeu_ps(s1, _mm256_extractf128_ps(r, 1));
+}
+
+static inline __attribute__((always_inline)) void pv_block_bf16(float *acc, const float *corr, const float *p,
+                                                                const uint16_t *vb, int n, int D, int d, int QB) {
+    __m256 a[4][2];
+    for (int i = 0; i < QB; i++) {
+        __m256 c = _mm256_set1_ps(corr[i]);
+        a[i][0] = _mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)i * D + d), c);
+        a[i][1] = _mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)i * D + d + 8), c);
+    }
+    const uint16_t *vr = vb + d;
+    for (int j = 0; j < n; j++, vr += D) {
+        __m256 ve, vo;
+        eo_split(vr, &ve, &vo);
+        for (int i = 0; i < QB; i++) {
+            __m256 w = _mm256_broadcast_ss(p + i * CHUNK + j);
+            a[i][0] = _mm256_fmadd_ps(w, ve, a[i][0]);
+            a[i][1] = _mm256_fmadd_ps(w, vo, a[i][1]);
+        }
+    }
+    for (int i = 0; i < QB; i++) {
+        _mm256_storeu_ps(acc + (size_t)i * D + d, a[i][0]);
+        _mm256_storeu_ps(acc + (size_t)i * D + d + 8, a[i][1]);
+    }
 }
 
 /* A group of units reading the same keys (e.g. the prompt, seen by every row), for one KV
@@ -326,41 +403,59 @@ static inline void scores_2x4(const float *q0, const float *q1, const float *kc,
 static void attend_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
                          int D, int Hkv, const float *pair_cos, const float *pair_sin, const void *kbase,
                          const void *vbase, int64_t head_stride, int bf16, float scale, float *part, size_t per) {
-    float qr[MAX_Q][MAX_D];
-    float sc[MAX_Q][CHUNK];
+    float qr[MAX_Q * MAX_D], accb[MAX_Q * MAX_D]; /* rows of D floats */
+    float sc[MAX_Q * CHUNK];                       /* rows of CHUNK floats */
     float kbuf[CHUNK * MAX_D], vbuf[CHUNK * MAX_D];
-    float *m[MAX_Q], *l[MAX_Q], *acc[MAX_Q];
+    float ms[MAX_Q], ls[MAX_Q], corr[MAX_Q];
     int nq = nm * G;
+    int eo = bf16 && D % 16 == 0; /* bf16 read in place (see eo_split) */
     for (int i = 0; i < nm; i++) {
         const Unit *u = &list[members[i].unit];
         const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
-        float *base = part + per * ((size_t)members[i].unit * Hkv + kh);
         for (int g = 0; g < G; g++) {
-            int qi = i * G + g;
-            rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, qr[qi], D, scale);
-            m[qi] = base + g;
-            l[qi] = base + G + g;
-            acc[qi] = base + 2 * G + (size_t)g * D;
-            *m[qi] = -INFINITY;
-            *l[qi] = 0.0f;
-            memset(acc[qi], 0, sizeof(float) * D);
+            float *row = qr + (size_t)(i * G + g) * D;
+            rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, row, D, scale);
+            if (eo) to_eo(row, D);
         }
     }
+    for (int qi = 0; qi < nq; qi++) {
+        ms[qi] = -INFINITY;
+        ls[qi] = 0.0f;
+    }
+    memset(accb, 0, sizeof(float) * (size_t)nq * D);
     size_t head = (size_t)kh * head_stride;
     int64_t slot0 = members[0].slot;
     int count = members[0].count;
+    int d16 = D / 16 * 16;
     for (int j0 = 0; j0 < count; j0 += CHUNK) {
         int n = count - j0 < CHUNK ? count - j0 : CHUNK;
         size_t at = head + (size_t)(slot0 + j0) * D;
-        const float *kc = rows_f32(kbase, at, n, D, bf16, kbuf);
-        const float *vc = rows_f32(vbase, at, n, D, bf16, vbuf);
+        const uint16_t *kb16 = (const uint16_t *)kbase + at, *vb16 = (const uint16_t *)vbase + at;
+        const float *kc = eo ? NULL : rows_f32(kbase, at, n, D, bf16, kbuf);
+        const float *vc = eo ? NULL : rows_f32(vbase, at, n, D, bf16, vbuf);
         /* scores: two queries x four keys at a time */
         for (int qi = 0; qi < nq; qi += 2) {
-            const float *q0 = qr[qi], *q1 = qr[qi + 1 < nq ? qi + 1 : qi];
-            float *s0 = sc[qi], *s1 = sc[qi + 1 < nq ? qi + 1 : qi];
+            int q1i = qi + 1 < nq ? qi + 1 : qi;
+            const float *q0 = qr + (size_t)qi * D, *q1 = qr + (size_t)q1i * D;
+            float *s0 = sc + qi * CHUNK, *s1 = sc + q1i * CHUNK;
             int j = 0;
+            if (eo) {
+                for (; j + 4 <= n; j += 4) scores_2x4_bf16(q0, q1, kb16 + (size_t)j * D, D, s0 + j, s1 + j);
+                for (; j < n; j++) { /* q is in eo order: score against the key in eo order */
+                    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                    for (int d = 0; d < D; d += 16) {
+                        __m256 ke, ko;
+                        eo_split(kb16 + (size_t)j * D + d, &ke, &ko);
+                        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d + 8), ko, _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), ke, a0));
+                        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d + 8), ko, _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), ke, a1));
+                    }
+                    s0[j] = hsum8(a0);
+                    s1[j] = hsum8(a1);
+                }
+                continue;
+            }
             if (D % 8 == 0)
-                for (; j + 4 <= n; j += 4) scores_2x4(q0, q1, kc, j, D, s0, s1);
+                for (; j + 4 <= n; j += 4) scores_2x4(q0, q1, kc + (size_t)j * D, D, s0 + j, s1 + j);
             for (; j < n; j++) {
                 float d0 = 0.0f, d1 = 0.0f;
                 for (int d = 0; d < D; d++) {
@@ -372,50 +467,74 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
             }
         }
         /* online softmax: new running max; weights into sc; corr rescales what was accumulated */
-        float corr[MAX_Q];
         for (int qi = 0; qi < nq; qi++) {
-            float old = *m[qi];
+            float *row = sc + qi * CHUNK;
+            float old = ms[qi];
             int j = 0;
             __m256 vm = _mm256_set1_ps(-INFINITY);
-            for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(sc[qi] + j));
+            for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(row + j));
             float lanes[8], mx = old;
             _mm256_storeu_ps(lanes, vm);
             for (int i = 0; i < 8; i++) mx = lanes[i] > mx ? lanes[i] : mx;
-            for (; j < n; j++) mx = sc[qi][j] > mx ? sc[qi][j] : mx;
+            for (; j < n; j++) mx = row[j] > mx ? row[j] : mx;
             corr[qi] = old == -INFINITY ? 0.0f : expf(old - mx);
-            *m[qi] = mx;
+            ms[qi] = mx;
             __m256 vsum = _mm256_setzero_ps(), vmx = _mm256_set1_ps(mx);
             j = 0;
             for (; j + 8 <= n; j += 8) {
-                __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sc[qi] + j), vmx));
-                _mm256_storeu_ps(sc[qi] + j, e);
+                __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx));
+                _mm256_storeu_ps(row + j, e);
                 vsum = _mm256_add_ps(vsum, e);
             }
             float sum = hsum8(vsum);
             for (; j < n; j++) {
-                sc[qi][j] = expf(sc[qi][j] - mx);
-                sum += sc[qi][j];
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
             }
-            *l[qi] = *l[qi] * corr[qi] + sum;
+            ls[qi] = ls[qi] * corr[qi] + sum;
         }
         /* values: up to four queries x sixteen lanes per register block */
-        int d16 = D / 16 * 16;
         for (int q0 = 0; q0 < nq; q0 += 4) {
             int qb = nq - q0 < 4 ? nq - q0 : 4;
+            float *acc = accb + (size_t)q0 * D;
+            const float *pw = sc + q0 * CHUNK;
+            if (eo) {
+                for (int d = 0; d < D; d += 16) {
+                    switch (qb) {
+                    case 4: pv_block_bf16(acc, corr + q0, pw, vb16, n, D, d, 4); break;
+                    case 3: pv_block_bf16(acc, corr + q0, pw, vb16, n, D, d, 3); break;
+                    case 2: pv_block_bf16(acc, corr + q0, pw, vb16, n, D, d, 2); break;
+                    default: pv_block_bf16(acc, corr + q0, pw, vb16, n, D, d, 1); break;
+                    }
+                }
+                continue;
+            }
             for (int d = 0; d < d16; d += 16) {
                 switch (qb) {
-                case 4: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 4); break;
-                case 3: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 3); break;
-                case 2: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 2); break;
-                default: pv_block(acc + q0, corr + q0, sc + q0, vc, n, D, d, 1); break;
+                case 4: pv_block(acc, corr + q0, pw, vc, n, D, d, 4); break;
+                case 3: pv_block(acc, corr + q0, pw, vc, n, D, d, 3); break;
+                case 2: pv_block(acc, corr + q0, pw, vc, n, D, d, 2); break;
+                default: pv_block(acc, corr + q0, pw, vc, n, D, d, 1); break;
                 }
             }
-            for (int i = q0; i < q0 + qb; i++)
+            for (int i = 0; i < qb; i++)
                 for (int d = d16; d < D; d++) {
-                    float a = acc[i][d] * corr[i];
-                    for (int j = 0; j < n; j++) a += sc[i][j] * vc[(size_t)j * D + d];
-                    acc[i][d] = a;
+                    float a = acc[(size_t)i * D + d] * corr[q0 + i];
+                    for (int j = 0; j < n; j++) a += pw[i * CHUNK + j] * vc[(size_t)j * D + d];
+                    acc[(size_t)i * D + d] = a;
                 }
+        }
+    }
+    for (int i = 0; i < nm; i++) {
+        float *base = part + per * ((size_t)members[i].unit * Hkv + kh);
+        for (int g = 0; g < G; g++) {
+            int qi = i * G + g;
+            base[g] = ms[qi];
+            base[G + g] = ls[qi];
+            if (eo)
+                from_eo(accb + (size_t)qi * D, base + 2 * G + (size_t)g * D, D);
+            else
+                memcpy(base + 2 * G + (size_t)g * D, accb + (size_t)qi * D, sizeof(float) * D);
         }
     }
 }
