@@ -38,6 +38,8 @@ def test_json_fields(smoke):
     assert doc["weights"] == "random" and doc["gpu_run"] is False
     assert doc["hardware"]["threads"] == 1 and doc["settings"]["threads"] == 1
     assert doc["hardware"]["bandwidth_bytes_per_s"] > 0
+    for row in doc["results"]:  # the floor's bandwidth is measured between the timing rounds
+        assert len(row["bandwidth_samples"]) == 2 and row["bandwidth_bytes_per_s"] > 0
     assert doc["hardware"]["matmul_flops_per_s"]["float32"] > 0
     assert doc["peak_rss_bytes"] > 0
     rows = {(r["impl"], r["workers"]): r for r in doc["results"]}
@@ -120,3 +122,26 @@ def test_random_weights_shared_with_transformers():
     with torch.no_grad():
         theirs = models.hf(input_ids=torch.tensor([ids])).logits[0, -1]
     assert (run.logits[0] - theirs).abs().max().item() < 1e-4
+
+
+def test_native_kernel_status_is_recorded(smoke):
+    from hogwild import kernels
+
+    output, doc, _ = smoke
+    assert doc["hardware"]["native_kernels"] == kernels.status()
+    assert "native kernels" in output
+
+
+def test_floor_compute_rate_on_cpu_includes_fp32(monkeypatch):
+    """bf16 passes run in fp32 arithmetic on CPU: the floor must not divide by the crawl of an
+    emulated bf16 matmul."""
+    measured = {torch.bfloat16: 1e9, torch.float32: 100e9}
+    monkeypatch.setattr(bench, "measure_matmul", lambda device, dtype, n: measured[dtype])
+    rates: dict[str, float] = {}
+    assert bench.compute_rate(torch.device("cpu"), torch.bfloat16, 64, rates, None) == 100e9
+    assert rates == {"bfloat16": 1e9, "float32": 100e9}
+    assert bench.compute_rate(torch.device("cpu"), torch.float32, 64, rates, None) == 100e9
+
+
+def test_matmul_probe_is_bounded():
+    assert bench.measure_matmul(torch.device("cpu"), torch.float32, n=64, repeats=1) > 0

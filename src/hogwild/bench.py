@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from . import kernels
 from .errors import InvalidRequestError
 from .models.config import ModelConfig
 from .models.llama import CausalLM
@@ -551,6 +552,7 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
         bandwidth_copy_mb=cfg.bandwidth_mb, matmul_flops_per_s={}, matmul_size=cfg.matmul_size,
         cpu=platform.processor() or platform.machine(), python=platform.python_version(),
         torch=torch.__version__,
+        native_kernels=kernels.status() if device.type == "cpu" else "not used on this device",
     )
     if device.type == "cuda":
         hardware["gpu"] = torch.cuda.get_device_name(device)
@@ -597,7 +599,9 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                     v.step()
             base_cache = None
             _log(console, f"{dtype_name(dtype)} context {context}: {len(variants)} variants set up; timing")
+            bandwidths = []  # measured between rounds, under the same load as the timings
             for _ in range(cfg.rounds):
+                bandwidths.append(measure_bandwidth(device, cfg.bandwidth_mb, repeats=3))
                 for v in variants:
                     for _ in range(cfg.passes):
                         _sync(device)
@@ -610,7 +614,7 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                 s = v.stats()
                 flops = pass_flops(models.ours, s["rows"], s["rows"], s["attended_keys"])
                 bytes_read = wbytes + s["kv_bytes_read"]
-                floor_bw = bytes_read / bandwidth
+                floor_bw = bytes_read / _median(bandwidths)
                 floor_flops = flops / rate
                 sec = _median(v.times)
                 results.append(dict(
@@ -624,6 +628,7 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                     floor_ms=max(floor_bw, floor_flops) * 1e3, floor_bandwidth_ms=floor_bw * 1e3,
                     floor_compute_ms=floor_flops * 1e3,
                     floor_bound="bandwidth" if floor_bw >= floor_flops else "compute",
+                    bandwidth_bytes_per_s=_median(bandwidths), bandwidth_samples=bandwidths,
                 ))
             if cfg.profile and profile is None and context == profile_c:
                 target = next(v for v in variants if v.impl == "ours" and v.workers == profile_n)
@@ -671,7 +676,9 @@ def results_table(doc: dict[str, Any]) -> Any:
 
     hw = doc["hardware"]
     title = (f"hogwild bench · {doc['model']} · {hw['device']} · {hw['threads']} threads · "
-             f"bandwidth {hw['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
+             f"bandwidth {hw['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s at start")
+    if hw.get("native_kernels"):
+        title += f" · native kernels: {hw['native_kernels']}"
     if not doc.get("gpu_run"):
         title += " · CPU run (GPU not run)"
     table = Table(title=title, title_justify="left")
@@ -778,7 +785,7 @@ def print_report(doc: dict[str, Any], console: Any) -> None:
     if not doc.get("gpu_run"):
         console.print("GPU: not run in this benchmark (CPU only).", style="yellow")
     console.print(
-        "x floor = ms/pass over max(bytes read / bandwidth, FLOPs / matmul rate) "
+        "x floor = ms/pass over max(bytes read / bandwidth measured between the timing rounds, FLOPs / matmul rate) "
         "(b = bandwidth-bound, c = compute-bound); x N=1 = same impl, N=1; "
         "x transf. = ours / transformers at the same N, context, dtype.", style="dim",
     )
