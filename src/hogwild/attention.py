@@ -6,8 +6,11 @@ scored against the block's stored keys; per-block softmaxes are merged with log-
 (DESIGN.md §4). Everything that depends only on the pass (which rows see which blocks, the
 rotation angles, the masks) is computed once in :class:`PassLayout` and reused by every layer.
 
-:class:`ReferencePlan` is the deliberately simple oracle: it re-rotates every key to its view
-position, concatenates the view and runs dense masked attention, one row at a time.
+Three plans share these semantics: :class:`FastPlan` (PyTorch ops; prefill and non-CPU
+devices), :class:`KernelPlan` (the CPU decode path: one native call per layer, or per pass
+with a prepared model) and :class:`ReferencePlan`, the deliberately simple oracle: it
+re-rotates every key to its view position, concatenates the view and runs dense masked
+attention, one row at a time.
 """
 
 from __future__ import annotations
