@@ -8,7 +8,7 @@ import torch
 from hogwild.engine import Engine
 from hogwild.layouts import LAYOUTS
 
-from tiny import forced_tokens, random_script, tiny_model, toy_decode
+from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
 
 @pytest.mark.parametrize("attention", ["torch", "auto"])  # FastPlan; KernelPlan where kernels exist
@@ -21,10 +21,8 @@ def test_fast_equals_reference(layout: str, workers: int, attention: str) -> Non
     fast = Engine(model, layout, decode=toy_decode, attention=attention).start(script)
     ref = Engine(model, layout, decode=toy_decode, reference=True).start(script)
     worst = 0.0
-    for forced in forced_tokens(workers, 40, seed):
-        fast.step(force=forced)
-        ref.step(force=forced)
-        for a, b in zip(fast.logits, ref.logits):
+    for pairs in lockstep(fast, ref, forced_tokens(workers, 40, seed)):
+        for a, b in pairs:
             worst = max(worst, (a - b).abs().max().item())
         assert [fast.view(w) for w in range(workers)] == [ref.view(w) for w in range(workers)]
     assert worst < 1e-5, worst

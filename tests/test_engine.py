@@ -12,7 +12,7 @@ from hogwild.layouts import Layout, get_layout
 from hogwild.sampling import Sampling
 from hogwild.script import Script
 
-from tiny import forced_tokens, random_script, tiny_model, toy_decode
+from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
 
 def test_budget_and_snapshots() -> None:
@@ -102,10 +102,8 @@ def test_bfloat16_fast_matches_reference() -> None:
     script = random_script(3, seed=9)
     fast = Engine(model, "combined", decode=toy_decode).start(script)
     ref = Engine(model, "combined", decode=toy_decode, reference=True).start(script)
-    for forced in forced_tokens(3, 12, seed=3):
-        fast.step(force=forced)
-        ref.step(force=forced)
-    for a, b in zip(fast.logits, ref.logits):
+    *_, pairs = lockstep(fast, ref, forced_tokens(3, 12, seed=3))
+    for a, b in pairs:
         assert (a - b).abs().max().item() < 0.1 * b.abs().max().item()
 
 
@@ -119,8 +117,6 @@ def test_fused_projections_match(arch) -> None:
     script = random_script(2, seed=1)
     a = Engine(plain, "combined", decode=toy_decode).start(script)
     b = Engine(fused, "combined", decode=toy_decode).start(script)
-    for forced in forced_tokens(2, 6, seed=1):
-        a.step(force=forced)
-        b.step(force=forced)
-    for x, y in zip(a.logits, b.logits):
+    *_, pairs = lockstep(a, b, forced_tokens(2, 6, seed=1))
+    for x, y in pairs:
         assert (x - y).abs().max().item() < 1e-5

@@ -16,7 +16,7 @@ from hogwild.engine import Engine
 from hogwild.layouts import LAYOUTS
 from hogwild.models.llama import KernelLinear, PackedLinear
 
-from tiny import forced_tokens, random_script, tiny_model, toy_decode
+from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
 
 def _buildable() -> bool:
@@ -176,10 +176,8 @@ def test_native_decoder_equals_reference(layout: str, workers: int) -> None:
     fast = Engine(_prepared(plain), layout, decode=toy_decode).start(random_script(workers, seed=workers, check_in_every=5))
     ref = Engine(plain, layout, decode=toy_decode, reference=True).start(random_script(workers, seed=workers, check_in_every=5))
     worst = 0.0
-    for forced in forced_tokens(workers, 30, seed=workers):
-        fast.step(force=forced)
-        ref.step(force=forced)
-        for a, b in zip(fast.logits, ref.logits):
+    for pairs in lockstep(fast, ref, forced_tokens(workers, 30, seed=workers)):
+        for a, b in pairs:
             worst = max(worst, (a - b).abs().max().item())
     assert worst < 1e-4, worst
 
@@ -200,10 +198,8 @@ def test_native_decoder_architectures(arch) -> None:
     script = random_script(3, seed=4)
     fast = Engine(_prepared(plain), "combined", decode=toy_decode).start(script)
     ref = Engine(plain, "combined", decode=toy_decode, reference=True).start(script)
-    for forced in forced_tokens(3, 12, seed=4):
-        fast.step(force=forced)
-        ref.step(force=forced)
-        for a, b in zip(fast.logits, ref.logits):
+    for pairs in lockstep(fast, ref, forced_tokens(3, 12, seed=4)):
+        for a, b in pairs:
             assert (a - b).abs().max().item() < 1e-4
 
 
@@ -217,10 +213,8 @@ def test_native_decoder_bf16_weights() -> None:
     fast = Engine(_prepared(bf16), "combined", decode=toy_decode).start(script)
     ref = Engine(as_fp32, "combined", decode=toy_decode, reference=True).start(script)
     assert fast.store.dtype == torch.bfloat16
-    for forced in forced_tokens(2, 12, seed=6):
-        fast.step(force=forced)
-        ref.step(force=forced)
-        for a, b in zip(fast.logits, ref.logits):
+    for pairs in lockstep(fast, ref, forced_tokens(2, 12, seed=6)):
+        for a, b in pairs:
             assert (a - b).abs().max().item() < 0.03 * b.abs().max().item()
 
 
@@ -247,10 +241,8 @@ def test_broken_compiler_falls_back(monkeypatch, tmp_path) -> None:
         script = random_script(2, seed=3)
         run = Engine(model, "combined", decode=toy_decode).start(script)
         ref = Engine(plain, "combined", decode=toy_decode, reference=True).start(script)
-        for forced in forced_tokens(2, 5, seed=3):
-            run.step(force=forced)
-            ref.step(force=forced)
-        assert max((a - b).abs().max().item() for a, b in zip(run.logits, ref.logits)) < 1e-4
+        *_, pairs = lockstep(run, ref, forced_tokens(2, 5, seed=3))
+        assert max((a - b).abs().max().item() for a, b in pairs) < 1e-4
     finally:
         monkeypatch.undo()
         kernels.reset()

@@ -70,3 +70,12 @@ def forced_tokens(num_workers: int, passes: int, seed: int) -> list[dict[int, in
         {w: (NEWLINE if rng.random() < 0.5 else rng.randrange(2, VOCAB)) for w in range(num_workers)}
         for _ in range(passes)
     ]
+
+
+def lockstep(a, b, passes: list[dict[int, int]]):
+    """Step runs ``a`` and ``b`` with the same forced tokens; after each pass yield their
+    logits paired per worker."""
+    for forced in passes:
+        a.step(force=forced)
+        b.step(force=forced)
+        yield list(zip(a.logits, b.logits))

@@ -260,6 +260,7 @@ class KernelPlan:
         self.pair_slot = torch.tensor(starts, dtype=torch.long)
         self.pair_len = torch.tensor([v for _, _, _, v in pairs], dtype=torch.int32)
         self.max_slot = max((s + v for s, (_, _, _, v) in zip(starts, pairs)), default=0)
+        self.max_write = max(expanded.slots, default=-1)
         self.q_cos, self.q_sin = (t.contiguous() for t in rope.cos_sin([d for _, _, d, _ in pairs]))
         self.scale = scale if scale is not None else 1.0 / math.sqrt(store.config.head_dim)
         self._native = None
@@ -269,7 +270,7 @@ class KernelPlan:
         if self._native is None:
             from .kernels.native import PassInfo
 
-            if self.max_slot > self.store.capacity or (self.num_rows and int(self.slots.max()) >= self.store.capacity):
+            if self.max_slot > self.store.capacity or self.max_write >= self.store.capacity:
                 raise ValueError("a pass reads or writes outside the store")
             self._native = PassInfo(
                 self.num_rows, self.slots.data_ptr(), self.k_cos.data_ptr(), self.k_sin.data_ptr(),

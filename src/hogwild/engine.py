@@ -68,9 +68,9 @@ class Engine:
         self.layout = get_layout(layout)
         self.sampling = sampling or Sampling()
         self.decode = decode
-        self.reference = reference  # use the dense oracle attention (tests, debugging)
         # "auto": native kernel for decode passes where available, else the PyTorch path;
-        # "torch": always the PyTorch path (FastPlan); "reference": the dense oracle
+        # "torch": always the PyTorch path (FastPlan); "reference" (or reference=True): the
+        # dense oracle attention (tests, debugging)
         self.attention = "reference" if reference else attention
         self.rope = Rope(model.config, model.device)
 

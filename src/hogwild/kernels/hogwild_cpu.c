@@ -95,7 +95,7 @@ static inline __m256 exp8_nonpositive(__m256 x) {
         }                                                                                   \
         for (int i = 0; i < MB; i++) {                                                      \
             float s = hsum8(_mm256_add_ps(a[i][0], a[i][1]));                               \
-            for (int kk = k; kk < K; kk++) s += x[(size_t)(m0 + i) * K + kk] * WSCALAR(wrow, kk); \
+            for (int kk = k; kk < K; kk++) s += x[(size_t)(m0 + i) * K + kk] * WSCALAR(wrow, kk, ES); \
             if (b) s += b[n];                                                               \
             float *out = y + (size_t)(m0 + i) * N + n;                                      \
             *out = accumulate ? *out + s : s;                                               \
@@ -104,40 +104,28 @@ static inline __m256 exp8_nonpositive(__m256 x) {
 
 #define LOADW_F32(p) _mm256_loadu_ps((const float *)(p))
 #define LOADW_BF16(p) load8_bf16((const uint16_t *)(p))
+/* one weight as fp32; ES (element size) is a compile-time constant, so the branch folds */
+#define WSCALAR(row, kk, ES) ((ES) == 2 ? bf16_to_f32(((const uint16_t *)(row))[kk]) : ((const float *)(row))[kk])
 
-static void linear_f32(const float *x, const void *w, const float *b, float *y, int M, int N, int K,
-                       int accumulate, int threads) {
-#define WSCALAR(row, kk) (((const float *)(row))[kk])
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int n = 0; n < N; n++) {
-        int m0 = 0;
-        for (; m0 + 4 <= M; m0 += 4) LINEAR_BODY(4, LOADW_F32, 4)
-        switch (M - m0) {
-        case 3: LINEAR_BODY(3, LOADW_F32, 4) break;
-        case 2: LINEAR_BODY(2, LOADW_F32, 4) break;
-        case 1: LINEAR_BODY(1, LOADW_F32, 4) break;
-        default: break;
-        }
+/* The linear kernel for one weight type: rows in blocks of four, then the remainder. */
+#define DEFINE_LINEAR(NAME, LOADW, ES)                                                       \
+    static void NAME(const float *x, const void *w, const float *b, float *y, int M, int N, int K, \
+                     int accumulate, int threads) {                                         \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+        for (int n = 0; n < N; n++) {                                                       \
+            int m0 = 0;                                                                     \
+            for (; m0 + 4 <= M; m0 += 4) LINEAR_BODY(4, LOADW, ES)                          \
+            switch (M - m0) {                                                               \
+            case 3: LINEAR_BODY(3, LOADW, ES) break;                                        \
+            case 2: LINEAR_BODY(2, LOADW, ES) break;                                        \
+            case 1: LINEAR_BODY(1, LOADW, ES) break;                                        \
+            default: break;                                                                 \
+            }                                                                               \
+        }                                                                                   \
     }
-#undef WSCALAR
-}
 
-static void linear_bf16(const float *x, const void *w, const float *b, float *y, int M, int N, int K,
-                        int accumulate, int threads) {
-#define WSCALAR(row, kk) bf16_to_f32(((const uint16_t *)(row))[kk])
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int n = 0; n < N; n++) {
-        int m0 = 0;
-        for (; m0 + 4 <= M; m0 += 4) LINEAR_BODY(4, LOADW_BF16, 2)
-        switch (M - m0) {
-        case 3: LINEAR_BODY(3, LOADW_BF16, 2) break;
-        case 2: LINEAR_BODY(2, LOADW_BF16, 2) break;
-        case 1: LINEAR_BODY(1, LOADW_BF16, 2) break;
-        default: break;
-        }
-    }
-#undef WSCALAR
-}
+DEFINE_LINEAR(linear_f32, LOADW_F32, 4)
+DEFINE_LINEAR(linear_bf16, LOADW_BF16, 2)
 
 /* y [M, N] = x [M, K] @ w[N, K]^T + b (fp32 x, y, b; w fp32 or bf16). With accumulate,
  * y += instead of y = (a residual connection without another pass over y). */

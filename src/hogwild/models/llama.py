@@ -93,7 +93,6 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
         self.gate_up_proj: nn.Linear | None = None
-        self.kernel = False  # set by CausalLM.prepare_for_cpu: fused SiLU-gate kernel
 
     def fuse(self) -> None:
         self.gate_up_proj = _concat_linears(self.gate_proj, self.up_proj)
@@ -102,7 +101,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
             gate_up = self.gate_up_proj(x)
-            if self.kernel and gate_up.dtype == torch.float32:
+            if isinstance(self.gate_up_proj, KernelLinear):  # prepared: fp32 out, fused gate kernel
                 return self.down_proj(kernels.silu_mul(gate_up))
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
@@ -236,8 +235,6 @@ class CausalLM(nn.Module):
             for module in self.modules():
                 if isinstance(module, RMSNorm):
                     module.use_kernels()
-                elif isinstance(module, MLP):
-                    module.kernel = module.gate_up_proj is not None
             self.activation_dtype = torch.float32
             if self.model.layers and self.model.layers[0].self_attn.qkv_proj is not None:
                 from ..kernels.native import NativeDecoder
