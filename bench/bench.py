@@ -1,7 +1,7 @@
 """Run the speed benchmark as a script: ``python bench/bench.py [options]``.
 
 The same as ``hogwild bench [options]`` (see ``docs/bench.md``); the measurements live in
-``src/hogwild/bench.py``. Example (small and quick)::
+the package ``src/hogwild/bench/``. Example (small and quick)::
 
     python bench/bench.py --workers 1,2 --contexts 128 --passes 3 --dtypes float32
 """

@@ -11,6 +11,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def default_model():
-    from hogwild.models.loading import load_model
+    from hogwild.loader import load_model
 
     return load_model("smollm2-135m", dtype="float32", device="cpu")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hogwild.engine import Engine
-from hogwild.layouts import LAYOUTS
+from hogwild.core.engine import Engine
+from hogwild.core.layouts import LAYOUTS
 
 from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
@@ -19,7 +19,7 @@ def test_fast_equals_reference(layout: str, workers: int, attention: str) -> Non
     seed = 100 * workers + len(layout)
     script = random_script(workers, seed=seed, check_in_every=5)
     fast = Engine(model, layout, decode=toy_decode, attention=attention).start(script)
-    ref = Engine(model, layout, decode=toy_decode, reference=True).start(script)
+    ref = Engine(model, layout, decode=toy_decode, attention="reference").start(script)
     worst = 0.0
     for pairs in lockstep(fast, ref, forced_tokens(workers, 40, seed)):
         for a, b in pairs:

@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from hogwild import bench
+from hogwild.bench import measure
 from hogwild.cli import app
 
 
@@ -111,8 +112,8 @@ def test_random_weights_shared_with_transformers():
     """The transformers baseline computes the same function with the same weights (fp32).
 
     Ours is the product path (fused, and prepacked on fp32 CPU), so it holds its own copy."""
-    from hogwild.engine import Engine
-    from hogwild.script import Script
+    from hogwild.core.engine import Engine
+    from hogwild.core.script import Script
 
     models = bench.load_models(bench.BenchConfig(random_weights=True, shape="tiny"), torch.float32, torch.device("cpu"))
     assert models.hf.model.embed_tokens.weight.data_ptr() == models.ours.model.embed_tokens.weight.data_ptr()
@@ -136,7 +137,7 @@ def test_floor_compute_rate_on_cpu_includes_fp32(monkeypatch):
     """bf16 passes run in fp32 arithmetic on CPU: the floor must not divide by the crawl of an
     emulated bf16 matmul."""
     measured = {torch.bfloat16: 1e9, torch.float32: 100e9}
-    monkeypatch.setattr(bench, "measure_matmul", lambda device, dtype, n: measured[dtype])
+    monkeypatch.setattr(measure, "measure_matmul", lambda device, dtype, n: measured[dtype])
     rates: dict[str, float] = {}
     assert bench.compute_rate(torch.device("cpu"), torch.bfloat16, 64, rates, None) == 100e9
     assert rates == {"bfloat16": 1e9, "float32": 100e9}

@@ -14,10 +14,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import hogwild.models.loading as loading
-from hogwild import render
+import hogwild.loader as loading
+from hogwild.cli import render
 from hogwild.cli import app
-from hogwild.events import HeaderEvent, StepEvent, StopEvent, TokenEvent
+from hogwild.core.events import HeaderEvent, StepEvent, StopEvent, TokenEvent
 
 PROBLEM = "What is 12 + 30?"
 
@@ -32,10 +32,10 @@ def fast_loader(monkeypatch, request):
     real = loading.load_model
     model = request.getfixturevalue("default_model")
 
-    def load(name_or_path="smollm2-135m", dtype="float32", device="cpu"):
+    def load(name_or_path="smollm2-135m", dtype="float32", device="cpu", optimize=True):
         if name_or_path == "smollm2-135m" and dtype == "float32" and str(device) == "cpu":
             return model
-        return real(name_or_path, dtype=dtype, device=device)
+        return real(name_or_path, dtype=dtype, device=device, optimize=optimize)
 
     monkeypatch.setattr(loading, "load_model", load)
     return model

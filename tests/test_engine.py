@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hogwild.engine import Engine
+from hogwild.core.engine import Engine
 from hogwild.errors import InvalidRequestError
-from hogwild.events import HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
-from hogwild.layouts import Layout, get_layout
-from hogwild.sampling import Sampling
-from hogwild.script import Script
+from hogwild.core.events import HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
+from hogwild.core.layouts import Layout, get_layout
+from hogwild.core.sampling import Sampling
+from hogwild.core.script import Script
 
 from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
@@ -101,7 +101,7 @@ def test_bfloat16_fast_matches_reference() -> None:
     model = tiny_model(seed=5, dtype=torch.bfloat16)
     script = random_script(3, seed=9)
     fast = Engine(model, "combined", decode=toy_decode).start(script)
-    ref = Engine(model, "combined", decode=toy_decode, reference=True).start(script)
+    ref = Engine(model, "combined", decode=toy_decode, attention="reference").start(script)
     *_, pairs = lockstep(fast, ref, forced_tokens(3, 12, seed=3))
     for a, b in pairs:
         assert (a - b).abs().max().item() < 0.1 * b.abs().max().item()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hogwild.engine import Engine
-from hogwild.script import Script
+from hogwild.core.engine import Engine
+from hogwild.core.script import Script
 
 PROMPTS = [
     "Explain in detail how photosynthesis works.",
@@ -57,7 +57,7 @@ def test_one_worker_equals_transformers_generate(default_model, hf_model, prompt
 def test_store_holds_each_token_once(default_model) -> None:
     """After a run with merges, bytes in use = tokens in views' union x per-token bytes."""
     tok = default_model.tokenizer
-    from hogwild.script import OTHERS_HEADER, OWN_HEADER, UNFINISHED
+    from hogwild.core.layouts import OTHERS_HEADER, OWN_HEADER, UNFINISHED
 
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
     script = Script(

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from hogwild.engine import Engine
+from hogwild.driver import Driver
 from hogwild.eval import strategies as st
 from hogwild.eval.bundles import answer_from_text
 from hogwild.eval.datasets import Task
@@ -41,13 +41,14 @@ def scripted(monkeypatch, loaded, texts):
     eos = stop_ids(tok)[0]
     seqs = [tok.encode(t, add_special_tokens=False) + [eos] for t in texts]
 
-    class ScriptedEngine(Engine):
-        def start(self, script):
-            run = super().start(script)
-            run.sampler = ScriptedSampler(seqs)
-            return run
+    original = Driver.start
 
-    monkeypatch.setattr(st, "Engine", ScriptedEngine)
+    def start(self, script):  # the strategies' main run only; forced answers stay real
+        run = original(self, script)
+        run.sampler = ScriptedSampler(seqs)
+        return run
+
+    monkeypatch.setattr(Driver, "start", start)
     return [len(s) for s in seqs]
 
 
@@ -124,11 +125,11 @@ def test_hogwild_layouts_find_the_answer(default_model, monkeypatch, layout):
 def test_hogwild_combined_real_decoding_is_consistent(default_model, monkeypatch):
     forced_at = []
 
-    def fake_forced(loaded, protocol, script, snap, max_tokens):  # the real one: tests above
+    def fake_forced(self, script, snap):  # the real one: tests above
         forced_at.append(snap.passes)
         return "", "7"
 
-    monkeypatch.setattr(st, "forced_answer", fake_forced)
+    monkeypatch.setattr(Driver, "forced_answer", fake_forced)
     strategy = st.make_strategy("hogwild-combined", workers=2, **FAST)
     snaps = record_snapshots(strategy)
     out = strategy.run(default_model, TASK, [2, 4])

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from hogwild import net
 from hogwild.errors import HogwildError
 from hogwild.eval import datasets as ds
 from hogwild.eval import report as rep
@@ -132,7 +133,7 @@ def test_hub_dataset_without_network_fails_fast(monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(ds, "_import_datasets", lambda: FakeDatasets)
-    monkeypatch.setattr(ds.socket, "create_connection", no_connect)
+    monkeypatch.setattr(net.socket, "create_connection", no_connect)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     t0 = time.perf_counter()
     with pytest.raises(DatasetError, match="no network"):

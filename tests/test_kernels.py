@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from hogwild import kernels
-from hogwild.engine import Engine
-from hogwild.layouts import LAYOUTS
-from hogwild.models.llama import KernelLinear, PackedLinear
+from hogwild.core.engine import Engine
+from hogwild.core.layouts import LAYOUTS
+from hogwild.kernels import KernelLinear, PackedLinear, prepare_for_cpu
+from hogwild.kernels.build import cpu_supported
 
 from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
 
 def _buildable() -> bool:
-    return kernels._cpu_supported() and shutil.which("cc") is not None
+    return cpu_supported() and shutil.which("cc") is not None
 
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"native kernels: {kernels.status()}")
@@ -40,8 +41,8 @@ def test_turned_off_by_environment(monkeypatch) -> None:
     try:
         assert not kernels.available()
         assert "HOGWILD_KERNELS" in kernels.status()
-        model = copy.deepcopy(tiny_model(seed=2)).fuse_projections().prepare_for_cpu()
-        assert model.native is None
+        model = prepare_for_cpu(copy.deepcopy(tiny_model(seed=2)).fuse_projections())
+        assert model.stack is None
         assert not any(isinstance(m, KernelLinear) for m in model.modules())
         assert isinstance(model.lm_head, (PackedLinear, torch.nn.Linear))
     finally:
@@ -162,8 +163,8 @@ def test_store_kv_rotates_and_rounds_like_torch() -> None:
 
 
 def _prepared(model):
-    prepared = copy.deepcopy(model).fuse_projections().prepare_for_cpu()
-    assert prepared.native is not None
+    prepared = prepare_for_cpu(copy.deepcopy(model).fuse_projections())
+    assert prepared.stack is not None
     return prepared
 
 
@@ -174,7 +175,7 @@ def test_native_decoder_equals_reference(layout: str, workers: int) -> None:
     """The whole native decode (all layers in C) against the dense oracle on the plain model."""
     plain = tiny_model(seed=workers)
     fast = Engine(_prepared(plain), layout, decode=toy_decode).start(random_script(workers, seed=workers, check_in_every=5))
-    ref = Engine(plain, layout, decode=toy_decode, reference=True).start(random_script(workers, seed=workers, check_in_every=5))
+    ref = Engine(plain, layout, decode=toy_decode, attention="reference").start(random_script(workers, seed=workers, check_in_every=5))
     worst = 0.0
     for pairs in lockstep(fast, ref, forced_tokens(workers, 30, seed=workers)):
         for a, b in pairs:
@@ -197,7 +198,7 @@ def test_native_decoder_architectures(arch) -> None:
     plain = tiny_model(seed=4, **arch)
     script = random_script(3, seed=4)
     fast = Engine(_prepared(plain), "combined", decode=toy_decode).start(script)
-    ref = Engine(plain, "combined", decode=toy_decode, reference=True).start(script)
+    ref = Engine(plain, "combined", decode=toy_decode, attention="reference").start(script)
     for pairs in lockstep(fast, ref, forced_tokens(3, 12, seed=4)):
         for a, b in pairs:
             assert (a - b).abs().max().item() < 1e-4
@@ -211,7 +212,7 @@ def test_native_decoder_bf16_weights() -> None:
     as_fp32 = copy.deepcopy(bf16).float()
     script = random_script(2, seed=6)
     fast = Engine(_prepared(bf16), "combined", decode=toy_decode).start(script)
-    ref = Engine(as_fp32, "combined", decode=toy_decode, reference=True).start(script)
+    ref = Engine(as_fp32, "combined", decode=toy_decode, attention="reference").start(script)
     assert fast.store.dtype == torch.bfloat16
     for pairs in lockstep(fast, ref, forced_tokens(2, 12, seed=6)):
         for a, b in pairs:
@@ -227,7 +228,7 @@ def test_prepared_model_cannot_be_copied() -> None:
 
 def test_broken_compiler_falls_back(monkeypatch, tmp_path) -> None:
     """A compiler that fails leaves a clear reason and the PyTorch path, never a crash."""
-    if not kernels._cpu_supported():
+    if not cpu_supported():
         pytest.skip("no AVX2 here")
     monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
     monkeypatch.setenv("HOGWILD_CACHE", str(tmp_path))
@@ -236,11 +237,11 @@ def test_broken_compiler_falls_back(monkeypatch, tmp_path) -> None:
         assert not kernels.available()
         assert kernels.status().startswith("build failed")
         plain = tiny_model(seed=3)
-        model = copy.deepcopy(plain).fuse_projections().prepare_for_cpu()
-        assert model.native is None
+        model = prepare_for_cpu(copy.deepcopy(plain).fuse_projections())
+        assert model.stack is None
         script = random_script(2, seed=3)
         run = Engine(model, "combined", decode=toy_decode).start(script)
-        ref = Engine(plain, "combined", decode=toy_decode, reference=True).start(script)
+        ref = Engine(plain, "combined", decode=toy_decode, attention="reference").start(script)
         *_, pairs = lockstep(run, ref, forced_tokens(2, 5, seed=3))
         assert max((a - b).abs().max().item() for a, b in pairs) < 1e-4
     finally:

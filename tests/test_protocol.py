@@ -9,14 +9,14 @@ from pathlib import Path
 import jinja2
 import pytest
 
-import hogwild.script as S
+import hogwild.core.layouts as S
+from hogwild.answers import AnswerAgreement
 from hogwild.errors import InvalidRequestError
 from hogwild.protocol import (
     DEFAULT_NAMES,
     OTHERS_HEADER_TEXT,
     OWN_HEADER_TEXT,
     UNFINISHED_TEXT,
-    AnswerAgreement,
     Protocol,
     is_step_end,
     render_chat,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hogwild.events import HeaderEvent, StepEvent, TokenEvent
+from hogwild.core.events import HeaderEvent, StepEvent, TokenEvent
 from hogwild.protocol import CHECK_IN_TEXT
 from hogwild.solve import ResultEvent, SolveSettings, solve_stream
 

@@ -1,16 +1,15 @@
 """Oracle 4: every worker's view, decoded back to text, is what the layout definition says.
 
 The test keeps its own record of what each worker wrote (openings, forced tokens, step ends
-by the toy rule, headers) and rebuilds the expected views from DESIGN.md §3, independently of
-the engine's bookkeeping.
-"""
+by the toy rule, headers) and rebuilds the expected views from docs/architecture.md
+("Layouts"), independently of the engine's bookkeeping."""
 
 from __future__ import annotations
 
 import pytest
 
-from hogwild.engine import Engine
-from hogwild.script import OTHERS_HEADER, OWN_HEADER, UNFINISHED
+from hogwild.core.engine import Engine
+from hogwild.core.layouts import OTHERS_HEADER, OWN_HEADER, UNFINISHED
 
 from tiny import forced_tokens, random_script, tiny_model, toy_decode, toy_step_end
 

@@ -8,7 +8,8 @@ import torch
 
 from hogwild.models.config import ModelConfig
 from hogwild.models.llama import CausalLM
-from hogwild.script import OTHERS_HEADER, OWN_HEADER, UNFINISHED, Script
+from hogwild.core.layouts import OTHERS_HEADER, OWN_HEADER, UNFINISHED
+from hogwild.core.script import Script
 
 NEWLINE = 1  # token 1 decodes to "\n" in the toy vocabulary below
 VOCAB = 64

@@ -2,7 +2,7 @@
 
 Everything a user can cause (bad arguments, missing models, corrupt files, oversized
 prompts) raises a subclass of :class:`HogwildError` with a message that says what to do.
-The CLI and server print the message without a traceback.
+The CLI prints the message without a traceback.
 """
 
 

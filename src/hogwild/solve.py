@@ -1,7 +1,7 @@
 """The high-level API: one problem in, a stream of events and a final result out.
 
-problem -> protocol (text, ids) -> engine (passes) -> events -> this module's answer logic.
-Used by the CLI, the server and the evaluation strategies; it does no I/O itself.
+problem -> protocol (text, ids) -> driver (engine passes, stop rule, forced answer) ->
+events -> :class:`SolveResult`. Used by the CLI; it does no I/O itself.
 """
 
 from __future__ import annotations
@@ -10,17 +10,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-from .answers import extract_boxed
-from .engine import Engine, Run
+from .answers import AnswerAgreement, extract_boxed
+from .core.events import Event, RunStats, Snapshot
+from .core.layouts import get_layout
+from .core.sampling import Sampling
+from .driver import DriveEnd, Driver
 from .errors import InvalidRequestError
-from .events import Event, Snapshot, SnapshotEvent, StopEvent, TokenEvent
-from .layouts import get_layout
 from .models.loading import LoadedModel
-from .protocol import AnswerAgreement, Protocol
-from .sampling import Sampling
-from .script import Script
-
-FORCED_SUFFIX_OPEN = "\\boxed{"
+from .protocol import Protocol
 
 
 @dataclass
@@ -92,6 +89,26 @@ def make_protocol(settings: SolveSettings) -> Protocol:
     )
 
 
+class AgreementStop:
+    """The stop rule of ``solve``: the first boxed answer, or ``k`` workers agreeing."""
+
+    def __init__(self, settings: SolveSettings):
+        mode = "agree" if settings.stop == "agree" else "first"
+        self.agreement = AnswerAgreement(mode=mode, k=settings.agree_k)
+        self.enabled = settings.stop != "none"
+
+    @property
+    def answer(self) -> str | None:
+        return self.agreement.answer
+
+    def observe(self, worker: int, text: str) -> None:
+        if self.enabled:
+            self.agreement.update(worker, text)
+
+    def done(self, stats: RunStats) -> bool:
+        return self.answer is not None
+
+
 def solve_stream(
     loaded: LoadedModel, problem: str, settings: SolveSettings | None = None,
     snapshot_at: Sequence[int] = (),
@@ -101,41 +118,25 @@ def solve_stream(
     settings.validate()
     protocol = make_protocol(settings)
     script = protocol.script(problem, loaded.tokenizer, loaded.context_length)
-    decode = make_decoder(loaded)
-    engine = Engine(loaded.model, settings.layout, settings.sampling, decode=decode)
-    t0 = time.perf_counter()
-    run = engine.start(script)
-    t_prefill = time.perf_counter() - t0
-    agreement = AnswerAgreement(mode="agree" if settings.stop == "agree" else "first", k=settings.agree_k)
-    answer: str | None = None
-
-    def stop_rule(run: Run, events: list[Event]) -> bool:
-        nonlocal answer
-        if settings.stop == "none":
-            return False
-        for ev in events:
-            if isinstance(ev, TokenEvent) and "}" in ev.text:
-                found = agreement.update(ev.worker, decode(run.workers[ev.worker].all_ids))
-                if found is not None:
-                    answer = found
-                    return True
-        return False
-
-    stop_reason = "budget"
-    for ev in run.run(settings.max_passes, stop=stop_rule, snapshot_at=snapshot_at):
-        if isinstance(ev, StopEvent):
-            stop_reason = ev.reason
-        yield ev
-    t_decode = time.perf_counter() - t0 - t_prefill
-    snap = run.snapshot()
-    views = [decode(run.view_token_ids(w)) for w in range(run.num_workers)]
+    driver = Driver(loaded, protocol, settings.layout, settings.sampling, settings.forced_tokens)
+    stop = AgreementStop(settings)
+    outcome = None
+    for item in driver.stream(script, settings.max_passes, stop, snapshot_at):
+        if isinstance(item, DriveEnd):
+            outcome = item.outcome
+        else:
+            yield item
+    assert outcome is not None
+    t_end = time.perf_counter()
+    snap, run = outcome.final, outcome.run
+    views = [driver.decode(run.view_token_ids(w)) for w in range(run.num_workers)]
+    answer = stop.answer or last_answer(snap)
     forced, forced_text = False, None
-    if answer is None:
-        answer = last_answer(snap)
     if answer is None and settings.forced_answer:
-        forced_text, answer = forced_answer(loaded, protocol, script, snap, settings.forced_tokens)
+        forced_text, answer = driver.forced_answer(script, snap)
         forced = True
-    total = time.perf_counter() - t0
+    t_prefill, t_decode = outcome.timings["prefill_s"], outcome.timings["decode_s"]
+    forced_s = time.perf_counter() - t_end
     yield ResultEvent(
         SolveResult(
             problem=problem,
@@ -144,8 +145,8 @@ def solve_stream(
             names=list(protocol.worker_names),
             answer=answer,
             forced=forced,
-            passes=run.passes,
-            stop_reason=stop_reason,
+            passes=outcome.passes,
+            stop_reason=outcome.stop_reason,
             workers=snap.workers,
             history=snap.history,
             forced_text=forced_text,
@@ -155,9 +156,9 @@ def solve_stream(
             timings={
                 "prefill_s": t_prefill,
                 "decode_s": t_decode,
-                "forced_s": total - t_prefill - t_decode,
-                "total_s": total,
-                "passes_per_s": run.passes / t_decode if t_decode > 0 else 0.0,
+                "forced_s": forced_s,
+                "total_s": t_prefill + t_decode + forced_s,
+                "passes_per_s": outcome.passes / t_decode if t_decode > 0 else 0.0,
             },
         )
     )
@@ -172,15 +173,6 @@ def solve(loaded: LoadedModel, problem: str, settings: SolveSettings | None = No
     return result
 
 
-def make_decoder(loaded: LoadedModel):
-    tok = loaded.tokenizer
-
-    def decode(ids: Sequence[int]) -> str:
-        return tok.decode(list(ids), skip_special_tokens=False)
-
-    return decode
-
-
 def last_answer(snapshot: Snapshot) -> str | None:
     """The answer the workers have given so far: the last boxed answer in completion order."""
     texts = [t for _, t in snapshot.history] + [t for _, t in snapshot.current]
@@ -189,40 +181,3 @@ def last_answer(snapshot: Snapshot) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def forced_answer(
-    loaded: LoadedModel, protocol: Protocol, script: Script, snapshot: Snapshot, max_tokens: int = 48
-) -> tuple[str, str | None]:
-    """Decode greedily from the transcript plus "...the final answer is \\boxed{".
-
-    A single sequence through the same engine (one worker, no protocol text), prefilled in
-    chunks; stops when the box closes, at end of sequence, or after ``max_tokens``. Oldest
-    history steps are dropped if the transcript would not fit the context.
-    """
-    tok = loaded.tokenizer
-    decode = make_decoder(loaded)
-    prompt_text = decode(script.prompt_ids)
-    history = list(snapshot.history)
-    while True:
-        text = protocol.forced_answer_text(prompt_text, history, list(snapshot.current))
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) + max_tokens <= loaded.context_length or not history:
-            break
-        history = history[1:]
-    ids = ids[-(loaded.context_length - max_tokens) :]
-    engine = Engine(loaded.model, "independent", Sampling(), decode=decode)
-    run = engine.start(Script(prompt_ids=ids, opening_ids=[[]], stop_ids=script.stop_ids))
-    out = ""
-    depth = 1
-    for ev in run.run(max_tokens):
-        if isinstance(ev, TokenEvent):
-            for ch in ev.text:
-                if depth == 0:
-                    break
-                depth += {"{": 1, "}": -1}.get(ch, 0)
-                out += ch
-            if depth == 0:
-                break
-    boxed = FORCED_SUFFIX_OPEN + out + ("" if depth == 0 else "}")
-    return text + out, extract_boxed(boxed)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..answers import answers_equal, extract_boxed
+from ..answers import all_boxes, answers_equal, extract_boxed
 from .datasets import Task
 
 SEPARATOR = "; "
 _LABEL = re.compile(
     r"^\s*(?:\(?\d{1,2}[.)]\s+|(?:problem|question|q|answer|a)[\s_]*\{?\d{1,2}\}?\s*[:=.)]\s*)",
     re.I)
-_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 def make_bundles(tasks: Sequence[Task], k: int) -> list[Task]:
@@ -94,33 +93,6 @@ def split_answers(content: str | None, k: int | None = None) -> list[str]:
     return [single] if single else []
 
 
-def _all_boxes(text: str) -> list[str]:
-    """Contents of every well-formed, non-placeholder box, in order."""
-    out = []
-    for m in _BOX_START.finditer(text):
-        box = _first_box(text[m.start():])
-        content = extract_boxed(box) if box else None
-        if content is not None:
-            out.append(content)
-    return out
-
-
-def _first_box(text: str) -> str | None:
-    m = _BOX_START.search(text)
-    if m is None:
-        return None
-    depth, i = 1, m.end()
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[m.start() : i + 1]
-        i += 1
-    return None
-
-
 def answer_from_text(text: str | None, k: int = 1) -> str | None:
     """The answer a text gives for a task of ``k`` questions, as one string (or None).
 
@@ -131,7 +103,7 @@ def answer_from_text(text: str | None, k: int = 1) -> str | None:
         return None
     if k == 1:
         return extract_boxed(text)
-    boxes = _all_boxes(text)
+    boxes = all_boxes(text)
     if not boxes:
         return None
     for content in reversed(boxes):

@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import HogwildError
+from ..net import reachable
 
 
 class DatasetError(HogwildError):
@@ -248,11 +248,7 @@ def load_reasoning_gym(name: str, limit: int = 50, seed: int = 0) -> list[Task]:
 
 def network_available(host: tuple[str, int] = HUB_HOST, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     """One TCP connect to the hub, bounded by ``timeout`` (DNS failures count as no network)."""
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return reachable(host, timeout)
 
 
 def _import_datasets() -> Any:

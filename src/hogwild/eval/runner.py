@@ -27,7 +27,7 @@ from ..errors import HogwildError
 from . import report as rep
 from .bundles import make_bundles, score_answer
 from .datasets import Task, load_tasks
-from .strategies import STRATEGIES, make_strategy
+from .strategies import make_strategy, strategy_names
 
 DEFAULT_STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined")
 
@@ -55,9 +55,10 @@ class EvalConfig:
     id_field: str | None = None
 
     def validate(self) -> None:
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        known = strategy_names()
+        unknown = [s for s in self.strategies if s not in known]
         if unknown or not self.strategies:
-            raise HogwildError(f"unknown strategies {unknown or '(none)'}; choose from {', '.join(STRATEGIES)}")
+            raise HogwildError(f"unknown strategies {unknown or '(none)'}; choose from {', '.join(known)}")
         if not self.budgets or min(self.budgets) < 1:
             raise HogwildError(f"budgets must be positive numbers of passes (got {self.budgets})")
         if not self.workers or min(self.workers) < 1:
@@ -241,7 +242,7 @@ def evaluate(
     if console is not None and done:
         console.print(f"resuming: {len(units) - len(todo)} of {len(units)} units already in {results_path}")
     if todo and loaded is None:
-        from ..models.loading import load_model
+        from ..loader import load_model
 
         loaded = load_model(config.model, dtype=config.dtype, device=device)
     bar = _Progress(console, len(units), len(units) - len(todo),

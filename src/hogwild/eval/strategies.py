@@ -1,21 +1,23 @@
 """Evaluation strategies: one run per task gives an answer at every budget.
 
 All strategies share :meth:`Strategy.run` ``(loaded, task, budgets) -> StrategyRun``: the
-engine runs once up to the largest budget with snapshots at every budget
-(``Run.run(snapshot_at=...)``); each snapshot is turned into an answer. When a stop rule
-ends the run early, budgets past the stop reuse the final state (its answer, and its
-forced answer if one is needed). Forced answers are decoded after the budget from the
-transcript; they do not count towards passes.
+driver (:class:`hogwild.driver.Driver`) runs once up to the largest budget with snapshots at
+every budget; each snapshot is turned into an answer. When a stop rule ends the run early,
+budgets past the stop reuse the final state (its answer, and its forced answer if one is
+needed). Forced answers are decoded by the driver after the budget from the transcript; they
+do not count towards passes.
 
 - ``single``: one worker, plain chain of thought (a plain prompt, no worker names or step
-  headers: :func:`plain_script`); the answer it has boxed so far, else none.
+  headers: :class:`hogwild.protocol.PlainProtocol`); the answer it has boxed so far, else none.
 - ``early-stop``: the same run; at a budget without an answer, the forced answer.
 - ``independent``: N workers on the plain prompt in the ``independent`` layout (no
   cross-visibility, same batched passes); each worker's own answer, else its own forced
   answer; combined by :func:`majority_vote`. Greedy decoding would make N copies of one
   answer, so this strategy samples (``temperature``, default 0.7 when the run is greedy).
-- ``hogwild-combined`` / ``-interleaved`` / ``-contiguous``: N collaborating workers with
-  the protocol; the last answer in completion order, else the forced answer.
+- ``hogwild-<layout>`` for every collaborative layout in the registry
+  (:func:`hogwild.core.layouts.collaborative_layouts`: combined, interleaved, contiguous, and
+  any registered one): N collaborating workers with the protocol; the last answer in
+  completion order, else the forced answer.
 
 Stop rules: single/early-stop/hogwild stop at the first complete answer (for a bundle of
 k questions, a box with k answers); independent stops when every worker has answered.
@@ -28,18 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..answers import answers_equal
-from ..engine import Engine, Run
-from ..events import Event, Snapshot, SnapshotEvent, StopEvent, TokenEvent
-from ..protocol import FORCED_ANSWER_LEAD, Protocol, _with_bos, render_chat, stop_ids
-from ..sampling import Sampling
-from ..script import Script
-from ..solve import forced_answer, make_decoder
+from ..core.events import RunStats, Snapshot
+from ..core.layouts import collaborative_layouts
+from ..core.sampling import Sampling
+from ..core.script import Script
+from ..driver import Driver, Outcome
+from ..protocol import PlainProtocol, Protocol
 from .bundles import SEPARATOR, answer_from_text, is_complete, split_answers
 from .datasets import Task
 
-#: The usual chain-of-thought instruction of math-tuned chat models (Qwen2.5-Math's).
-PLAIN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-PLAIN_FORCED_TEXT = "Time is up: I must stop here and give my final answer now."
 INDEPENDENT_TEMPERATURE = 0.7
 
 
@@ -57,40 +56,11 @@ class BudgetResult:
 
 
 @dataclass
-class Decoded:
-    """One engine run: the snapshot (and seconds since start) behind every budget."""
-
-    budgets: list[int]
-    script: Script
-    snapshots: dict[int, tuple[Snapshot, float]]
-    passes: int
-    stop_reason: str
-    timings: dict[str, float]
-
-
-@dataclass
 class StrategyRun:
     results: list[BudgetResult]
     passes: int
     stop_reason: str
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def plain_script(loaded, question: str, workers: int = 1) -> Script:
-    """A plain chain-of-thought prompt (chat template + short instruction), no openings."""
-    tok = loaded.tokenizer
-    text = render_chat(tok, PLAIN_SYSTEM, f"Problem: {question.strip()}")
-    ids = _with_bos(tok, list(tok.encode(text, add_special_tokens=False)))
-    return Script(prompt_ids=ids, opening_ids=[[] for _ in range(workers)], stop_ids=stop_ids(tok))
-
-
-class PlainForcing:
-    """The ``forced_answer_text`` of a plain prompt: transcript + "final answer is \\boxed{"."""
-
-    def forced_answer_text(self, prompt_text: str, history, unfinished) -> str:
-        body = "".join(t for _, t in [*history, *unfinished])
-        text = prompt_text + body.rstrip()
-        return text + "\n\n" + PLAIN_FORCED_TEXT + "\n\n" + FORCED_ANSWER_LEAD
 
 
 def majority_vote(answers: Sequence[str | None], equal=answers_equal) -> str | None:
@@ -127,8 +97,25 @@ def bundle_vote(answers: Sequence[str | None], k: int) -> str | None:
     return SEPARATOR.join(out) if any(out) else None
 
 
+class AnswerStop:
+    """A strategy's stop rule: a worker has answered once its text gives all k answers."""
+
+    def __init__(self, strategy: Strategy, task: Task):
+        self.strategy, self.task = strategy, task
+        self.answered: dict[int, str] = {}
+
+    def observe(self, worker: int, text: str) -> None:
+        if worker not in self.answered:
+            found = answer_from_text(text, self.task.k)
+            if is_complete(found, self.task.k):
+                self.answered[worker] = found
+
+    def done(self, stats: RunStats) -> bool:
+        return self.strategy.should_stop(stats, self.answered)
+
+
 class Strategy:
-    """Base class: subclasses choose the script, layout, stop rule and answer rule."""
+    """Base class: subclasses choose the protocol, layout, stop rule and answer rule."""
 
     name = "strategy"
     layout = "independent"
@@ -141,15 +128,16 @@ class Strategy:
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.forced_tokens = forced_tokens
         self.check_in_every, self.few_shot = check_in_every, few_shot
+        self.protocol: Protocol | PlainProtocol = PlainProtocol(self.workers)
 
     # -- hooks ---------------------------------------------------------------------------
     def script(self, loaded, task: Task) -> Script:
-        return plain_script(loaded, task.question, self.workers)
+        return self.protocol.script(task.question, loaded.tokenizer, loaded.context_length)
 
     def sampling(self) -> Sampling:
         return Sampling(self.temperature, self.top_p, self.seed)
 
-    def should_stop(self, run: Run, task: Task, answered: dict[int, str]) -> bool:
+    def should_stop(self, stats: RunStats, answered: dict[int, str]) -> bool:
         return bool(answered)
 
     def answer_at(self, loaded, task: Task, script: Script, snap: Snapshot) -> tuple[str | None, bool, list | None]:
@@ -160,51 +148,28 @@ class Strategy:
         """Strategies with equal keys make identical engine runs (the runner reuses one)."""
         return None
 
-    def decode(self, loaded, task: Task, budgets: Sequence[int]) -> Decoded:
+    def driver(self, loaded) -> Driver:
+        return Driver(loaded, self.protocol, self.layout, self.sampling(), self.forced_tokens)
+
+    def decode(self, loaded, task: Task, budgets: Sequence[int]) -> Outcome:
         """Run the engine once up to the largest budget, with snapshots at every budget."""
-        budgets = sorted({int(b) for b in budgets})
-        if not budgets or budgets[0] < 1:
-            raise ValueError(f"budgets must be positive integers (got {budgets})")
-        decode = make_decoder(loaded)
-        script = self.script(loaded, task)
-        t0 = time.perf_counter()
-        run = Engine(loaded.model, self.layout, self.sampling(), decode=decode).start(script)
-        t_prefill = time.perf_counter() - t0
-        answered: dict[int, str] = {}
+        return self.driver(loaded).run(self.script(loaded, task), budgets, AnswerStop(self, task))
 
-        def stop(run: Run, events: list[Event]) -> bool:
-            for ev in events:
-                if isinstance(ev, TokenEvent) and "}" in ev.text and ev.worker not in answered:
-                    found = answer_from_text(decode(run.workers[ev.worker].all_ids), task.k)
-                    if is_complete(found, task.k):
-                        answered[ev.worker] = found
-            return self.should_stop(run, task, answered)
-
-        snaps: dict[int, tuple[Snapshot, float]] = {}
-        stop_reason = "budget"
-        for ev in run.run(budgets[-1], stop=stop, snapshot_at=budgets):
-            if isinstance(ev, SnapshotEvent):
-                snaps[ev.passes] = (ev.snapshot, time.perf_counter() - t0)
-            elif isinstance(ev, StopEvent):
-                stop_reason = ev.reason
-        t_decode = time.perf_counter() - t0 - t_prefill
-        final = (run.snapshot(), time.perf_counter() - t0)
-        return Decoded(budgets, script, {b: snaps.get(b, final) for b in budgets}, run.passes,
-                       stop_reason, {"prefill_s": round(t_prefill, 3), "decode_s": round(t_decode, 3)})
-
-    def answers(self, loaded, task: Task, decoded: Decoded) -> StrategyRun:
+    def answers(self, loaded, task: Task, decoded: Outcome) -> StrategyRun:
         """Answers at every budget from a decoded run (forced answers decoded here)."""
         t0 = time.perf_counter()
-        self._forced_cache: dict[str, tuple[str | None, bool]] = {}
+        self._driver = self.driver(loaded)
+        self._forced_cache: dict[str, str | None] = {}
         results, memo = [], {}
-        for b in decoded.budgets:
-            snap, wall = decoded.snapshots[b]
+        for b in decoded.requested:
+            snap, wall = decoded.at(b)
             if id(snap) not in memo:
                 memo[id(snap)] = self.answer_at(loaded, task, decoded.script, snap)
             answer, forced, votes = memo[id(snap)]
             results.append(BudgetResult(b, answer, forced, snap.passes, list(snap.generated_tokens),
                                         round(wall, 3), votes))
-        timings = dict(decoded.timings, forced_s=round(time.perf_counter() - t0, 3))
+        timings = {k: round(v, 3) for k, v in decoded.timings.items()}
+        timings["forced_s"] = round(time.perf_counter() - t0, 3)
         timings["total_s"] = round(sum(timings.values()), 3)
         return StrategyRun(results, decoded.passes, decoded.stop_reason, timings)
 
@@ -215,13 +180,16 @@ class Strategy:
         return self.answers(loaded, task, self.decode(loaded, task, budgets))
 
     # -- helpers -------------------------------------------------------------------------
-    def _forced_plain(self, loaded, script: Script, text: str) -> str | None:
-        """Forced answer after a plain transcript (cached on the text)."""
+    def _forced(self, script: Script, snap: Snapshot) -> str | None:
+        """The driver's forced answer after ``snap``."""
+        return self._driver.forced_answer(script, snap)[1]
+
+    def _forced_plain(self, script: Script, text: str) -> str | None:
+        """Forced answer after one plain transcript (cached on the text)."""
         if text not in self._forced_cache:
             snap = Snapshot(passes=0, workers=[text], history=[], current=[(0, text)])
-            _, ans = forced_answer(loaded, PlainForcing(), script, snap, self.forced_tokens)
-            self._forced_cache[text] = (ans, True)
-        return self._forced_cache[text][0]
+            self._forced_cache[text] = self._forced(script, snap)
+        return self._forced_cache[text]
 
 
 class Single(Strategy):
@@ -242,7 +210,7 @@ class EarlyStop(Single):
         found = answer_from_text(snap.workers[0], task.k)
         if is_complete(found, task.k):
             return found, False, None
-        return self._forced_plain(loaded, script, snap.workers[0]), True, None
+        return self._forced_plain(script, snap.workers[0]), True, None
 
 
 class Independent(Strategy):
@@ -253,15 +221,15 @@ class Independent(Strategy):
         temperature = self.temperature if self.temperature > 0 else INDEPENDENT_TEMPERATURE
         return Sampling(temperature, self.top_p, self.seed)
 
-    def should_stop(self, run, task, answered):
-        return all(w.index in answered or w.done for w in run.workers)
+    def should_stop(self, stats, answered):
+        return all(w.index in answered or w.done for w in stats.workers)
 
     def answer_at(self, loaded, task, script, snap):
         votes, forced = [], False
         for text in snap.workers:
             found = answer_from_text(text, task.k)
             if not is_complete(found, task.k):
-                found = self._forced_plain(loaded, script, text)
+                found = self._forced_plain(script, text)
                 forced = True
             votes.append(found)
         return bundle_vote(votes, task.k), forced, votes
@@ -279,9 +247,6 @@ class Hogwild(Strategy):
         self.protocol = Protocol(num_workers=self.workers, layout=layout,
                                  check_in_every=self.check_in_every, few_shot=self.few_shot)
 
-    def script(self, loaded, task):
-        return self.protocol.script(task.question, loaded.tokenizer, loaded.context_length)
-
     def answer_at(self, loaded, task, script, snap):
         if snap.history:
             texts = [t for _, t in snap.history] + [t for _, t in snap.current]
@@ -293,22 +258,22 @@ class Hogwild(Strategy):
         for found in candidates:
             if is_complete(found, task.k):
                 return found, False, None
-        _, ans = forced_answer(loaded, self.protocol, script, snap, self.forced_tokens)
-        return ans, True, None
+        return self._forced(script, snap), True, None
 
 
-STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined",
-              "hogwild-interleaved", "hogwild-contiguous")
+def strategy_names() -> list[str]:
+    """Every strategy name: the baselines and ``hogwild-<layout>`` per collaborative layout."""
+    return ["single", "early-stop", "independent"] + [f"hogwild-{l}" for l in collaborative_layouts()]
 
 
 def make_strategy(name: str, workers: int = 1, **kwargs) -> Strategy:
-    """A strategy by name (see :data:`STRATEGIES`)."""
+    """A strategy by name (see :func:`strategy_names`)."""
     if name == "single":
         return Single(workers=1, **kwargs)
     if name == "early-stop":
         return EarlyStop(workers=1, **kwargs)
     if name == "independent":
         return Independent(workers=workers, **kwargs)
-    if name.startswith("hogwild-") and name[len("hogwild-"):] in ("combined", "interleaved", "contiguous"):
+    if name.startswith("hogwild-") and name[len("hogwild-"):] in collaborative_layouts():
         return Hogwild(name[len("hogwild-"):], workers=workers, **kwargs)
-    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(strategy_names())}")

@@ -6,7 +6,7 @@
  * at close to the bandwidth, and do the per-block attention of a whole layer (store the new
  * keys, rotate queries per block, online softmax over every block of every view) in one call.
  *
- * Everything is computed in fp32. Built on first use by hogwild/kernels/__init__.py and
+ * Everything is computed in fp32. Built on first use by hogwild/kernels/build.py and
  * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
  */
 #include <immintrin.h>
@@ -652,7 +652,8 @@ typedef struct {
     float eps, scale;
 } Dims;
 
-/* What one pass attends to (built per pass by hogwild.attention.KernelPlan). */
+/* What one pass attends to (hogwild.kernels.native.NativePass, filled per pass by
+ * hogwild.core.attention.KernelPlan). */
 typedef struct {
     int rows;
     const int64_t *slots;

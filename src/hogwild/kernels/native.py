@@ -5,19 +5,58 @@ costs dozens of Python-level calls whose dispatch outweighs the arithmetic on sm
 :class:`NativeDecoder` hands the C side a table of weight pointers once and then runs all
 layers of a pass (norms, projections, key storage, per-block attention, MLP, residuals) in
 ``hw_decode_layers``. The PyTorch modules remain the definition; tests hold the two equal.
+
+The decoder is the model's :class:`hogwild.models.llama.LayerStack`. It takes a pass only
+from a plan that describes the pass in the decoder's terms (:class:`NativePassSource`, which
+the engine's kernel attention plan is), so it never guesses at a plan's internals.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from . import library, span
+from ..models.llama import AttentionPlan, CausalLM
+from .build import declare, library
+from .layers import KernelLinear, KernelRMSNorm
+from .ops import MAX_ROWS, span, threads
 
-if TYPE_CHECKING:
-    from ..models.llama import CausalLM
+
+@dataclass(frozen=True)
+class NativePass:
+    """One pass as the native decoder reads it: where each row's key and value go, which
+    stored keys each row attends to with which query rotation, and the store itself.
+
+    Row r owns pairs ``row_start[r]:row_start[r+1]``; pair p reads keys at pool slots
+    ``pair_slot[p] .. + pair_len[p] - 1``. The producer guarantees every slot is inside the
+    store: the C side does not check."""
+
+    slots: torch.Tensor  # int64 [rows]: pool slot of each row's new key and value
+    k_cos: torch.Tensor  # fp32 [rows, head_dim]: rotation of each row's new key
+    k_sin: torch.Tensor
+    row_start: torch.Tensor  # int32 [rows + 1]
+    pair_slot: torch.Tensor  # int64 [pairs]
+    pair_len: torch.Tensor  # int32 [pairs]
+    pair_cos: torch.Tensor  # fp32 [pairs, head_dim]: rotation of the query for each pair
+    pair_sin: torch.Tensor
+    k: torch.Tensor  # the store's keys [layers, kv_heads, capacity, head_dim], fp32 or bf16
+    v: torch.Tensor  # the store's values, same shape and dtype
+    scale: float  # attention score scale
+
+    @property
+    def rows(self) -> int:
+        return self.slots.numel()
+
+
+@runtime_checkable
+class NativePassSource(Protocol):
+    """An attention plan that can describe its pass to the native decoder."""
+
+    def native_pass(self) -> NativePass:
+        ...
 
 
 class LayerWeights(ctypes.Structure):
@@ -42,41 +81,28 @@ class PassInfo(ctypes.Structure):
     )]
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    """Declare the decoder's C signatures on this library object (a reloaded library is a
-    new object: without argtypes, ctypes would pass pointers as 32-bit ints)."""
-    if getattr(lib, "_hogwild_decoder_bound", False):
-        return
-    P = ctypes.c_void_p
-    lib.hw_decode_scratch.restype = ctypes.c_int64
-    lib.hw_decode_scratch.argtypes = [ctypes.POINTER(Dims), ctypes.c_int]
-    lib.hw_decode_layers.restype = ctypes.c_int
-    lib.hw_decode_layers.argtypes = [
-        P, ctypes.POINTER(LayerWeights), ctypes.c_int, ctypes.POINTER(Dims), ctypes.POINTER(PassInfo),
-        P, P, ctypes.c_int64, ctypes.c_int64, P,
-    ]
-    lib._hogwild_decoder_bound = True
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+_P = ctypes.c_void_p
+declare({
+    "hw_decode_scratch": (ctypes.c_int64, [ctypes.POINTER(Dims), ctypes.c_int]),
+    "hw_decode_layers": (
+        ctypes.c_int,
+        [_P, ctypes.POINTER(LayerWeights), ctypes.c_int, ctypes.POINTER(Dims), ctypes.POINTER(PassInfo),
+         _P, _P, ctypes.c_int64, ctypes.c_int64, _P],
+    ),
+})
 
 
 class NativeDecoder:
-    """All layers of a :class:`CausalLM` prepared with :class:`KernelLinear` modules.
+    """All layers of a :class:`CausalLM` whose fused projections are :class:`KernelLinear`
+    and whose norms are :class:`KernelRMSNorm`.
 
     Holds raw pointers into the model's weights: build it last (``prepare_for_cpu`` does),
     and build a new one if the model's tensors are replaced or moved."""
 
-    MAX_ROWS = 16  # the linear kernel's sweet spot; larger passes go module by module
-
     def __init__(self, model: CausalLM):
-        from ..models.llama import KernelLinear
-
         lib = library()
         if lib is None:
             raise RuntimeError("native kernels unavailable")
-        _bind(lib)
         self.lib = lib
         c = model.config
         self.keep: list[torch.Tensor] = []  # everything the pointer table points into
@@ -98,7 +124,9 @@ class NativeDecoder:
             if any(m.weight.dtype != w_dtype for m in linears):
                 raise ValueError("mixed weight dtypes across layers")
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
-            if any(n.weight32 is None for n in norms):
+            if c.qk_norm:
+                norms += (attn.q_norm, attn.k_norm)
+            if not all(isinstance(n, KernelRMSNorm) for n in norms):
                 raise ValueError("norms are not prepared for kernels")
             e = table[i]
             e.qkv_w, e.qkv_b = hold(attn.qkv_proj.weight), hold(attn.qkv_proj.bias)
@@ -107,8 +135,6 @@ class NativeDecoder:
             e.down_w, e.down_b = hold(mlp.down_proj.weight), hold(mlp.down_proj.bias)
             e.ln_in, e.ln_post = hold(norms[0].weight32), hold(norms[1].weight32)
             if c.qk_norm:
-                if attn.q_norm.weight32 is None or attn.k_norm.weight32 is None:
-                    raise ValueError("q/k norms are not prepared for kernels")
                 e.q_norm, e.k_norm = hold(attn.q_norm.weight32), hold(attn.k_norm.weight32)
         self.table = table
         self.num_layers = c.num_layers
@@ -118,26 +144,34 @@ class NativeDecoder:
     def __deepcopy__(self, memo: Any) -> NativeDecoder:
         raise TypeError("a model prepared for native kernels cannot be copied; copy it before prepare_for_cpu()")
 
-    def run(self, x: torch.Tensor, plan: Any) -> None:
-        """Apply every layer to the residual stream x [rows, hidden] (fp32, in place)."""
-        c, store = self.config, plan.store
-        if x.dtype != torch.float32 or not x.is_contiguous() or x.shape[0] != plan.num_rows:
+    def run(self, x: torch.Tensor, plan: AttentionPlan) -> bool:
+        """Apply every layer to the residual stream x [rows, hidden] (fp32, in place).
+
+        Takes passes of at most :data:`MAX_ROWS` rows from a :class:`NativePassSource`; for
+        any other pass it returns False and the model goes module by module."""
+        if x.shape[0] > MAX_ROWS or not isinstance(plan, NativePassSource):
+            return False
+        p = plan.native_pass()
+        c = self.config
+        if x.dtype != torch.float32 or not x.is_contiguous() or x.shape[0] != p.rows:
             raise ValueError("native decode needs a contiguous fp32 stream with one row per plan row")
-        if store.k.shape[0] != self.num_layers or store.dtype not in (torch.float32, torch.bfloat16):
+        if p.k.shape[0] != self.num_layers or p.k.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError("the store does not match the model")
         dims = Dims(
             c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, self.w_bf16,
-            int(store.dtype == torch.bfloat16), max(1, torch.get_num_threads()), c.rms_eps, plan.scale,
+            int(p.k.dtype == torch.bfloat16), threads(), c.rms_eps, p.scale,
         )
-        info = plan.native_pass()
-        rows = x.shape[0]
-        scratch = torch.empty(int(self.lib.hw_decode_scratch(ctypes.byref(dims), rows)), dtype=torch.float32)
-        _, kv_heads, capacity, head_dim = store.k.shape
+        info = PassInfo(p.rows, *(t.data_ptr() for t in (
+            p.slots, p.k_cos, p.k_sin, p.row_start, p.pair_slot, p.pair_len, p.pair_cos, p.pair_sin,
+        )))
+        scratch = torch.empty(int(self.lib.hw_decode_scratch(ctypes.byref(dims), p.rows)), dtype=torch.float32)
+        _, kv_heads, capacity, head_dim = p.k.shape
         with span("decode_layers"):
             rc = self.lib.hw_decode_layers(
                 x.data_ptr(), self.table, self.num_layers, ctypes.byref(dims), ctypes.byref(info),
-                store.k.data_ptr(), store.v.data_ptr(), kv_heads * capacity * head_dim, capacity * head_dim,
+                p.k.data_ptr(), p.v.data_ptr(), kv_heads * capacity * head_dim, capacity * head_dim,
                 scratch.data_ptr(),
             )
         if rc != 0:
             raise MemoryError("hogwild kernel: attention scratch allocation failed")
+        return True

@@ -7,7 +7,7 @@ message that names what is supported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsupportedArchitectureError
@@ -35,8 +35,6 @@ class ModelConfig:
     qk_norm: bool = False
     #: RoPE scaling as in transformers' ``rope_parameters`` minus theta; None = plain RoPE.
     rope_scaling: dict[str, Any] | None = None
-    bos_token_id: int | None = None
-    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     @property
     def kv_groups(self) -> int:
@@ -68,17 +66,11 @@ class ModelConfig:
     def from_hf(cls, hf: Any) -> ModelConfig:
         """Build from a ``transformers.PretrainedConfig`` (or anything with its attributes)."""
         model_type = getattr(hf, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedArchitectureError(
-                f"architecture {model_type!r} is not supported; hogwild's own forward implements "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2)"
-            )
+        check_model_type(model_type)
         heads = hf.num_attention_heads
         kv_heads = getattr(hf, "num_key_value_heads", None) or heads
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
         theta, scaling = _rope_settings(hf)
-        eos = getattr(hf, "eos_token_id", None)
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
         sliding = getattr(hf, "sliding_window", None) if getattr(hf, "use_sliding_window", True) else None
         max_pos = getattr(hf, "max_position_embeddings", None) or 4096
         if model_type == "mistral" and sliding:
@@ -102,14 +94,24 @@ class ModelConfig:
             mlp_bias=bool(getattr(hf, "mlp_bias", False)),
             qk_norm=model_type == "qwen3",
             rope_scaling=scaling,
-            bos_token_id=getattr(hf, "bos_token_id", None),
-            eos_token_ids=eos_ids,
+        )
+
+
+def check_model_type(model_type: Any) -> None:
+    """Refuse an architecture our forward does not implement, naming the ones it does.
+
+    Called on the raw ``model_type`` before anything else is read: transformers may not even
+    know a foreign architecture, and its weights are not worth reading."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not supported; hogwild's own forward implements "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2)"
         )
 
 
 def _rope_settings(hf: Any) -> tuple[float, dict[str, Any] | None]:
     """RoPE theta and scaling, read explicitly: transformers 5 keeps them in
-    ``rope_parameters``, 4.x in ``rope_theta`` / ``rope_scaling`` (DESIGN.md §9)."""
+    ``rope_parameters``, 4.x in ``rope_theta`` / ``rope_scaling``, and we accept both."""
     params = getattr(hf, "rope_parameters", None) or {}
     if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
         # per-layer-type parameters (newer transformers): all layers here share one kind

@@ -4,29 +4,57 @@ Module and parameter names mirror transformers' ``LlamaForCausalLM`` so a transf
 dict loads as is. The forward does not own attention: each layer hands its un-rotated queries
 and its keys/values to an :class:`AttentionPlan`, which writes them into the shared cache and
 attends over every worker's view. That is what lets one model call serve many workers.
+
+This module is plain PyTorch and knows no execution backend. A faster one plugs in through
+three seams whose defaults are the plain computation: modules can be replaced (linears,
+norms), :attr:`MLP.act_mul` computes the gate of a fused gate/up output, and
+:attr:`CausalLM.stack` may run all layers of a pass at once (:class:`LayerStack`). The CPU
+path (:func:`hogwild.kernels.prepare_for_cpu`) uses all three.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
 from .config import ModelConfig
 
 
 class AttentionPlan(Protocol):
-    """What a forward pass needs from the cache: store this layer's K/V, return attention.
-
-    A plan may also offer ``native_pass()`` (as :class:`hogwild.attention.KernelPlan` does):
-    then a model prepared with native kernels runs all layers of the pass in one call."""
+    """What a forward pass needs from the cache: store this layer's K/V, return attention."""
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [rows, heads, d] un-rotated; k, v [rows, kv_heads, d], k un-rotated. Returns [rows, heads, d]."""
         ...
+
+
+class LayerStack(Protocol):
+    """All decoder layers of a pass in one call, in place of the per-layer modules.
+
+    Small passes spend more time in the dispatch of a layer's many modules than in their
+    arithmetic; a stack runs the same computation without that overhead where it can."""
+
+    def run(self, x: torch.Tensor, plan: AttentionPlan) -> bool:
+        """Apply every layer to the residual stream ``x`` [rows, hidden] in place and return
+        True, or return False with ``x`` untouched when it cannot take this pass."""
+        ...
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension, computed in fp32 and scaled in the input's dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for a fused gate/up output [..., 2 * intermediate]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):
@@ -34,17 +62,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
-        self.weight32: torch.Tensor | None = None  # set by use_kernels(): fp32 copy for the kernel
-
-    def use_kernels(self) -> None:
-        self.weight32 = self.weight.detach().float().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight32 is not None and x.dtype == torch.float32 and x.is_contiguous():
-            return kernels.rmsnorm(x, self.weight32, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -59,7 +79,7 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
 
-        self.qkv_proj: nn.Linear | None = None
+        self.qkv_proj: nn.Module | None = None
 
     def fuse(self) -> None:
         """One q/k/v matmul instead of three (fewer kernel launches per layer)."""
@@ -92,7 +112,9 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
-        self.gate_up_proj: nn.Linear | None = None
+        self.gate_up_proj: nn.Module | None = None
+        #: the gate applied to the fused gate/up output; a backend may put its own kernel here
+        self.act_mul: Callable[[torch.Tensor], torch.Tensor] = silu_mul
 
     def fuse(self) -> None:
         self.gate_up_proj = _concat_linears(self.gate_proj, self.up_proj)
@@ -100,66 +122,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate_up = self.gate_up_proj(x)
-            if isinstance(self.gate_up_proj, KernelLinear):  # prepared: fp32 out, fused gate kernel
-                return self.down_proj(kernels.silu_mul(gate_up))
-            gate, up = gate_up.chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(self.act_mul(self.gate_up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class PackedLinear(nn.Module):
-    """A linear layer whose weight was reordered once into oneDNN's blocked layout.
-
-    On CPU in fp32, MKL's plain sgemm runs at about half the memory bandwidth when a pass has
-    a handful of rows (N workers); the prepacked oneDNN kernel reads the weight once at close
-    to full speed (see docs/design-decisions.md). The original weight is not kept.
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
-class KernelLinear(nn.Module):
-    """A linear layer for CPU inference with fp32 activations and fp32 or bf16 weights.
-
-    Decode passes (at most ``MAX_ROWS`` rows) use the native kernel, which reads the weight
-    once at close to the memory bandwidth in either dtype; larger batches (prefill) use
-    torch's fp32 matmul, converting a bf16 weight on the fly, because CPUs without bf16
-    instructions run bf16 matmuls at a fraction of their fp32 rate.
-    """
-
-    MAX_ROWS = 16
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight.detach().contiguous()  # shares storage when already contiguous
-        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if x.dim() == 2 and x.shape[0] <= self.MAX_ROWS:
-            return kernels.linear(x.contiguous(), self.weight, self.bias)
-        return F.linear(x, self.weight.float(), self.bias)
-
-
-def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether prepacked oneDNN linears are available for this dtype and device."""
-    if device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        probe = nn.Linear(8, 8)
-        PackedLinear(probe)(torch.zeros(2, 8))
-    except (RuntimeError, AttributeError):
-        return False
-    return True
 
 
 def _concat_linears(*linears: nn.Linear) -> nn.Linear:
@@ -205,8 +169,11 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.activation_dtype: torch.dtype | None = None  # None: the weights' dtype
-        self.native = None  # a NativeDecoder once prepare_for_cpu() found the kernels
+        #: the dtype activations flow in (None: the weights' dtype); a backend that keeps
+        #: bf16 weights but computes in fp32 sets it
+        self.activation_dtype: torch.dtype | None = None
+        #: runs all layers of a pass where it can (see :class:`LayerStack`); None: module by module
+        self.stack: LayerStack | None = None
 
     def fuse_projections(self) -> CausalLM:
         """Concatenate q/k/v and gate/up weights for inference (done by the loader).
@@ -218,37 +185,6 @@ class CausalLM(nn.Module):
                 layer.self_attn.fuse()
                 layer.mlp.fuse()
         return self
-
-    def prepare_for_cpu(self) -> CausalLM:
-        """Swap in the fastest CPU inference path available (done by the loader).
-
-        With the native kernels (:mod:`hogwild.kernels`): every linear becomes a
-        :class:`KernelLinear`, norms and the SiLU gate use their kernels, and activations
-        flow in fp32 whatever the weight dtype (fp32 or bf16 weights, "weight-only" bf16).
-        Without them, fp32 linears are prepacked for oneDNN (:class:`PackedLinear`).
-        Results differ from the plain path by fp32 rounding only. A no-op off CPU.
-        """
-        if self.device.type != "cpu":
-            return self
-        if kernels.available() and self.dtype in (torch.float32, torch.bfloat16):
-            self._swap_linears(KernelLinear)
-            for module in self.modules():
-                if isinstance(module, RMSNorm):
-                    module.use_kernels()
-            self.activation_dtype = torch.float32
-            if self.model.layers and self.model.layers[0].self_attn.qkv_proj is not None:
-                from ..kernels.native import NativeDecoder
-
-                self.native = NativeDecoder(self)
-        elif can_pack(self.dtype, self.device):
-            self._swap_linears(PackedLinear)
-        return self
-
-    def _swap_linears(self, cls: type[nn.Module]) -> None:
-        for module in [self, *self.modules()]:
-            for name, child in list(module.named_children()):
-                if type(child) is nn.Linear:
-                    setattr(module, name, cls(child))
 
     @property
     def device(self) -> torch.device:
@@ -271,11 +207,7 @@ class CausalLM(nn.Module):
         x = self.model.embed_tokens(ids)
         if self.activation_dtype is not None:
             x = x.to(self.activation_dtype)
-        native_pass = getattr(plan, "native_pass", None)
-        if self.native is not None and native_pass is not None and x.shape[0] <= self.native.MAX_ROWS:
-            x = x.contiguous()
-            self.native.run(x, plan)  # all layers in one native call (decode passes)
-        else:
+        if self.stack is None or not self.stack.run(x, plan):
             for i, layer in enumerate(self.model.layers):
                 x = layer(x, i, plan)
         if logit_rows is not None:

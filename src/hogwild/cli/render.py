@@ -27,8 +27,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .answers import extract_boxed
-from .events import HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
+from ..answers import extract_boxed
+from ..core.events import HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
 
 #: colours cycled over workers in the live view and the rich transcript
 WORKER_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")

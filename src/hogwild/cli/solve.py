@@ -1,15 +1,4 @@
-"""The ``hogwild`` command line: ``solve``, ``show`` and ``models`` (more commands plug in).
-
-Adding a command is one decorated function::
-
-    @app.command()
-    def bench(...): ...
-
-Every command runs inside :class:`HogwildGroup`, which turns a :class:`HogwildError` into
-``error: <message>`` on stderr with exit code 2 (no traceback) and Ctrl-C into exit code 130.
-Heavy imports (torch, the model code) happen inside commands so that ``hogwild --help`` and
-``hogwild show`` stay fast.
-"""
+"""``hogwild solve`` (live panels or plain text, ``--save``, ``--show-view``) and ``hogwild show``."""
 
 from __future__ import annotations
 
@@ -19,82 +8,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-from typer.core import TyperGroup
 
-from .errors import HogwildError, InvalidRequestError
-from .models.registry import DEFAULT_MODEL
+from ..core.layouts import LAYOUTS
+from ..errors import InvalidRequestError
+from ..models.registry import DEFAULT_MODEL
 from . import render
+from .app import EXIT_INTERRUPTED, _default_device, _set_threads, _use_plain, app
 
-#: exit code for errors the user caused (same as a usage error)
-EXIT_USER_ERROR = 2
-#: exit code after Ctrl-C (128 + SIGINT)
-EXIT_INTERRUPTED = 130
-#: marks a JSON file written by ``hogwild solve --save``
 SAVE_FORMAT = "hogwild-solve"
-
-
-def print_error(message: str) -> None:
-    Console(stderr=True, highlight=False).print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
-
-
-class HogwildGroup(TyperGroup):
-    """Runs a subcommand; user errors become ``error: ...`` and exit 2, Ctrl-C exits 130."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except HogwildError as error:
-            print_error(str(error))
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            Console(stderr=True).print(Text("interrupted", style="yellow"))
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
-
-app = typer.Typer(
-    cls=HogwildGroup,
-    name="hogwild",
-    help="Parallel collaborative LLM inference: N workers of one model share one KV cache.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def main() -> None:
-    """Entry point of the ``hogwild`` script."""
-    app()
-
-
-# ---------------------------------------------------------------------------- helpers
-def _use_plain(plain: Optional[bool]) -> bool:
-    """--plain / --live as given; by default plain unless stdout is a terminal."""
-    if plain is not None:
-        return plain
-    return not sys.stdout.isatty()
-
-
-def _set_threads(threads: Optional[int]) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise InvalidRequestError(f"--threads must be at least 1 (got {threads})")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _resolve_worker(spec: str, names: list[str]) -> int:
@@ -147,12 +71,11 @@ def _print_view(plain: bool, name: str, view: str) -> None:
     console.rule()
 
 
-# ---------------------------------------------------------------------------- solve
 @app.command()
 def solve(
     problem: str = typer.Argument(..., help="The problem to solve (quote it)."),
     workers: int = typer.Option(2, "--workers", "-n", help="Number of workers."),
-    layout: str = typer.Option("combined", "--layout", "-l", help="combined, interleaved or contiguous."),
+    layout: str = typer.Option("combined", "--layout", "-l", help=", ".join(LAYOUTS) + "."),
     max_passes: int = typer.Option(512, "--max-passes", "-b", help="Budget in forward passes."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
@@ -184,7 +107,7 @@ def solve(
     started = time.perf_counter()
     if not problem.strip():
         raise InvalidRequestError("the problem is empty: give the text of a problem to solve")
-    from .solve import ResultEvent, SolveSettings, make_protocol
+    from ..solve import ResultEvent, SolveSettings, make_protocol
 
     settings = SolveSettings(
         workers=workers, layout=layout, max_passes=max_passes, temperature=temperature, top_p=top_p,
@@ -199,7 +122,7 @@ def solve(
     use_plain = _use_plain(plain)
     _set_threads(threads)
 
-    from .models.loading import load_model
+    from ..loader import load_model
 
     err = Console(stderr=True, highlight=False)
     if use_plain:
@@ -236,7 +159,7 @@ def solve(
 
 def _stream(loaded: Any, problem: str, settings: Any, state: render.RunState, plain: bool, result_type: type) -> Any:
     """Consume solve_stream, keeping ``state`` current and the display updated; return the result."""
-    from .solve import solve_stream
+    from ..solve import solve_stream
 
     title = f"{loaded.name} · {settings.workers} workers · {settings.layout} · budget {settings.max_passes} passes"
     if not plain:
@@ -356,122 +279,3 @@ def show(
         if view_of >= len(views):
             raise InvalidRequestError(f"{file} holds no view for {names[view_of]}")
         _print_view(use_plain, names[view_of], str(views[view_of]))
-
-
-# ---------------------------------------------------------------------------- models
-@app.command()
-def models() -> None:
-    """List the models that have short names, and whether each is installed."""
-    from .models.registry import list_models
-
-    table = Table(title="hogwild models", title_justify="left")
-    table.add_column("name", no_wrap=True, style="bold")
-    table.add_column("installed", no_wrap=True)
-    table.add_column("size", no_wrap=True, justify="right")
-    table.add_column("description")
-    for row in list_models():
-        name = row.name + (" (default)" if row.name == DEFAULT_MODEL else "")
-        installed = Text("yes", style="green") if row.installed else Text("no", style="red")
-        table.add_row(name, installed, row.size, row.description)
-    Console().print(table)
-    Console().print(
-        "Any local directory with config.json, a .gguf file or a hub id also works with --model.",
-        style="dim",
-    )
-
-
-# ---------------------------------------------------------------------------- eval, report
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise InvalidRequestError(f"{what}: expected numbers separated by commas, got {text!r}") from None
-    if not values:
-        raise InvalidRequestError(f"{what}: give at least one number")
-    return values
-
-
-@app.command("eval")
-def eval_(
-    dataset: str = typer.Option("gsm_symbolic", "--dataset", "-d",
-                                help="reasoning-gym generator, hub dataset (gsm8k, limo, math-500, aime) or JSON/JSONL file."),
-    strategies: str = typer.Option("single,early-stop,independent,hogwild-combined", "--strategies", "-s",
-                                   help="Comma list: single, early-stop, independent, hogwild-combined|interleaved|contiguous."),
-    workers: str = typer.Option("2", "--workers", "-n", help="Worker counts for multi-worker strategies, e.g. 2,4."),
-    budgets: str = typer.Option("64,128,256,512", "--budgets", "-b", help="Budgets in forward passes."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    limit: int = typer.Option(12, "--limit", help="Number of tasks (bundles when --bundle > 1)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for generated datasets and sampling."),
-    bundle: int = typer.Option(1, "--bundle", "-k", help="Join K questions into one task."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (independent then samples at 0.7)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
-    forced_tokens: int = typer.Option(32, "--forced-tokens", help="Max tokens of a forced answer."),
-    check_in_every: int = typer.Option(1024, "--check-in-every", help="Hogwild check-in period in tokens (0 = off)."),
-    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Hogwild few-shot examples."),
-    question_field: Optional[str] = typer.Option(None, "--question-field", help="Field of the question in a file."),
-    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Field of the answer in a file."),
-    id_field: Optional[str] = typer.Option(None, "--id-field", help="Field of the id in a file."),
-    out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Output directory (resumes if it exists)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
-) -> None:
-    """Accuracy against forward-pass budget for each strategy; resumable (see docs/eval.md)."""
-    from .eval.runner import EvalConfig, evaluate
-
-    config = EvalConfig(
-        dataset=dataset, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-        workers=_int_list(workers, "--workers"), budgets=_int_list(budgets, "--budgets"), model=model,
-        dtype=dtype, limit=limit, seed=seed, bundle=bundle, temperature=temperature, top_p=top_p,
-        forced_tokens=forced_tokens, check_in_every=check_in_every, few_shot=few_shot,
-        question_field=question_field, answer_field=answer_field, id_field=id_field)
-    _set_threads(threads)
-    evaluate(config, out, console=Console(), device=device or _default_device())
-
-
-@app.command()
-def report(
-    directory: Path = typer.Argument(..., help="An output directory of `hogwild eval`."),
-) -> None:
-    """Rebuild the summary table, summary.json and the plot from DIR/results.jsonl."""
-    from .eval.report import report as build
-
-    build(directory, console=Console())
-
-
-# ---------------------------------------------------------------------------- bench
-@app.command()
-def bench(
-    workers: str = typer.Option("1,2,4,8", "--workers", "-n", help="Worker counts, e.g. 1,2,4,8."),
-    contexts: str = typer.Option("256,1024,4096", "--contexts", "-c", help="Shared prompt lengths in tokens."),
-    dtypes: str = typer.Option("float32,bfloat16", "--dtypes", help="Comma list: float32, bfloat16, float16."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id (real weights)."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Random weights at a named shape (see --config)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Shape for --random-weights: tiny, smollm2-135m, qwen2.5-0.5b, qwen2.5-7b."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    threads: int = typer.Option(2, "--threads", help="torch CPU threads (fixed for the whole run)."),
-    passes: int = typer.Option(8, "--passes", "-k", help="Timed passes per variant per round."),
-    rounds: int = typer.Option(3, "--rounds", "-r", help="Round-robin repeats over all variants."),
-    warmup: int = typer.Option(3, "--warmup", help="Untimed passes per variant before timing."),
-    transformers: bool = typer.Option(True, "--transformers/--no-transformers", help="Also time transformers with batch N."),
-    profile: bool = typer.Option(True, "--profile/--no-profile", help="Profile a few engine passes (N near 4, context near 1k)."),
-    bandwidth_mb: int = typer.Option(512, "--bandwidth-mb", help="Size of the copy that measures memory bandwidth."),
-    matmul_size: int = typer.Option(2048, "--matmul-size", help="n of the n^3 matmul that measures the compute rate."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random prompts (and random weights)."),
-    out: Optional[Path] = typer.Option(Path("bench-out"), "--out", "-o", help="Directory for bench.json and bench.png."),
-) -> None:
-    """Time per forward pass: our engine vs. transformers batch N vs. the hardware floor (docs/bench.md)."""
-    from .bench import BenchConfig, bench_main
-
-    cfg = BenchConfig(
-        model=model, random_weights=random_weights or config is not None, shape=config,
-        workers=_int_list(workers, "--workers"), contexts=_int_list(contexts, "--contexts"),
-        dtypes=[d.strip() for d in dtypes.split(",") if d.strip()], passes=passes, rounds=rounds,
-        warmup=warmup, threads=threads, device=device, transformers=transformers,
-        bandwidth_mb=bandwidth_mb, matmul_size=matmul_size, profile=profile, seed=seed,
-    )
-    bench_main(cfg, out, Console(highlight=False))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

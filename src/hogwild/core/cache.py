@@ -2,7 +2,8 @@
 
 All layers share one K tensor and one V tensor of shape [layers, kv_heads, capacity,
 head_dim]. A *block* is a contiguous region of that pool holding an ordered run of tokens
-whose keys are rotated at block-local positions 0..len-1 (DESIGN.md §2). Views are built by
+whose keys are rotated at block-local positions 0..len-1 (docs/architecture.md, "Blocks and
+views"), so it can sit at any position of a view without being rewritten. Views are built by
 the layouts from block ids; attention reads a block as a strided view of the pool, never as a
 copy.
 
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models.config import ModelConfig
-from .models.rope import Rope, rotate
+from ..models.config import ModelConfig
+from ..models.rope import Rope, rotate
 
 
 @dataclass
@@ -73,10 +74,6 @@ class KVStore:
         slots = torch.arange(block.end, block.end + n, device=self.device)
         block.length += n
         return slots
-
-    def slot_range(self, block_id: int, first: int, n: int) -> range:
-        block = self.blocks[block_id]
-        return range(block.start + first, block.start + first + n)
 
     def free(self, block_id: int) -> None:
         block = self.blocks.pop(block_id)

@@ -1,9 +1,5 @@
-"""Final answers: find them in generated text and decide whether two of them agree.
+"""Do two answers agree? (:func:`answers_equal`, :func:`normalize_answer`, :func:`parse_number`).
 
-* :func:`extract_boxed` returns the content of the last well-formed ``\\boxed{...}`` (or
-  ``\\fbox{...}``) in a text. Braces are matched properly, so nested LaTeX such as
-  ``\\boxed{\\frac{1}{2}}`` works; an unclosed box (a model still writing, or a truncated
-  output) and empty or placeholder boxes (``\\boxed{}``, ``\\boxed{...}``) are skipped.
 * :func:`answers_equal` compares two answers with ``math-verify`` (so ``0.5`` equals
   ``\\frac{1}{2}`` and ``x^2+2x`` equals ``2x+x^2``), and falls back to a plain-number
   comparison (units, thousands separators, ``$`` and ``%`` stripped). It never raises.
@@ -19,74 +15,11 @@ import re
 import threading
 from functools import lru_cache
 
-__all__ = ["extract_boxed", "answers_equal", "normalize_answer", "parse_number"]
-
-_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-# Box contents that are not answers: a model copying the format instruction, or a
-# box it has not filled in.
-_PLACEHOLDERS = {
-    "", "...", "…", r"\ldots", r"\dots", r"\cdots", "?", "answer", "your answer",
-    "final answer", r"\text{answer}", r"\text{your answer}", "x", r"\cdot",
-}
+from .boxes import extract_boxed
 
 # Longest answer we hand to math-verify: sympy can take a very long time on big inputs,
 # and outside the main thread we cannot interrupt it.
 _MAX_VERIFY_CHARS = 400
-
-
-def _closing_brace(text: str, start: int) -> int | None:
-    """Index of the ``}`` that closes the ``{`` just before ``start``; None if unbalanced.
-
-    Escaped braces (``\\{``, ``\\}``) do not count; ``\\\\`` is an escaped backslash.
-    """
-    depth = 1
-    i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def _is_answer_content(content: str) -> bool:
-    stripped = content.strip()
-    if stripped.lower() in _PLACEHOLDERS:
-        return False
-    # Content made only of dots/spaces ("...", ". . .") is a placeholder too.
-    return bool(stripped.strip(". …"))
-
-
-def extract_boxed(text: str | None) -> str | None:
-    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
-
-    Scans boxes from the end; a box whose braces never close, or whose content is empty or
-    a placeholder, is skipped and the previous one is tried. Returns the content stripped
-    of surrounding whitespace, or None when there is no usable box.
-    """
-    if not text:
-        return None
-    starts = [m.end() for m in _BOX_START.finditer(text)]
-    for start in reversed(starts):
-        end = _closing_brace(text, start)
-        if end is None:
-            continue
-        content = text[start:end]
-        if _is_answer_content(content):
-            return content.strip()
-    return None
-
-
-# --------------------------------------------------------------------------- numbers
 
 _TEXT_COMMANDS = re.compile(
     r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")

@@ -1,8 +1,12 @@
 """Layouts: small declarative functions from the run's state to every worker's view.
 
-A view is the ordered list of block ids a worker attends to (DESIGN.md §3). A layout never
-touches tensors; the engine turns views into attention plans. To add your own layout, write a
-function ``(state, worker) -> list[int]`` and wrap it in :class:`Layout`.
+A view is the ordered list of block ids a worker attends to (docs/architecture.md, "Layouts").
+A layout never touches tensors; the engine turns views into attention plans. A layout is one
+object: its name, its view function, whether work is cut into steps, and the constant blocks
+it places in views. :data:`LAYOUTS` is the one registry that strategies and the CLI read.
+To add a layout, write a function ``(state, worker) -> list[int]``, wrap it in
+:class:`Layout` and :func:`register` it; the protocol's texts hold one paragraph per layout
+name describing the view to the workers (a layout without one gets a generic description).
 """
 
 from __future__ import annotations
@@ -10,8 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidRequestError
-from .script import OTHERS_HEADER, OWN_HEADER, UNFINISHED
+from ..errors import InvalidRequestError
+
+#: Names of the constant blocks the built-in layouts place in views (the protocol supplies
+#: their texts; a Script carries their ids under these names).
+OTHERS_HEADER = "others_header"
+OWN_HEADER = "own_header"
+UNFINISHED = "unfinished"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Layout:
     steps: bool
     constants: tuple[str, ...] = ()
     description: str = ""
+    collaborative: bool = True  # workers see each other (False: the independent baseline)
 
     def views(self, state: LayoutState) -> list[list[int]]:
         return [self.build(state, w) for w in range(state.num_workers)]
@@ -90,9 +100,23 @@ COMBINED = Layout(
 INDEPENDENT = Layout(
     "independent", _independent, steps=False,
     description="no cross-visibility: N separate answers decoded in the same passes (baseline)",
+    collaborative=False,
 )
 
 LAYOUTS: dict[str, Layout] = {l.name: l for l in (COMBINED, INTERLEAVED, CONTIGUOUS, INDEPENDENT)}
+
+
+def register(layout: Layout) -> Layout:
+    """Add a layout to :data:`LAYOUTS` (so strategies and the CLI offer it by name)."""
+    if layout.name in LAYOUTS and LAYOUTS[layout.name] is not layout:
+        raise InvalidRequestError(f"a different layout is already registered as {layout.name!r}")
+    LAYOUTS[layout.name] = layout
+    return layout
+
+
+def collaborative_layouts() -> list[str]:
+    """Names of the registered layouts in which workers see each other."""
+    return [name for name, layout in LAYOUTS.items() if layout.collaborative]
 
 
 def get_layout(layout: str | Layout) -> Layout:

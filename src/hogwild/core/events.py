@@ -1,4 +1,4 @@
-"""What the engine tells its consumers (CLI, server, eval). Plain data, no behaviour."""
+"""What the engine tells its consumers (CLI, driver, eval, bench). Plain data, no behaviour."""
 
 from __future__ import annotations
 
@@ -58,3 +58,29 @@ class StopEvent:
 
 
 Event = TokenEvent | HeaderEvent | StepEvent | SnapshotEvent | StopEvent
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """One worker's counters (see :class:`RunStats`)."""
+
+    index: int
+    step: int  # the step it is writing now (1-based)
+    generated_tokens: int  # tokens it sampled (headers not counted)
+    tokens_written: int  # everything it wrote, headers included
+    tokens_fed: int  # of those, already stored in the cache (the rest is fed next pass)
+    done: bool  # it emitted an end-of-turn token
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """A read-only summary of a run (``Run.stats()``), for consumers that must not touch
+    the engine's mutable state."""
+
+    passes: int
+    stop_reason: str | None
+    workers: tuple[WorkerStats, ...]
+    history_steps: int  # finished steps in the shared history
+    tokens_stored: int  # tokens in the shared KV store
+    kv_bytes_in_use: int
+    kv_bytes_allocated: int

@@ -1,0 +1,78 @@
+"""What one benchmark run depends on: :class:`BenchConfig`, checked before anything is timed.
+
+The settings are stored verbatim in the JSON (``settings``), so a result file says how it was
+made. Kept apart from the measuring code so that every other module of the bench can read it
+without importing one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import InvalidRequestError
+from ..models.loading import parse_dtype
+from ..models.shapes import SHAPES
+
+#: marks a JSON file written by ``hogwild bench``, and the version of its layout
+FORMAT = "hogwild-bench"
+VERSION = 1
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def bench_dtype(name: str) -> torch.dtype:
+    """A dtype given on the command line (surrounding spaces allowed)."""
+    return parse_dtype(name.strip())
+
+
+def log(console: Any, text: str) -> None:
+    """A progress line (dim) on ``console``; nothing without one (library use, tests)."""
+    if console is not None:
+        console.print(text, style="dim", highlight=False)
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run depends on (stored in the JSON as ``settings``)."""
+
+    model: str = "smollm2-135m"
+    random_weights: bool = False
+    shape: str | None = None  # a key of SHAPES; with random_weights
+    workers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096])
+    dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
+    passes: int = 8  # timed passes per variant per round
+    rounds: int = 3  # round-robin repeats
+    warmup: int = 3  # untimed passes per variant before the first round
+    threads: int = 2
+    device: str = "cpu"
+    transformers: bool = True  # time the transformers baseline
+    bandwidth_mb: int = 512  # size of the tensor copied to measure memory bandwidth
+    matmul_size: int = 2048  # n of the n x n x n matmul that measures the compute rate
+    profile: bool = True  # profile a few passes of one engine variant
+    profile_workers: int = 4
+    profile_context: int = 1024
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.workers or min(self.workers) < 1:
+            raise InvalidRequestError("--workers: give worker counts >= 1, e.g. 1,2,4,8")
+        if not self.contexts or min(self.contexts) < 2:
+            raise InvalidRequestError("--contexts: give context lengths >= 2 tokens, e.g. 256,1024,4096")
+        if self.passes < 1 or self.rounds < 1 or self.warmup < 0:
+            raise InvalidRequestError("--passes and --rounds must be >= 1, --warmup >= 0")
+        if self.threads < 1:
+            raise InvalidRequestError(f"--threads must be at least 1 (got {self.threads})")
+        for d in self.dtypes:
+            bench_dtype(d)
+        if self.random_weights and (self.shape or self.model) not in SHAPES:
+            raise InvalidRequestError(
+                f"--config {self.shape!r}: unknown shape; choose one of {', '.join(SHAPES)}"
+            )
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidRequestError("--device cuda: no CUDA device is available on this machine")

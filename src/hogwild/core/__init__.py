@@ -1,0 +1,1 @@
+"""The engine's mechanism: scripts in, events out (knows nothing of wording or I/O)."""

@@ -1,0 +1,52 @@
+"""Switch a loaded model to the fastest CPU inference path available, once, in place.
+
+The model code (:mod:`hogwild.models.llama`) is plain PyTorch; this module swaps in the CPU
+replacements through the seams it offers: modules are replaced, the MLP gate
+(:attr:`MLP.act_mul`) becomes the native kernel, activations flow in fp32
+(:attr:`CausalLM.activation_dtype`) and the model gets a :class:`NativeDecoder` as its
+layer stack (:attr:`CausalLM.stack`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.llama import MLP, CausalLM, RMSNorm
+from . import build, ops
+from .layers import KernelLinear, KernelRMSNorm, PackedLinear, can_pack
+from .native import NativeDecoder
+
+
+def prepare_for_cpu(model: CausalLM) -> CausalLM:
+    """Swap in the fastest CPU inference path available and return the same model.
+
+    With the native kernels: every linear becomes a :class:`KernelLinear`, norms and the SiLU
+    gate use their kernels, and activations flow in fp32 whatever the weight dtype (fp32 or
+    bf16 weights, "weight-only" bf16); a model with fused projections also gets the one-call
+    :class:`NativeDecoder`. Without them, fp32 linears are prepacked for oneDNN
+    (:class:`PackedLinear`). Results differ from the plain modules by fp32 rounding only.
+    A no-op off CPU. Copy the model before, not after: the decoder holds raw pointers.
+    """
+    if model.device.type != "cpu":
+        return model
+    if build.available() and model.dtype in (torch.float32, torch.bfloat16):
+        _replace(model, nn.Linear, KernelLinear)
+        _replace(model, RMSNorm, KernelRMSNorm)
+        for module in model.modules():
+            if isinstance(module, MLP) and isinstance(module.gate_up_proj, KernelLinear):
+                module.act_mul = ops.silu_mul  # fp32 contiguous in, as KernelLinear returns
+        model.activation_dtype = torch.float32
+        if model.model.layers and model.model.layers[0].self_attn.qkv_proj is not None:
+            model.stack = NativeDecoder(model)
+    elif can_pack(model.dtype, model.device):
+        _replace(model, nn.Linear, PackedLinear)
+    return model
+
+
+def _replace(model: nn.Module, kind: type[nn.Module], make: type[nn.Module]) -> None:
+    """Replace every submodule of exactly type ``kind`` by ``make(submodule)``."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is kind:
+                setattr(module, name, make(child))

@@ -1,0 +1,85 @@
+"""Drop-in CPU replacements for the plain modules of :mod:`hogwild.models.llama`.
+
+Each one computes what the module it replaces computes, up to fp32 rounding, and takes its
+weights from that module without copying them where it can.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.llama import RMSNorm, rms_norm
+from . import ops
+
+
+class PackedLinear(nn.Module):
+    """A linear layer whose weight was reordered once into oneDNN's blocked layout.
+
+    On CPU in fp32, MKL's plain sgemm runs at about half the memory bandwidth when a pass has
+    a handful of rows (N workers); the prepacked oneDNN kernel reads the weight once at close
+    to full speed (see docs/design-decisions.md). The original weight is not kept.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether prepacked oneDNN linears are available for this dtype and device."""
+    if device.type != "cpu" or dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        probe = nn.Linear(8, 8)
+        PackedLinear(probe)(torch.zeros(2, 8))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+class KernelLinear(nn.Module):
+    """A linear layer for CPU inference with fp32 activations and fp32 or bf16 weights.
+
+    Decode passes (at most :data:`hogwild.kernels.MAX_ROWS` rows) use the native kernel, which
+    reads the weight once at close to the memory bandwidth in either dtype; larger batches
+    (prefill) use torch's fp32 matmul, converting a bf16 weight on the fly, because CPUs
+    without bf16 instructions run bf16 matmuls at a fraction of their fp32 rate.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight.detach().contiguous()  # shares storage when already contiguous
+        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.dim() == 2 and x.shape[0] <= ops.MAX_ROWS:
+            return ops.linear(x.contiguous(), self.weight, self.bias)
+        return F.linear(x, self.weight.float(), self.bias)
+
+
+class KernelRMSNorm(nn.Module):
+    """An :class:`RMSNorm` that runs the native kernel on contiguous fp32 input.
+
+    It keeps an fp32 copy of the weight (the same tensor when the weight is fp32) because the
+    kernel reads fp32 only; other input (the strided q/k slices a q/k norm gets on the module
+    path) takes the plain computation."""
+
+    def __init__(self, norm: RMSNorm):
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = norm.eps
+        self.weight32 = norm.weight.detach().float().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and x.is_contiguous():
+            return ops.rmsnorm(x, self.weight32, self.eps)
+        return rms_norm(x, self.weight, self.eps)

@@ -1,0 +1,187 @@
+"""The native kernels as checked PyTorch functions: linear, RMSNorm, SiLU gate, K/V store,
+per-block attention.
+
+Each wrapper checks dtypes, shapes, contiguity and bounds before it hands raw pointers to C,
+since a wrong pointer there is a crash, not an error. Calls are recorded as ``hogwild::name``
+ranges in torch.profiler traces (:func:`span`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+import torch
+from torch.autograd import profiler as _autograd_profiler
+
+from .build import declare, library, status
+
+#: The most rows a pass may have for the native path. The C kernels have no hard limit, but
+#: the linear kernel reads each weight row once while the rows stay in L1: for a handful of
+#: rows (decode passes) that beats a blocked matmul, for more rows (prefill chunks) torch's
+#: matmul wins. The one-call decoder and the engine's choice of the kernel attention plan
+#: follow the linear kernel, so a pass takes the native path as a whole or not at all.
+MAX_ROWS = 16
+MAX_GROUP = 16  # query heads per KV head the attention kernel supports
+MAX_HEAD_DIM = 256
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+declare({
+    "hw_linear": (None, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
+    "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
+    "hw_silu_mul": (None, [_P, _P, _I, _I]),
+    "hw_store_kv": (None, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I]),
+    "hw_attend": (
+        _I,
+        [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, ctypes.c_float, _I],
+    ),
+})
+
+
+def span(name: str) -> contextlib.AbstractContextManager:
+    """A ``hogwild::name`` range in torch.profiler traces (free when no profiler runs), so
+    profiles count native kernel time as model math, not as Python overhead."""
+    if _autograd_profiler._is_profiler_enabled:
+        return torch.profiler.record_function(f"hogwild::{name}")
+    return contextlib.nullcontext()
+
+
+def threads() -> int:
+    """The OpenMP threads a kernel call uses: torch's intra-op setting."""
+    return max(1, torch.get_num_threads())
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ValueError(f"hogwild kernel: {what}")
+
+
+def _lib_or_fail() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {status()}")
+    return lib
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    accumulate: bool = False,
+) -> torch.Tensor:
+    """x [M, K] fp32 @ weight [N, K] (fp32 or bf16)^T + bias (fp32) -> [M, N] fp32.
+
+    With ``out`` and ``accumulate``, the product is added to ``out`` in place."""
+    lib = _lib_or_fail()
+    _need(x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous(), "x must be contiguous fp32 [M, K]")
+    _need(weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous(), "weight must be contiguous fp32/bf16")
+    M, K = x.shape
+    N = weight.shape[0]
+    _need(weight.shape[1] == K, "weight/in features mismatch")
+    if bias is not None:
+        _need(bias.dtype == torch.float32 and bias.is_contiguous() and bias.numel() == N, "bias must be fp32 [N]")
+    if out is None:
+        _need(not accumulate, "accumulate needs out")
+        out = torch.empty((M, N), dtype=torch.float32, device=x.device)
+    else:
+        _need(out.dtype == torch.float32 and out.is_contiguous() and tuple(out.shape) == (M, N), "out must be fp32 [M, N]")
+    with span("linear"):
+        lib.hw_linear(
+            x.data_ptr(), weight.data_ptr(), int(weight.dtype == torch.bfloat16),
+            None if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K, int(accumulate), threads(),
+        )
+    return out
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension; x and weight fp32 contiguous."""
+    lib = _lib_or_fail()
+    _need(x.dtype == torch.float32 and x.is_contiguous(), "x must be contiguous fp32")
+    K = x.shape[-1]
+    _need(weight.dtype == torch.float32 and weight.is_contiguous() and weight.numel() == K, "weight must be fp32 [K]")
+    out = torch.empty_like(x)
+    with span("rmsnorm"):
+        lib.hw_rmsnorm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // max(K, 1), K, eps)
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for a fused [M, 2I] gate/up output; fp32 contiguous."""
+    lib = _lib_or_fail()
+    _need(gate_up.dtype == torch.float32 and gate_up.dim() == 2 and gate_up.is_contiguous(), "gate_up must be contiguous fp32 [M, 2I]")
+    M, two_i = gate_up.shape
+    _need(two_i % 2 == 0, "gate_up width must be even")
+    out = torch.empty((M, two_i // 2), dtype=torch.float32, device=gate_up.device)
+    with span("silu_mul"):
+        lib.hw_silu_mul(gate_up.data_ptr(), out.data_ptr(), M, two_i // 2)
+    return out
+
+
+def _pool_args(k_pool: torch.Tensor, v_pool: torch.Tensor) -> tuple[int, int]:
+    _need(k_pool.dim() == 3 and k_pool.is_contiguous() and v_pool.is_contiguous(), "pools must be contiguous [Hkv, cap, D]")
+    _need(k_pool.shape == v_pool.shape and k_pool.dtype == v_pool.dtype, "K and V pools differ")
+    _need(k_pool.dtype in (torch.float32, torch.bfloat16), "pools must be fp32 or bf16")
+    return k_pool.shape[1] * k_pool.shape[2], int(k_pool.dtype == torch.bfloat16)
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cos: torch.Tensor, k_sin: torch.Tensor,
+    k_pool: torch.Tensor, v_pool: torch.Tensor,
+) -> None:
+    """Rotate keys [R, Hkv, D] by (k_cos, k_sin) [R, D] and store keys and values at ``slots``."""
+    lib = _lib_or_fail()
+    R, Hkv, D = k.shape
+    for t in (k, v, k_cos, k_sin):
+        _need(t.dtype == torch.float32 and t.is_contiguous(), "k, v, cos, sin must be contiguous fp32")
+    _need(v.shape == k.shape and k_cos.shape == (R, D) and k_sin.shape == (R, D), "k/v/cos/sin shapes")
+    _need(slots.dtype == torch.int64 and slots.numel() == R and slots.is_contiguous(), "slots must be int64 [R]")
+    _need(k_pool.shape[0] == Hkv and k_pool.shape[2] == D, "pool shape does not match k")
+    _need(D <= 1024, "head_dim above 1024")
+    if R:
+        _need(int(slots.min()) >= 0 and int(slots.max()) < k_pool.shape[1], "slot outside the pool")
+    stride, bf16 = _pool_args(k_pool, v_pool)
+    with span("store_kv"):
+        lib.hw_store_kv(
+            k.data_ptr(), v.data_ptr(), slots.data_ptr(), k_cos.data_ptr(), k_sin.data_ptr(),
+            k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, R, Hkv, D,
+        )
+
+
+def supports_attention(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    return num_heads % num_kv_heads == 0 and num_heads // num_kv_heads <= MAX_GROUP and head_dim <= MAX_HEAD_DIM
+
+
+def attend(
+    q: torch.Tensor, row_start: torch.Tensor, pair_slot: torch.Tensor, pair_len: torch.Tensor,
+    pair_cos: torch.Tensor, pair_sin: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+    scale: float, max_slot: int,
+) -> torch.Tensor:
+    """Attention of rows q [R, H, D] (fp32, un-rotated) over their view entries.
+
+    Row r owns pairs row_start[r]:row_start[r+1]; pair p reads keys at pool slots
+    pair_slot[p] .. + pair_len[p] - 1 with the query rotated by pair_cos/sin[p] [P, D].
+    ``max_slot``: an upper bound of the slots the pairs read (checked against the pool)."""
+    lib = _lib_or_fail()
+    R, H, D = q.shape
+    Hkv = k_pool.shape[0]
+    _need(q.dtype == torch.float32 and q.is_contiguous(), "q must be contiguous fp32 [R, H, D]")
+    _need(supports_attention(H, Hkv, D) and k_pool.shape[2] == D, "unsupported head layout")
+    P = pair_slot.numel()
+    _need(row_start.dtype == torch.int32 and row_start.numel() == R + 1 and row_start.is_contiguous(), "row_start int32 [R+1]")
+    _need(pair_slot.dtype == torch.int64 and pair_len.dtype == torch.int32 and pair_len.numel() == P, "pair arrays")
+    _need(pair_cos.shape == (P, D) and pair_sin.shape == (P, D), "pair cos/sin [P, D]")
+    _need(pair_cos.dtype == torch.float32 and pair_cos.is_contiguous() and pair_sin.is_contiguous(), "pair cos/sin fp32")
+    _need(max_slot <= k_pool.shape[1], "a pair reads outside the pool")
+    stride, bf16 = _pool_args(k_pool, v_pool)
+    out = torch.empty_like(q)
+    with span("attend"):
+        rc = lib.hw_attend(
+            q.data_ptr(), out.data_ptr(), R, H, Hkv, D, row_start.data_ptr(), pair_slot.data_ptr(),
+            pair_len.data_ptr(), pair_cos.data_ptr(), pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
+            stride, bf16, scale, threads(),
+        )
+    if rc != 0:
+        raise MemoryError("hogwild kernel: attention scratch allocation failed")
+    return out

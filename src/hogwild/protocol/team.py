@@ -1,0 +1,308 @@
+"""The collaboration protocol of N named workers: prompt, openings, headers, forced answer.
+
+:meth:`Protocol.script` renders the wording of :mod:`.texts` through the model's chat
+template and tokenizes it into a :class:`hogwild.core.script.Script`, the only thing the
+engine sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from ..core import layouts
+from ..core.script import Script
+from ..errors import InvalidRequestError
+from .chat import encoder, render_chat, stop_ids, thinking_open, with_bos
+from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
+from .texts import (
+    CHECK_IN,
+    CHECK_IN_TEXT,
+    CHECK_IN_TEXT_SOLO,
+    DEFAULT_NAMES,
+    EXAMPLE_MOD_2,
+    EXAMPLE_MOD_3,
+    EXAMPLE_MOD_PROBLEM,
+    EXAMPLE_SHOP_2,
+    EXAMPLE_SHOP_3,
+    EXAMPLE_SHOP_PROBLEM,
+    FEW_SHOT_INTRO,
+    FORCED_ANSWER_LEAD,
+    FORCED_ANSWER_TEXT,
+    FORCED_ANSWER_TEXT_SOLO,
+    OPENINGS_OTHERS,
+    OPENING_LEAD,
+    OPENING_SOLO,
+    OTHERS_HEADER_TEXT,
+    OTHERS_TITLE,
+    OWN_HEADER_TEXT,
+    OWN_TITLE,
+    STEP_HEADER,
+    SYSTEM_SOLO,
+    SYSTEM_TEAM,
+    UNFINISHED_TEXT,
+    UNFINISHED_WORD,
+    USER_TEXT,
+    VIEW_DESCRIPTIONS,
+    VIEW_OTHER,
+    NUMBER_WORDS,
+    fill,
+    join_names,
+)
+
+#: few_shot=None (auto) uses the examples only when the model's context is at least this
+#: long and the prompt with examples takes at most half of it.
+FEW_SHOT_MIN_CONTEXT = 4096
+
+
+@dataclass
+class Protocol:
+    """The collaboration protocol for ``num_workers`` workers.
+
+    names:          worker names; default :data:`DEFAULT_NAMES` (then "Worker 17", ...).
+    check_in_every: a check-in question opens a worker's next step after this many
+                    generated tokens, summed over workers (the engine counts); 0 = off.
+    few_shot:       None = auto (on when the context is at least FEW_SHOT_MIN_CONTEXT tokens
+                    and the prompt with examples takes at most half of it), True = always
+                    (a prompt that does not fit is refused), False = never. N=1 has none.
+    layout:         the layout the engine will use; only changes how the system prompt
+                    describes the view ("combined", "interleaved", "contiguous" or another).
+    thinking:       for reasoning models whose template knows a thinking section: None =
+                    auto (make sure the assistant turn starts inside an open ``<think>``),
+                    True = same, False = leave the template's generation prompt as it is.
+    list_step_chars: see :func:`is_step_end`.
+    """
+
+    num_workers: int = 2
+    names: Sequence[str] | None = None
+    check_in_every: int = 1024
+    few_shot: bool | None = None
+    layout: str = "combined"
+    thinking: bool | None = None
+    list_step_chars: int = LIST_STEP_CHARS
+    worker_names: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise InvalidRequestError(
+                f"The number of workers must be at least 1, got {self.num_workers!r}.")
+        if self.check_in_every is None or self.check_in_every < 0:
+            raise InvalidRequestError(
+                f"check_in_every must be 0 (off) or a positive number of tokens, "
+                f"got {self.check_in_every!r}.")
+        if self.names is None:
+            extra = [f"Worker {i + 1}" for i in range(len(DEFAULT_NAMES), self.num_workers)]
+            names = list(DEFAULT_NAMES[: self.num_workers]) + extra
+        else:
+            names = [str(n).strip() for n in self.names]
+            if len(names) < self.num_workers:
+                raise InvalidRequestError(
+                    f"{self.num_workers} workers need {self.num_workers} names, "
+                    f"got {len(names)}: {', '.join(names) or '(none)'}.")
+            names = names[: self.num_workers]
+            if any(not n for n in names):
+                raise InvalidRequestError("Worker names must not be empty.")
+            if len(set(names)) != len(names):
+                raise InvalidRequestError(f"Worker names must differ: {', '.join(names)}.")
+        self.worker_names = names
+
+    # ------------------------------------------------------------------ texts
+
+    @property
+    def solo(self) -> bool:
+        return self.num_workers == 1
+
+    def step_header(self, worker: int, step: int, check_in: bool = False) -> str:
+        """The text that opens step ``step`` (1-based) of ``worker``, e.g. "**Bob [4]:**"."""
+        text = STEP_HEADER.format(name=self.worker_names[worker], step=step)
+        if check_in:
+            text += CHECK_IN_TEXT_SOLO if self.solo else CHECK_IN_TEXT
+        return text
+
+    def opening(self, worker: int) -> str:
+        """The first step's opening text of ``worker`` (header included)."""
+        header = self.step_header(worker, 1)
+        me = self.worker_names[worker]
+        if self.solo:
+            return f"{header} {OPENING_SOLO}"
+        if worker == 0:
+            return f"{header} {fill(OPENING_LEAD, me=me)}"
+        template = OPENINGS_OTHERS[(worker - 1) % len(OPENINGS_OTHERS)]
+        return f"{header} {fill(template, me=me, lead=self.worker_names[0])}"
+
+    @property
+    def constant_texts(self) -> dict[str, str]:
+        """Texts of the constant blocks, under the names in :mod:`hogwild.core.layouts`."""
+        return {
+            layouts.OTHERS_HEADER: OTHERS_HEADER_TEXT,
+            layouts.OWN_HEADER: OWN_HEADER_TEXT,
+            layouts.UNFINISHED: UNFINISHED_TEXT,
+        }
+
+    def _view_description(self) -> str:
+        template = VIEW_DESCRIPTIONS.get(self.layout, VIEW_OTHER)
+        return fill(template, others_title=OTHERS_TITLE, own_title=OWN_TITLE,
+                     unfinished=UNFINISHED_WORD)
+
+    def system_text(self) -> str:
+        """The system prompt (shared by all workers, so it names all of them)."""
+        example_header = self.step_header(min(1, self.num_workers - 1), 1)
+        if self.solo:
+            return fill(SYSTEM_SOLO, me=self.worker_names[0], example_header=example_header)
+        count = NUMBER_WORDS.get(self.num_workers, str(self.num_workers))
+        return fill(SYSTEM_TEAM, count=count, names=join_names(self.worker_names),
+                     example_header=example_header, view=self._view_description())
+
+    def few_shot_text(self) -> str:
+        """Worked examples of collaboration, with this protocol's names and headers."""
+        if self.solo:
+            return ""
+        n = self.names_for_examples()
+        three = self.num_workers >= 3
+        examples = [
+            (EXAMPLE_SHOP_PROBLEM, EXAMPLE_SHOP_3 if three else EXAMPLE_SHOP_2),
+            (EXAMPLE_MOD_PROBLEM, EXAMPLE_MOD_3 if three else EXAMPLE_MOD_2),
+        ]
+        parts = [FEW_SHOT_INTRO]
+        for index, (problem, steps) in enumerate(examples, 1):
+            lines = [f"Example {index}. Problem: {problem}"]
+            counts: dict[int, int] = {}
+            for role, body in steps:
+                counts[role] = counts.get(role, 0) + 1
+                # A body starting with CHECK_IN shows a check-in exactly as workers see it.
+                check_in = body.startswith(CHECK_IN)
+                if check_in:
+                    body = body[len(CHECK_IN):]
+                filled = fill(body, **{f"w{i}": name for i, name in enumerate(n)})
+                header = self.step_header(role, counts[role], check_in=check_in)
+                lines.append(f"{header}{filled}" if check_in else f"{header} {filled}")
+            parts.append("\n\n".join(lines))
+        return "\n\n".join(parts)
+
+    def names_for_examples(self) -> list[str]:
+        return self.worker_names[: min(3, self.num_workers)]
+
+    def user_text(self, problem: str) -> str:
+        return USER_TEXT.replace("{problem}", problem.strip())
+
+    # ------------------------------------------------------------------ rendering
+
+    def render_prompt(self, problem: str, tokenizer: Any, few_shot: bool | None = None) -> str:
+        """The shared prompt as text: chat template, system text, examples, problem.
+
+        ``few_shot`` overrides the protocol's setting (None: use the examples unless the
+        protocol's ``few_shot`` is False).
+        """
+        _check_problem(problem)
+        use_examples = (self.few_shot is not False) if few_shot is None else few_shot
+        system = self.system_text()
+        if use_examples and not self.solo:
+            system = system + "\n\n" + self.few_shot_text()
+        return render_chat(tokenizer, system, self.user_text(problem), thinking=self.thinking)
+
+    def script(self, problem: str, tokenizer: Any, context_length: int) -> Script:
+        """Render and tokenize everything the engine needs for ``problem``.
+
+        Raises InvalidRequestError for an empty problem or a prompt that does not fit in
+        ``context_length`` tokens (with few_shot auto, the examples are dropped first).
+        """
+        _check_problem(problem)
+        encode = encoder(tokenizer)
+        constants = {name: encode(text) for name, text in self.constant_texts.items()}
+        openings = [encode(self.opening(w)) for w in range(self.num_workers)]
+        # The smallest view a worker can have at the start: the prompt, the section
+        # headers and every worker's opening with its unfinished marker.
+        start_view = (sum(len(ids) for ids in constants.values())
+                      + sum(len(ids) + len(constants[layouts.UNFINISHED]) for ids in openings))
+
+        def prompt_for(with_examples: bool) -> list[int]:
+            text = self.render_prompt(problem, tokenizer, with_examples)
+            return with_bos(tokenizer, encode(text))
+
+        if self.solo or self.few_shot is False:
+            prompt_ids = prompt_for(False)
+        elif self.few_shot is True:
+            prompt_ids = prompt_for(True)
+        else:  # auto: examples only when the context is large and they leave room to work
+            prompt_ids = []
+            if context_length >= FEW_SHOT_MIN_CONTEXT:
+                prompt_ids = prompt_for(True)
+                if len(prompt_ids) + start_view > context_length // 2:
+                    prompt_ids = []
+            prompt_ids = prompt_ids or prompt_for(False)
+        needed = len(prompt_ids) + start_view
+        if needed > context_length:
+            raise InvalidRequestError(
+                f"The prompt is {len(prompt_ids)} tokens long ({needed} with the workers' "
+                f"first lines), but the model's context length is {context_length} tokens. "
+                f"Shorten the problem, use fewer workers, or use a model with a longer context.")
+
+        names = self.worker_names
+
+        @lru_cache(maxsize=None)
+        def header_ids(worker: int, step: int, check_in: bool = False) -> tuple[int, ...]:
+            if not 0 <= worker < len(names):
+                raise IndexError(f"worker {worker} out of range (0..{len(names) - 1})")
+            return tuple(encode(self.step_header(worker, step, bool(check_in))))
+
+        limit = self.list_step_chars
+
+        def step_end(text: str) -> bool:
+            return is_step_end(text, limit)
+
+        return Script(
+            prompt_ids=prompt_ids,
+            opening_ids=openings,
+            header_ids=header_ids,
+            constants=constants,
+            is_step_end=step_end,
+            step_end_chars=STEP_END_CHARS,
+            check_in_every=self.check_in_every,
+            stop_ids=stop_ids(tokenizer),
+        )
+
+    def is_step_end(self, text: str) -> bool:
+        return is_step_end(text, self.list_step_chars)
+
+    # ------------------------------------------------------------------ forced answer
+
+    def forced_answer_text(self, prompt_text: str, history: Sequence[tuple[int, str]],
+                           unfinished: Sequence[tuple[int, str]]) -> str:
+        """Transcript plus a suffix that makes the model write its final answer.
+
+        ``history``: finished steps in completion order, ``unfinished``: the workers'
+        current steps, each as (worker, step text including its header). Unfinished steps
+        are closed by the unfinished marker. The text ends with "\\boxed{": decode a few
+        tokens greedily and read the answer up to the matching "}". If the prompt opened a
+        thinking section that is still open, the suffix closes it first.
+        """
+        parts = [prompt_text]
+        for _worker, text in history:
+            if not text.strip():
+                continue
+            parts.append(_as_paragraph(text))
+        for _worker, text in unfinished:
+            if not text.strip():
+                continue
+            parts.append(text.rstrip() + UNFINISHED_TEXT)
+        transcript = "".join(parts)
+        suffix = FORCED_ANSWER_TEXT_SOLO if self.solo else FORCED_ANSWER_TEXT
+        if thinking_open(transcript):
+            suffix += "\n</think>"
+        suffix += "\n\n" + FORCED_ANSWER_LEAD
+        if not transcript.endswith("\n"):
+            transcript += "\n\n"
+        return transcript + suffix
+
+
+def _as_paragraph(text: str) -> str:
+    """A step text that ends with exactly one blank line."""
+    return text.rstrip() + "\n\n"
+
+
+def _check_problem(problem: Any) -> None:
+    if not isinstance(problem, str) or not problem.strip():
+        raise InvalidRequestError(
+            "The problem is empty. Give the text of the problem to solve.")
