@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from hogwild.driver import Driver
+from hogwild.driver import Drive, Driver, ForcedAnswer
 from hogwild.eval import strategies as st
 from hogwild.eval.bundles import answer_from_text
 from hogwild.eval.datasets import Task
@@ -57,9 +57,9 @@ def record_snapshots(strategy):
     seen = []
     inner = strategy.answer_at
 
-    def answer_at(loaded, task, script, snap):
+    def answer_at(task, snap, outcome):
         seen.append(snap)
-        return inner(loaded, task, script, snap)
+        return inner(task, snap, outcome)
 
     strategy.answer_at = answer_at
     return seen
@@ -125,11 +125,12 @@ def test_hogwild_layouts_find_the_answer(default_model, monkeypatch, layout):
 def test_hogwild_combined_real_decoding_is_consistent(default_model, monkeypatch):
     forced_at = []
 
-    def fake_forced(self, script, snap):  # the real one: tests above
-        forced_at.append(snap.passes)
-        return "", "7"
+    def fake_forced(self, snap):  # the real one: tests above
+        for worker in self.forced_requests(snap):
+            forced_at.append(snap.passes)
+            self.forced[(snap.passes, worker)] = ForcedAnswer("", "7", "stop")
 
-    monkeypatch.setattr(Driver, "forced_answer", fake_forced)
+    monkeypatch.setattr(Drive, "_force", fake_forced)
     strategy = st.make_strategy("hogwild-combined", workers=2, **FAST)
     snaps = record_snapshots(strategy)
     out = strategy.run(default_model, TASK, [2, 4])

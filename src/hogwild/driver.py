@@ -1,35 +1,40 @@
-"""The one driver loop: run a script to its budgets, stop by rule, force an answer if needed.
+"""The one driver loop: runs to their budgets, stopped by rule, forced answers from the cache.
 
-Everything that runs workers goes through :class:`Driver`: ``hogwild solve`` (and so the
-CLI) and every evaluation strategy. It starts a :class:`~hogwild.core.engine.Run`, steps it
-until the largest budget, the end of every worker, or the stop rule; takes snapshots at the
-requested passes; and, when a budget is reached without an answer, decodes the forced
-answer (the protocol's "time is up ... \\boxed{" text after the transcript).
+Everything that runs workers goes through here: ``hogwild solve`` (and so the CLI) and every
+evaluation strategy. A :class:`Drive` is one run under the driver's rules: it stops at its
+budget, at the end of every worker, or by its stop rule; it takes snapshots at the requested
+passes; and where the caller asks for a forced answer (a budget reached without an answer)
+it opens a branch of the run (:mod:`hogwild.core.branch`) that reads the run's blocks plus the
+protocol's "time is up ... \\boxed{" text and is decoded greedily in the same passes.
 
-What a "stop rule" sees: each time a worker's new token may close a box, the worker's whole
+A :class:`Scheduler` advances many drives together through one
+:class:`~hogwild.core.batch.Batch` (one model call per pass for all of them): submit a drive
+and get a :class:`Handle`, iterate its events, cancel it, read the load. It steps inline in
+the caller's thread, or on a background thread (:meth:`Scheduler.start`) for a server.
+
+What a stop rule sees: each time a worker's new token may close a box, the worker's whole
 text (:meth:`StopRule.observe`); after every pass, the run's read-only stats
-(:meth:`StopRule.done`). The driver itself knows nothing of how answers are compared.
+(:meth:`StopRule.done`). The driver knows nothing of how answers are compared.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .answers import may_close_box, open_box_answer
+from .core.batch import Batch
+from .core.branch import Branch
 from .core.engine import Engine, Run
 from .core.events import Event, RunStats, Snapshot, SnapshotEvent, StopEvent, TokenEvent
 from .core.sampling import Sampling
 from .core.script import Script
-
-
-class Forcing(Protocol):
-    """What a protocol provides for forced answers (``Protocol``, ``PlainProtocol``)."""
-
-    def forced_answer_text(self, prompt_text: str, history: Sequence[tuple[int, str]],
-                           unfinished: Sequence[tuple[int, str]]) -> str: ...
+from .errors import InvalidRequestError
 
 
 class StopRule(Protocol):
@@ -42,31 +47,40 @@ class StopRule(Protocol):
         """Called after every pass: stop now?"""
 
 
+#: (snapshot) -> the forced answers it needs: None for the team's, an index for one
+#: worker's own (see :class:`hogwild.core.branch.Branch`).
+ForcedRequests = Callable[[Snapshot], Sequence[int | None]]
+
+
+@dataclass
+class ForcedAnswer:
+    text: str  # the transcript the branch read, its forced-answer text, what it wrote
+    answer: str | None
+    reason: str  # stop (the box closed), eos, budget, context, cancelled
+
+
 @dataclass
 class Outcome:
-    """A finished drive: the snapshot behind every requested pass, and the end state."""
+    """A finished drive: the snapshot behind every requested budget, and the end state."""
 
-    run: Run
     script: Script
-    requested: list[int]  # the passes snapshots were asked for, ascending
+    requested: list[int]  # the budgets, ascending
     snapshots: dict[int, tuple[Snapshot, float]]  # pass -> (snapshot, seconds since start)
     final: Snapshot
-    final_s: float  # seconds from start to the end of the run
+    final_s: float  # seconds from start to the end of the main run
     passes: int
     stop_reason: str
-    timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s
+    forced: dict[tuple[int, int | None], ForcedAnswer] = field(default_factory=dict)  # (pass, worker)
+    views: list[str] = field(default_factory=list)  # each worker's view at the end, decoded
+    timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, forced_s
 
     def at(self, budget: int) -> tuple[Snapshot, float]:
         """The state behind ``budget``: its snapshot, or the final state if the run ended
         before it."""
         return self.snapshots.get(budget, (self.final, self.final_s))
 
-
-@dataclass(frozen=True)
-class DriveEnd:
-    """The last item of :meth:`Driver.stream`."""
-
-    outcome: Outcome
+    def forced_at(self, snapshot: Snapshot, worker: int | None = None) -> ForcedAnswer | None:
+        return self.forced.get((snapshot.passes, worker))
 
 
 def make_decoder(loaded: Any):
@@ -79,88 +93,254 @@ def make_decoder(loaded: Any):
     return decode
 
 
-class Driver:
-    """Runs scripts of one protocol on one loaded model with one layout and sampling."""
+def _box_closed(text: str) -> bool:
+    return open_box_answer(text)[1] is not None
 
-    def __init__(self, loaded: Any, forcing: Forcing, layout: str = "combined",
-                 sampling: Sampling | None = None, forced_tokens: int = 48):
+
+class Drive:
+    """One run under the driver's rules (see the module docstring)."""
+
+    def __init__(self, run: Run, decode: Callable[[Sequence[int]], str], max_passes: int,
+                 stop: StopRule | None = None, budgets: Sequence[int] = (),
+                 snapshot_at: Sequence[int] = (), forced: ForcedRequests | None = None,
+                 forced_tokens: int = 48, keep_views: bool = False):
+        if max_passes < 1:
+            raise InvalidRequestError(f"max_passes must be >= 1 (got {max_passes})")
+        self.run, self.decode, self.max_passes, self.stop = run, decode, max_passes, stop
+        self.budgets = sorted({int(b) for b in budgets})
+        self.marks = set(self.budgets) | set(snapshot_at)
+        self.forced_requests, self.forced_tokens, self.keep_views = forced, forced_tokens, keep_views
+        self.snapshots: dict[int, tuple[Snapshot, float]] = {}
+        self.open: dict[tuple[int, int | None], Branch] = {}
+        self.forced: dict[tuple[int, int | None], ForcedAnswer] = {}
+        self.t0 = time.perf_counter()
+        self.t_prefilled: float | None = None
+        self.t_stopped: float | None = None
+        self.outcome: Outcome | None = None
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def after(self, events: list[Event]) -> list[Event]:
+        """The driver's rules after one pass of the run; returns the events to publish."""
+        run = self.run
+        if self.t_prefilled is None and run.prefilled:
+            self.t_prefilled = time.perf_counter()
+        out = list(events)
+        if not run.finished and events:
+            if run.passes in self.marks:
+                snap = run.snapshot()
+                self.snapshots[run.passes] = (snap, time.perf_counter() - self.t0)
+                out.append(SnapshotEvent(run.passes, snap))
+                if run.passes in self.budgets:
+                    self._force(snap)
+            if self.stop is not None:
+                for ev in events:
+                    if isinstance(ev, TokenEvent) and may_close_box(ev.text):
+                        self.stop.observe(ev.worker, run.worker_text(ev.worker))
+                if not run.finished and self.stop.done(run.stats()):
+                    out += run._stop("stop-rule")
+            if not run.finished and run.passes >= self.max_passes:
+                out += run._stop("budget")
+        if run.finished and self.t_stopped is None:
+            self.t_stopped = time.perf_counter()
+            final = run.snapshot()
+            if not self.budgets or self.budgets[-1] > run.passes:  # the final state stands in
+                self._force(final)
+        self._collect()
+        if run.finished and not run.branches:
+            self._finish()
+        return out
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def _force(self, snap: Snapshot) -> None:
+        if self.forced_requests is None:
+            return
+        for worker in self.forced_requests(snap):
+            key = (snap.passes, worker)
+            if key not in self.open and key not in self.forced:
+                self.open[key] = self.run.branch(worker, self.forced_tokens, _box_closed)
+
+    def _collect(self) -> None:
+        for key, branch in list(self.open.items()):
+            if branch.done:
+                answer, end = open_box_answer(branch.text)
+                written = branch.text if end is None else branch.text[:end]
+                text = self.decode(branch.view_ids) + branch.suffix_text + written
+                self.forced[key] = ForcedAnswer(text, answer, branch.reason or "stop")
+                del self.open[key]
+
+    def _finish(self) -> None:
+        run, now = self.run, time.perf_counter()
+        prefilled = self.t_prefilled if self.t_prefilled is not None else now
+        stopped = self.t_stopped if self.t_stopped is not None else now
+        views = [self.decode(run.view_token_ids(w)) for w in range(run.num_workers)] if self.keep_views else []
+        self.outcome = Outcome(
+            script=run.script, requested=self.budgets, snapshots=self.snapshots, final=run.snapshot(),
+            final_s=stopped - self.t0, passes=run.passes, stop_reason=run.stop_reason or "budget",
+            forced=self.forced, views=views,
+            timings={"prefill_s": prefilled - self.t0, "decode_s": stopped - prefilled, "forced_s": now - stopped})
+        run.close()
+
+
+class Handle:
+    """A submitted drive: iterate its events, wait for its outcome, cancel it."""
+
+    def __init__(self, scheduler: Scheduler, drive: Drive):
+        self.scheduler, self.drive = scheduler, drive
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.closed = False  # its last event was read
+
+    def events(self) -> Iterator[Event]:
+        """This run's events as they happen (steps the scheduler inline when no background
+        thread runs it); ends after the run and its forced answers are done."""
+        while not self.closed:
+            if self.queue.empty() and not self.scheduler.background:
+                if not self.scheduler.step() and self.queue.empty():
+                    raise RuntimeError("the scheduler has nothing to run but this run is not done")
+                continue
+            item = self.queue.get()
+            if item is None:
+                self.closed = True
+                return
+            yield item
+
+    def result(self) -> Outcome:
+        """Wait for the run (and its forced answers) to finish; its outcome."""
+        for _ in self.events():
+            pass
+        if self.drive.outcome is None:
+            raise InvalidRequestError("the run was cancelled")
+        return self.drive.outcome
+
+    def cancel(self) -> None:
+        """Stop the run; its blocks are freed by the next pass of the scheduler."""
+        self.drive.cancel()
+
+
+class Scheduler:
+    """Many drives through one batch (thread-safe; inline or on a background thread)."""
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+        self.handles: list[Handle] = []
+        self.lock = threading.RLock()
+        self.background = False
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def submit(self, drive: Drive) -> Handle:
+        handle = Handle(self, drive)
+        with self.lock:
+            self.handles.append(handle)
+        self._wake.set()
+        return handle
+
+    def step(self) -> bool:
+        """One pass of every drive (cancellations first). False when there was nothing to do."""
+        with self.lock:
+            for h in [h for h in self.handles if h.drive.cancelled]:
+                run = h.drive.run
+                h.queue.put(StopEvent(run.passes, "cancelled"))
+                run._stop("cancelled")
+                run.close()
+                self._retire(h)
+            if not self.handles:
+                return False
+            by_run = {h.drive.run: h for h in self.handles}
+            results = self.batch.step(list(by_run))
+            for run, h in by_run.items():
+                for ev in h.drive.after(results.get(run, [])):
+                    h.queue.put(ev)
+                if h.drive.done:
+                    self._retire(h)
+            return True
+
+    def _retire(self, handle: Handle) -> None:
+        self.handles.remove(handle)
+        handle.queue.put(None)
+
+    def load(self) -> dict[str, Any]:
+        with self.lock:
+            return {"drives": len(self.handles), **self.batch.load().__dict__}
+
+    def start(self) -> None:
+        """Step on a background thread until :meth:`shutdown` (for servers)."""
+        if self._thread is not None:
+            return
+        self.background = True
+        self._stopping = False
+
+        def loop() -> None:
+            while not self._stopping:
+                if not self.step():
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+
+        self._thread = threading.Thread(target=loop, name="hogwild-scheduler", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Cancel every drive and stop the background thread."""
+        with self.lock:
+            for h in self.handles:
+                h.drive.cancel()
+        if self._thread is not None:
+            while self.handles:
+                time.sleep(0.01)
+            self._stopping = True
+            self._thread.join()
+            self._thread = None
+        else:
+            self.step()
+        self.background = False
+
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_scheduler(model: Any) -> Scheduler:
+    """The process-wide scheduler of a model: its batch keeps shared prefixes cached between
+    runs, so the next ``solve`` or eval unit skips them."""
+    scheduler = _SHARED.get(model)
+    if scheduler is None:
+        scheduler = _SHARED[model] = Scheduler(Batch(model))
+    return scheduler
+
+
+class Driver:
+    """Submits scripts of one protocol on one loaded model, layout and sampling."""
+
+    def __init__(self, loaded: Any, layout: str = "combined", sampling: Sampling | None = None,
+                 forced_tokens: int = 48, scheduler: Scheduler | None = None):
         self.loaded = loaded
-        self.forcing = forcing
         self.layout = layout
         self.sampling = sampling or Sampling()
         self.forced_tokens = forced_tokens
         self.decode = make_decoder(loaded)
+        self.scheduler = scheduler if scheduler is not None else shared_scheduler(loaded.model)
 
     def start(self, script: Script) -> Run:
-        """Start the engine on ``script`` (prefills the prompt)."""
-        return Engine(self.loaded.model, self.layout, self.sampling, decode=self.decode).start(script)
+        """A run of ``script`` in the scheduler's batch (prefilled by the batch's passes)."""
+        engine = Engine(self.loaded.model, self.layout, self.sampling, decode=self.decode,
+                        batch=self.scheduler.batch)
+        return engine.submit(script)
 
-    def stream(self, script: Script, max_passes: int, stop: StopRule | None = None,
-               snapshot_at: Sequence[int] = ()) -> Iterator[Event | DriveEnd]:
-        """Yield the engine's events as they happen, then one :class:`DriveEnd`."""
-        t0 = time.perf_counter()
-        run = self.start(script)
-        t_prefill = time.perf_counter() - t0
+    def submit(self, script: Script, max_passes: int, stop: StopRule | None = None,
+               budgets: Sequence[int] = (), snapshot_at: Sequence[int] = (),
+               forced: ForcedRequests | None = None, keep_views: bool = False) -> Handle:
+        drive = Drive(self.start(script), self.decode, max_passes, stop, budgets, snapshot_at,
+                      forced, self.forced_tokens, keep_views)
+        return self.scheduler.submit(drive)
 
-        def stop_rule(run: Run, events: list[Event]) -> bool:
-            if stop is None:
-                return False
-            for ev in events:
-                if isinstance(ev, TokenEvent) and may_close_box(ev.text):
-                    stop.observe(ev.worker, run.worker_text(ev.worker))
-            return stop.done(run.stats())
-
-        snaps: dict[int, tuple[Snapshot, float]] = {}
-        stop_reason = "budget"
-        for ev in run.run(max_passes, stop=stop_rule, snapshot_at=snapshot_at):
-            if isinstance(ev, SnapshotEvent):
-                snaps[ev.passes] = (ev.snapshot, time.perf_counter() - t0)
-            elif isinstance(ev, StopEvent):
-                stop_reason = ev.reason
-            yield ev
-        final_s = time.perf_counter() - t0
-        yield DriveEnd(Outcome(
-            run=run, script=script, requested=sorted(set(snapshot_at)), snapshots=snaps, final=run.snapshot(), final_s=final_s,
-            passes=run.passes, stop_reason=stop_reason,
-            timings={"prefill_s": t_prefill, "decode_s": final_s - t_prefill},
-        ))
-
-    def run(self, script: Script, budgets: Sequence[int], stop: StopRule | None = None) -> Outcome:
-        """Drive to the largest budget with a snapshot at every budget; return the outcome."""
+    def run(self, script: Script, budgets: Sequence[int], stop: StopRule | None = None,
+            forced: ForcedRequests | None = None) -> Outcome:
+        """Drive to the largest budget with a snapshot (and forced answers) at every budget."""
         budgets = sorted({int(b) for b in budgets})
         if not budgets or budgets[0] < 1:
             raise ValueError(f"budgets must be positive integers (got {budgets})")
-        for item in self.stream(script, budgets[-1], stop, snapshot_at=budgets):
-            if isinstance(item, DriveEnd):
-                return item.outcome
-        raise AssertionError("the stream ended without an outcome")
-
-    def forced_answer(self, script: Script, snapshot: Snapshot) -> tuple[str, str | None]:
-        """Decode greedily from the transcript plus the protocol's forced-answer text.
-
-        The text ends inside an open ``\\boxed{``; decoding stops when the box closes, at
-        end of sequence, or after ``forced_tokens``. Returns (the text fed plus what was
-        decoded, the answer or None). A single sequence through its own engine (one worker,
-        no protocol text), prefilled in chunks; the oldest history steps are dropped if the
-        transcript would not fit the context.
-        """
-        loaded, budget = self.loaded, self.forced_tokens
-        prompt_text = self.decode(script.prompt_ids)
-        history = list(snapshot.history)
-        while True:
-            text = self.forcing.forced_answer_text(prompt_text, history, list(snapshot.current))
-            ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) + budget <= loaded.context_length or not history:
-                break
-            history = history[1:]
-        ids = ids[-(loaded.context_length - budget) :]
-        engine = Engine(loaded.model, "independent", Sampling(), decode=self.decode)
-        run = engine.start(Script(prompt_ids=ids, opening_ids=[[]], stop_ids=script.stop_ids))
-        out = ""
-        for ev in run.run(budget):
-            if isinstance(ev, TokenEvent):
-                out += ev.text
-                if open_box_answer(out)[1] is not None:
-                    break
-        answer, end = open_box_answer(out)
-        return text + (out if end is None else out[:end]), answer
+        return self.submit(script, budgets[-1], stop, budgets, budgets, forced).result()

@@ -6,7 +6,6 @@ events -> :class:`SolveResult`. Used by the CLI; it does no I/O itself.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -14,7 +13,7 @@ from .answers import AnswerAgreement, extract_boxed
 from .core.events import Event, RunStats, Snapshot
 from .core.layouts import get_layout
 from .core.sampling import Sampling
-from .driver import DriveEnd, Driver
+from .driver import Driver
 from .errors import InvalidRequestError
 from .models.loading import LoadedModel
 from .protocol import Protocol
@@ -118,25 +117,23 @@ def solve_stream(
     settings.validate()
     protocol = make_protocol(settings)
     script = protocol.script(problem, loaded.tokenizer, loaded.context_length)
-    driver = Driver(loaded, protocol, settings.layout, settings.sampling, settings.forced_tokens)
+    driver = Driver(loaded, settings.layout, settings.sampling, settings.forced_tokens)
     stop = AgreementStop(settings)
-    outcome = None
-    for item in driver.stream(script, settings.max_passes, stop, snapshot_at):
-        if isinstance(item, DriveEnd):
-            outcome = item.outcome
-        else:
-            yield item
-    assert outcome is not None
-    t_end = time.perf_counter()
-    snap, run = outcome.final, outcome.run
-    views = [driver.decode(run.view_token_ids(w)) for w in range(run.num_workers)]
+
+    def forced(snap: Snapshot) -> list[int | None]:
+        unanswered = stop.answer is None and last_answer(snap) is None
+        return [None] if settings.forced_answer and unanswered else []
+
+    handle = driver.submit(script, settings.max_passes, stop, snapshot_at=snapshot_at, forced=forced,
+                           keep_views=True)
+    yield from handle.events()
+    outcome = handle.result()
+    snap = outcome.final
     answer = stop.answer or last_answer(snap)
-    forced, forced_text = False, None
-    if answer is None and settings.forced_answer:
-        forced_text, answer = driver.forced_answer(script, snap)
-        forced = True
-    t_prefill, t_decode = outcome.timings["prefill_s"], outcome.timings["decode_s"]
-    forced_s = time.perf_counter() - t_end
+    forced_answer = outcome.forced_at(snap) if answer is None else None
+    if forced_answer is not None:
+        answer = forced_answer.answer
+    t = outcome.timings
     yield ResultEvent(
         SolveResult(
             problem=problem,
@@ -144,21 +141,19 @@ def solve_stream(
             settings=asdict(settings),
             names=list(protocol.worker_names),
             answer=answer,
-            forced=forced,
+            forced=forced_answer is not None,
             passes=outcome.passes,
             stop_reason=outcome.stop_reason,
             workers=snap.workers,
             history=snap.history,
-            forced_text=forced_text,
+            forced_text=forced_answer.text if forced_answer is not None else None,
             generated_tokens=snap.generated_tokens,
             unfinished=snap.current,
-            views=views,
+            views=outcome.views,
             timings={
-                "prefill_s": t_prefill,
-                "decode_s": t_decode,
-                "forced_s": forced_s,
-                "total_s": t_prefill + t_decode + forced_s,
-                "passes_per_s": outcome.passes / t_decode if t_decode > 0 else 0.0,
+                **t,
+                "total_s": sum(t.values()),
+                "passes_per_s": outcome.passes / t["decode_s"] if t["decode_s"] > 0 else 0.0,
             },
         )
     )

@@ -8,7 +8,13 @@ the layouts from block ids; attention reads a block as a strided view of the poo
 copy.
 
 Growth is amortised O(1): a block reserves spare room and, when full, moves once into a region
-twice its size; the pool itself doubles when no free region is large enough.
+twice its size; the pool itself doubles when no free region is large enough, up to
+``max_capacity`` tokens (then :class:`PoolFullError`).
+
+A block may be held by several readers at once (a prefix shared by many runs, a step that a
+forced-answer branch still reads after it was folded into history): :meth:`KVStore.retain`
+adds a holder, and :meth:`KVStore.free` releases one; the region is returned to the pool
+when the last holder lets go.
 """
 
 from __future__ import annotations
@@ -17,8 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import HogwildError
 from ..models.config import ModelConfig
 from ..models.rope import Rope, rotate
+
+
+class PoolFullError(HogwildError):
+    """The KV pool would have to grow past its configured maximum."""
 
 
 @dataclass
@@ -26,6 +37,7 @@ class Block:
     start: int
     capacity: int
     length: int = 0
+    holders: int = 1
 
     @property
     def end(self) -> int:
@@ -41,8 +53,10 @@ class KVStore:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         capacity: int = 1024,
+        max_capacity: int | None = None,
     ):
         self.config = config
+        self.max_capacity = max_capacity
         self.dtype = dtype
         self.device = torch.device(device)
         shape = (config.num_layers, config.num_kv_heads, capacity, config.head_dim)
@@ -75,9 +89,25 @@ class KVStore:
         block.length += n
         return slots
 
+    def retain(self, block_id: int) -> None:
+        """One more holder of ``block_id``: it stays allocated until every holder freed it."""
+        self.blocks[block_id].holders += 1
+
     def free(self, block_id: int) -> None:
-        block = self.blocks.pop(block_id)
+        """Release one holder; the last one returns the block's region to the pool."""
+        block = self.blocks[block_id]
+        block.holders -= 1
+        if block.holders > 0:
+            return
+        del self.blocks[block_id]
         self._release(block.start, block.capacity)
+
+    def free_tokens(self) -> int | None:
+        """Tokens the pool can still take (free regions plus room to grow), or None when
+        it may grow without limit."""
+        if self.max_capacity is None:
+            return None
+        return sum(n for _, n in self._free) + self.max_capacity - self.capacity
 
     # ------------------------------------------------------------------ data
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -152,6 +182,12 @@ class KVStore:
     def _grow(self, at_least: int) -> None:
         old = self.capacity
         new = max(2 * old, old + at_least)
+        if self.max_capacity is not None:
+            if old + at_least > self.max_capacity:
+                raise PoolFullError(
+                    f"the KV pool is full ({old} tokens; its limit is {self.max_capacity}): "
+                    f"wait for running runs to finish or raise the limit")
+            new = min(new, self.max_capacity)
         for name in ("k", "v"):
             t = getattr(self, name)
             bigger = torch.zeros(t.shape[:2] + (new,) + t.shape[3:], dtype=t.dtype, device=t.device)

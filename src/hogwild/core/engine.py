@@ -18,20 +18,26 @@ terminals, files or HTTP. A pass (:meth:`Run.step`) runs five named stages:
 Pass 1 also feeds the last prompt token and the constant blocks; the rest of the prompt is
 prefilled before it (in chunks) and is not counted: budgets count passes that produce tokens.
 The step-end rule and the check-in policy are the protocol's, reached through the Script.
+
+Every run lives in a :class:`~hogwild.core.batch.Batch` (an engine makes a private one
+unless given a shared one), which carries the pool and may put the rows of many runs into
+one model call; :meth:`Run.step` is a batch of one. A run may also carry forced-answer
+branches (:mod:`hogwild.core.branch`), decoded in its passes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InvalidRequestError
 from ..models.llama import CausalLM
-from ..models.rope import Rope
-from .attention import FastPlan, KernelPlan, QueryGroup, ReferencePlan
-from .cache import KVStore
+from . import branch as branches
+from .attention import QueryGroup
+from .batch import Batch, Prefix, prefix_ends
+from .branch import Branch
 from .events import (
     Event, HeaderEvent, RunStats, Snapshot, SnapshotEvent, StepEvent, StopEvent, TokenEvent, WorkerStats,
 )
@@ -41,11 +47,6 @@ from .script import Script
 from .textstream import IncrementalDecoder
 from .worker import WorkerState
 
-PREFILL_CHUNK = 512
-#: "auto": the native kernel plan for decode passes where available, else the PyTorch plan;
-#: "torch": always the PyTorch plan; "reference": the dense oracle (tests, debugging).
-ATTENTION_PATHS = ("auto", "torch", "reference")
-
 
 @dataclass
 class PassBatch:
@@ -54,8 +55,10 @@ class PassBatch:
     ids: list[int]
     groups: list[QueryGroup]
     readers: list[WorkerState]  # workers that get a token this pass, in worker order
-    logit_rows: list[int]  # per reader: the row whose logits it samples from
+    logit_rows: list[int]  # per reader, then per branch: the row whose logits it reads
     active: list[WorkerState]  # workers whose pending tokens are fed
+    main: bool = True  # False: the run has stopped and only its branches (and leftovers) run
+    branches: list[Branch] = field(default_factory=list)  # branches reading a row this pass
 
 
 class Engine:
@@ -68,26 +71,29 @@ class Engine:
         sampling: Sampling | None = None,
         decode: Callable[[Sequence[int]], str] | None = None,
         attention: str = "auto",
+        batch: Batch | None = None,
     ):
-        if attention not in ATTENTION_PATHS:
-            raise InvalidRequestError(f"unknown attention path {attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
+        if batch is not None and batch.model is not model:
+            raise InvalidRequestError("the batch holds another model")
         self.model = model
         self.layout = get_layout(layout)
         self.sampling = sampling or Sampling()
         self.decode = decode
-        self.attention = attention
-        self.rope = Rope(model.config, model.device)
+        self.batch = batch if batch is not None else Batch(model, attention)
+        self.attention = self.batch.attention
 
     def start(self, script: Script) -> Run:
-        return Run(self, script)
+        """A new run in this engine's batch, its prompt prefilled now."""
+        run = self.submit(script)
+        run.prefill()
+        return run
 
-    def plan_class(self, store: KVStore, rows: int) -> type:
-        """The attention plan for a pass of ``rows`` rows under this engine's setting."""
-        if self.attention == "reference":
-            return ReferencePlan
-        if self.attention == "auto" and KernelPlan.usable(store, rows):
-            return KernelPlan
-        return FastPlan
+    def submit(self, script: Script) -> Run:
+        """A new run in this engine's batch; its prompt is prefilled by the batch's passes
+        (interleaved with other runs' decoding) or by :meth:`Run.prefill`."""
+        run = Run(self, script)
+        self.batch.add(run)
+        return run
 
 
 class Run:
@@ -113,11 +119,20 @@ class Run:
                 f"the prompt needs {fixed + n * longest_opening} positions but the model's context "
                 f"is {self.max_positions} tokens; shorten the problem or use fewer workers"
             )
-        self.store = KVStore(cfg, self.model.dtype, self.model.device, capacity=max(1024, 2 * fixed))
+        self.batch = engine.batch
+        self.store = self.batch.store
         self.sampler = Sampler(engine.sampling, n, self.model.device)
         self.decode = engine.decode
-        self.block_ids: dict[int, list[int]] = {}  # token ids per block, for views and text
-        self.prompt = self._new_block(len(script.prompt_ids))
+        self.block_ids: dict[int, list[int]] = {}  # token ids of the run's own blocks
+        # The prompt is [shared prefix (a read-only block of the batch, maybe cached)] + the
+        # rest; the split depends only on the script, so prefill is computed the same way
+        # whether the prefix came from the cache or not.
+        ends = prefix_ends(script.shared_prefix, len(script.prompt_ids))
+        self.prefixes: list[Prefix] = [
+            self.batch.acquire_prefix(self, script.prompt_ids[:k], start) for start, k in zip([0, *ends], ends)]
+        k = ends[-1] if ends else 0
+        self._prefilled_upto = k  # prompt tokens stored so far (shared prefixes count once ready)
+        self.prompt = self._new_block(len(script.prompt_ids) - k)
         self.history = self._new_block(256)
         self.history_pending: list[int] = []  # finished steps not yet folded into history
         self.history_order: list[tuple[int, list[int]]] = []  # (worker, step ids) as completed
@@ -129,7 +144,30 @@ class Run:
         self.logits: list[torch.Tensor | None] = [None] * n
         self.stop_reason: str | None = None
         self.tokens_since_check_in = 0  # generated tokens (all workers) since the last check-in
-        self._prefill(list(script.prompt_ids[:-1]))
+        self.branches: list[Branch] = []  # forced answers being decoded
+
+    @property
+    def prompt_chain(self) -> list[int]:
+        """The blocks the prompt is stored in, in order (shared prefixes first)."""
+        return [p.block for p in self.prefixes] + [self.prompt]
+
+    def ids_of(self, block: int) -> list[int]:
+        """The token ids stored in one of this run's blocks (or its shared prefixes)."""
+        if block in self.block_ids:
+            return self.block_ids[block]
+        for p in self.prefixes:
+            if p.block == block:
+                return list(p.ids[p.start :])
+        raise KeyError(f"block {block} is not this run's")
+
+    @property
+    def prefilled(self) -> bool:
+        """Is everything but the last prompt token stored (the run can make pass 1)?"""
+        return self._prefilled_upto >= len(self.script.prompt_ids) - 1 and all(p.ready for p in self.prefixes)
+
+    @property
+    def needs_pass(self) -> bool:
+        return not self.finished or bool(self.branches)
 
     # ------------------------------------------------------------------ state access
     @property
@@ -147,11 +185,23 @@ class Run:
 
     def view(self, worker: int) -> list[int]:
         """Block ids of a worker's view, in order."""
-        return self.layout.build(self.layout_state(), worker)
+        return self._expand(self.layout.build(self.layout_state(), worker))
+
+    def views(self) -> list[list[int]]:
+        """Every worker's view (the prompt block expanded to the prompt's blocks)."""
+        return [self._expand(v) for v in self.layout.views(self.layout_state())]
+
+    def _expand(self, view: list[int]) -> list[int]:
+        if not self.prefixes:
+            return view
+        out: list[int] = []
+        for b in view:
+            out += self.prompt_chain if b == self.prompt else [b]
+        return out
 
     def view_token_ids(self, worker: int) -> list[int]:
         """The token ids a worker attends to, in view order (for checks and debugging)."""
-        return [t for b in self.view(worker) for t in self.block_ids[b]]
+        return [t for b in self.view(worker) for t in self.ids_of(b)]
 
     def view_length(self, worker: int) -> int:
         return sum(self.store.length(b) for b in self.view(worker))
@@ -189,10 +239,15 @@ class Run:
                 for w in self.workers
             ),
             history_steps=len(self.history_order),
-            tokens_stored=self.store.tokens_in_use(),
-            kv_bytes_in_use=self.store.bytes_in_use(),
+            tokens_stored=self.tokens_stored(),
+            kv_bytes_in_use=self.tokens_stored() * self.model.config.kv_bytes_per_token(self.store.k.element_size()),
             kv_bytes_allocated=self.store.bytes_allocated(),
         )
+
+    def tokens_stored(self) -> int:
+        """Tokens of this run in the pool: its own blocks and its shared prefix."""
+        own = sum(self.store.length(b) for b in self.block_ids)
+        return own + sum(self.store.length(p.block) for p in self.prefixes)
 
     # ------------------------------------------------------------------ driving
     def run(
@@ -217,41 +272,108 @@ class Run:
                 yield StopEvent(self.passes, "stop-rule")
 
     def step(self, force: dict[int, int] | None = None) -> list[Event]:
-        """One forward pass. ``force`` maps worker -> token to use instead of sampling."""
-        if self.finished:
+        """One forward pass of this run alone (a batch of one). ``force`` maps worker -> token
+        to use instead of sampling."""
+        if not self.needs_pass:
             raise InvalidRequestError(f"the run has already stopped ({self.stop_reason})")
-        events: list[Event] = []
-        batch = self._schedule(events)
-        if batch is None:
-            self.stop_reason = "context"
-            return [StopEvent(self.passes, "context")]
-        logits = self._forward(batch.ids, batch.groups, batch.logit_rows)
-        for w in batch.active:
-            w.pending = []
-        self._fold_history()
-        self.passes += 1
-        chosen = self._sample(batch.readers, logits, force)
-        for w, token in zip(batch.readers, chosen):
-            events += self._accept(w, token)
-        if all(w.done for w in self.workers):
-            self.stop_reason = "eos"
-            events.append(StopEvent(self.passes, "eos"))
-        return events
+        self.prefill()
+        return self.batch.step([self], {self: force} if force else None).get(self, [])
+
+    def branch(self, worker: int | None, max_tokens: int, stop: Callable[[str], bool]) -> Branch:
+        """Start a forced answer (see :mod:`hogwild.core.branch`): from the next pass on it is
+        decoded greedily with this run, reading the run's blocks as they are now."""
+        if self.script.forced_suffix is None:
+            raise InvalidRequestError("the script gives no forced-answer text")
+        if worker is not None and not 0 <= worker < len(self.workers):
+            raise InvalidRequestError(f"no worker {worker} in this run")
+        new = Branch(worker, max_tokens, stop, started_at=self.passes)
+        self.branches.append(new)
+        return new
+
+    def close(self) -> None:
+        """Leave the batch and free every block this run holds (idempotent)."""
+        self.batch.close(self)
+
+    def _stop(self, reason: str) -> list[Event]:
+        """End the main run (branches too when the reason is that it cannot go on)."""
+        self.stop_reason = self.stop_reason or reason
+        if reason in ("context", "cancelled"):
+            for b in list(self.branches):
+                branches.close(self, b, reason)
+        return [StopEvent(self.passes, reason)]
+
+    def _release(self) -> None:
+        """Free everything (called by the batch when the run leaves it)."""
+        for b in list(self.branches):
+            branches.close(self, b, "cancelled")
+        self.stop_reason = self.stop_reason or "cancelled"
+        for block in list(self.block_ids):
+            self.store.free(block)
+        self.block_ids.clear()
+        for p in self.prefixes:
+            self.batch.release_prefix(p, self)
+        self.prefixes = []
+
+    # ------------------------------------------------------------------ prefill
+    def prefill(self) -> None:
+        """Store the whole prompt now (all chunks; a shared prefix another run is still
+        computing is finished first)."""
+        while not self.prefilled:
+            if not self._prefill_chunk(self.batch.prefill_tokens):
+                owner = next(p.owner for p in self.prefixes if not p.ready)
+                owner._prefill_chunk(self.batch.prefill_tokens)  # finish it for both
+
+    def _prefill_chunk(self, limit: int) -> bool:
+        """Store the next chunk of the prompt (up to ``limit`` tokens, never across a prefix
+        boundary) in a model call of its own. Returns False when the run must wait for a
+        prefix another run is computing."""
+        chain, start = self.prompt_chain, 0
+        for i, prefix in enumerate(self.prefixes):
+            if not prefix.ready:
+                if prefix.owner is None:  # its first owner left before finishing it
+                    prefix.owner = self
+                if prefix.owner is not self:
+                    return False
+                done = self.store.length(prefix.block)
+                chunk = list(prefix.ids[prefix.start + done : prefix.start + done + limit])
+                self.store.reserve(prefix.block, len(chunk))
+                self._prefill_forward(chunk, chain[: i + 1], done)
+                if prefix.start + done + len(chunk) == len(prefix.ids):
+                    prefix.owner, prefix.ready = None, True
+                return True
+            start = len(prefix.ids)
+        ids, at = self.script.prompt_ids, self._prefilled_upto
+        chunk = list(ids[at : min(at + limit, len(ids) - 1)])
+        if chunk:
+            self._reserve(self.prompt, chunk)
+            self._prefill_forward(chunk, chain, at - start)
+        self._prefilled_upto = at + len(chunk)
+        return True
+
+    def _prefill_forward(self, chunk: list[int], view: list[int], first_local: int) -> None:
+        """Prefill rows into the last block of ``view``, from local index ``first_local``."""
+        group = QueryGroup(view, [view[-1]] * len(chunk), list(range(first_local, first_local + len(chunk))))
+        self.batch.forward(chunk, [group], [len(chunk) - 1])
 
     # ------------------------------------------------------------------ the stages
     def _schedule(self, events: list[Event]) -> PassBatch | None:
         """Reserve slots for every pending token and build the pass (None: it would overflow).
 
-        In pass 1 the openings are queued here, and their header events go to ``events``."""
-        first = self.passes == 0
+        In pass 1 the openings are queued here, and their header events go to ``events``.
+        A stopped run with open branches feeds its last sampled tokens once, then only the
+        branches' rows."""
+        main = not self.finished
+        first = main and self.passes == 0
         groups: list[QueryGroup] = []
         ids: list[int] = []
         if first:
             events += self._queue_first_pass(groups, ids)
-        active = [w for w in self.workers if w.pending and not w.done]
-        views = self.layout.views(self.layout_state())  # block ids; feeding changes only lengths
+        active = [w for w in self.workers if w.pending and not w.done and self.stop_reason != "context"]
+        views = self.views()  # block ids; feeding changes only lengths
         if self._would_overflow(active, views):
-            return None
+            if main:
+                return None
+            active = []
         for w in active:
             for block, toks in w.pending:
                 self._reserve(block, toks)
@@ -262,23 +384,49 @@ class Run:
             groups.append(QueryGroup(views[w.index], blocks, locals_))
             ids += [t for _, toks in w.pending for t in toks]
             logit_rows.append(len(ids) - 1)
-        prompt_row = 0  # in pass 1 the prompt's last token is row 0
-        readers = [w for w in self.workers if not w.done and (w.pending or first)]
-        rows_for = {w.index: r for w, r in zip(active, logit_rows)}
-        rows = [rows_for.get(w.index, prompt_row) for w in readers]
-        return PassBatch(ids, groups, readers, rows, active)
+        readers: list[WorkerState] = []
+        rows: list[int] = []
+        if main:
+            prompt_row = 0  # in pass 1 the prompt's last token is row 0
+            readers = [w for w in self.workers if not w.done and (w.pending or first)]
+            rows_for = {w.index: r for w, r in zip(active, logit_rows)}
+            rows = [rows_for.get(w.index, prompt_row) for w in readers]
+        reading: list[Branch] = []
+        for b in list(self.branches):
+            if b.entries is None:
+                branches.freeze(self, b)
+            g = branches.group(self, b)
+            if g is None:
+                branches.close(self, b, "context")
+                continue
+            groups.append(g)
+            ids += b.pending
+            rows.append(len(ids) - 1)
+            reading.append(b)
+        return PassBatch(ids, groups, readers, rows, active, main, reading)
 
-    def _forward(self, ids: list[int], groups: list[QueryGroup], logit_rows: list[int]) -> torch.Tensor:
-        plan = self.engine.plan_class(self.store, len(ids))(self.store, self.engine.rope, groups)
-        device = self.model.device
-        return self.model(
-            torch.tensor(ids, device=device), plan, torch.tensor(logit_rows, device=device)
-        )
+    def _complete(self, batch: PassBatch, logits: torch.Tensor, force: dict[int, int] | None) -> list[Event]:
+        """Everything after the model call: fold, sample, accept (main run and branches)."""
+        for w in batch.active:
+            w.pending = []
+        self._fold_history()
+        events: list[Event] = []
+        n = len(batch.readers)
+        if batch.main:
+            self.passes += 1
+            chosen = self._sample(batch.readers, logits[:n], force)
+            for w, token in zip(batch.readers, chosen):
+                events += self._accept(w, token)
+            if all(w.done for w in self.workers):
+                events += self._stop("eos")
+        for b, row in zip(batch.branches, logits[n:]):
+            branches.accept(self, b, int(row.argmax()))
+        return events
 
     def _fold_history(self) -> None:
         """Fold the steps that finished last pass into the history block (one re-rotation)."""
         for block in self.history_pending:
-            self.store.append_block(self.history, block, self.engine.rope)
+            self.store.append_block(self.history, block, self.batch.rope)
             self.block_ids[self.history] += self.block_ids.pop(block)
         self.history_pending = []
 
@@ -330,26 +478,19 @@ class Run:
         self.store.reserve(block, len(toks))
         self.block_ids[block] += toks
 
-    def _prefill(self, ids: list[int]) -> None:
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[start : start + PREFILL_CHUNK]
-            self._reserve(self.prompt, chunk)
-            group = QueryGroup([self.prompt], [self.prompt] * len(chunk), list(range(start, start + len(chunk))))
-            self._forward(chunk, [group], [len(chunk) - 1])
-
     def _queue_first_pass(self, groups: list[QueryGroup], ids: list[int]) -> list[Event]:
         """Pass 1 rows: the prompt's last token, the constant blocks, every worker's opening."""
         last = self.script.prompt_ids[-1]
         self._reserve(self.prompt, [last])
         n_prompt = self.store.length(self.prompt)
-        groups.append(QueryGroup([self.prompt], [self.prompt], [n_prompt - 1]))
+        groups.append(QueryGroup(self.prompt_chain, [self.prompt], [n_prompt - 1]))
         ids.append(last)
         for name, block in self.constants.items():
             toks = list(self.script.constants[name])
             if not toks:
                 continue
             self._reserve(block, toks)
-            groups.append(QueryGroup([self.prompt, block], [block] * len(toks), list(range(len(toks)))))
+            groups.append(QueryGroup([*self.prompt_chain, block], [block] * len(toks), list(range(len(toks)))))
             ids += toks
         events: list[Event] = []
         for w in self.workers:

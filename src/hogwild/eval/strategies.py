@@ -25,7 +25,6 @@ k questions, a box with k answers); independent stops when every worker has answ
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from ..core.events import RunStats, Snapshot
 from ..core.layouts import collaborative_layouts
 from ..core.sampling import Sampling
 from ..core.script import Script
-from ..driver import Driver, Outcome
+from ..driver import Driver, Handle, Outcome, Scheduler
 from ..protocol import PlainProtocol, Protocol
 from .bundles import SEPARATOR, answer_from_text, is_complete, split_answers
 from .datasets import Task
@@ -140,7 +139,12 @@ class Strategy:
     def should_stop(self, stats: RunStats, answered: dict[int, str]) -> bool:
         return bool(answered)
 
-    def answer_at(self, loaded, task: Task, script: Script, snap: Snapshot) -> tuple[str | None, bool, list | None]:
+    def forced_requests(self, task: Task, snap: Snapshot) -> list[int | None]:
+        """The forced answers a budget reached in state ``snap`` needs (None: the team's)."""
+        return []
+
+    def answer_at(self, task: Task, snap: Snapshot, outcome: Outcome) -> tuple[str | None, bool, list | None]:
+        """(answer, forced?, per-worker votes) at one budget."""
         raise NotImplementedError
 
     # -- the shared driver ---------------------------------------------------------------
@@ -148,28 +152,34 @@ class Strategy:
         """Strategies with equal keys make identical engine runs (the runner reuses one)."""
         return None
 
-    def driver(self, loaded) -> Driver:
-        return Driver(loaded, self.protocol, self.layout, self.sampling(), self.forced_tokens)
+    def driver(self, loaded, scheduler: Scheduler | None = None) -> Driver:
+        return Driver(loaded, self.layout, self.sampling(), self.forced_tokens, scheduler)
+
+    def submit(self, loaded, task: Task, budgets: Sequence[int], scheduler: Scheduler | None = None) -> Handle:
+        """Start the engine run of this strategy on ``task`` (snapshots and forced answers at
+        every budget); the handle's result is what :meth:`answers` reads."""
+        budgets = sorted({int(b) for b in budgets})
+        if not budgets or budgets[0] < 1:
+            raise ValueError(f"budgets must be positive integers (got {budgets})")
+        return self.driver(loaded, scheduler).submit(
+            self.script(loaded, task), budgets[-1], AnswerStop(self, task), budgets, budgets,
+            lambda snap: self.forced_requests(task, snap))
 
     def decode(self, loaded, task: Task, budgets: Sequence[int]) -> Outcome:
         """Run the engine once up to the largest budget, with snapshots at every budget."""
-        return self.driver(loaded).run(self.script(loaded, task), budgets, AnswerStop(self, task))
+        return self.submit(loaded, task, budgets).result()
 
     def answers(self, loaded, task: Task, decoded: Outcome) -> StrategyRun:
-        """Answers at every budget from a decoded run (forced answers decoded here)."""
-        t0 = time.perf_counter()
-        self._driver = self.driver(loaded)
-        self._forced_cache: dict[str, str | None] = {}
+        """Answers at every budget from a decoded run (its forced answers included)."""
         results, memo = [], {}
         for b in decoded.requested:
             snap, wall = decoded.at(b)
             if id(snap) not in memo:
-                memo[id(snap)] = self.answer_at(loaded, task, decoded.script, snap)
+                memo[id(snap)] = self.answer_at(task, snap, decoded)
             answer, forced, votes = memo[id(snap)]
             results.append(BudgetResult(b, answer, forced, snap.passes, list(snap.generated_tokens),
                                         round(wall, 3), votes))
         timings = {k: round(v, 3) for k, v in decoded.timings.items()}
-        timings["forced_s"] = round(time.perf_counter() - t0, 3)
         timings["total_s"] = round(sum(timings.values()), 3)
         return StrategyRun(results, decoded.passes, decoded.stop_reason, timings)
 
@@ -179,17 +189,10 @@ class Strategy:
             self.seed = seed
         return self.answers(loaded, task, self.decode(loaded, task, budgets))
 
-    # -- helpers -------------------------------------------------------------------------
-    def _forced(self, script: Script, snap: Snapshot) -> str | None:
-        """The driver's forced answer after ``snap``."""
-        return self._driver.forced_answer(script, snap)[1]
 
-    def _forced_plain(self, script: Script, text: str) -> str | None:
-        """Forced answer after one plain transcript (cached on the text)."""
-        if text not in self._forced_cache:
-            snap = Snapshot(passes=0, workers=[text], history=[], current=[(0, text)])
-            self._forced_cache[text] = self._forced(script, snap)
-        return self._forced_cache[text]
+def _forced_answer(outcome: Outcome, snap: Snapshot, worker: int | None) -> str | None:
+    found = outcome.forced_at(snap, worker)
+    return found.answer if found is not None else None
 
 
 class Single(Strategy):
@@ -199,18 +202,22 @@ class Single(Strategy):
         # single and early-stop make the same run (plain prompt, one worker, stop at answer)
         return ("plain-1", self.temperature, self.top_p, self.seed)
 
-    def answer_at(self, loaded, task, script, snap):
+    def forced_requests(self, task, snap):
+        # the run is shared with early-stop (same decode key), which needs these
+        return [] if is_complete(answer_from_text(snap.workers[0], task.k), task.k) else [0]
+
+    def answer_at(self, task, snap, outcome):
         return answer_from_text(snap.workers[0], task.k), False, None
 
 
 class EarlyStop(Single):
     name = "early-stop"
 
-    def answer_at(self, loaded, task, script, snap):
+    def answer_at(self, task, snap, outcome):
         found = answer_from_text(snap.workers[0], task.k)
         if is_complete(found, task.k):
             return found, False, None
-        return self._forced_plain(script, snap.workers[0]), True, None
+        return _forced_answer(outcome, snap, 0), True, None
 
 
 class Independent(Strategy):
@@ -224,12 +231,16 @@ class Independent(Strategy):
     def should_stop(self, stats, answered):
         return all(w.index in answered or w.done for w in stats.workers)
 
-    def answer_at(self, loaded, task, script, snap):
+    def forced_requests(self, task, snap):
+        return [w for w, text in enumerate(snap.workers)
+                if not is_complete(answer_from_text(text, task.k), task.k)]
+
+    def answer_at(self, task, snap, outcome):
         votes, forced = [], False
-        for text in snap.workers:
+        for w, text in enumerate(snap.workers):
             found = answer_from_text(text, task.k)
             if not is_complete(found, task.k):
-                found = self._forced_plain(script, text)
+                found = _forced_answer(outcome, snap, w)
                 forced = True
             votes.append(found)
         return bundle_vote(votes, task.k), forced, votes
@@ -247,7 +258,9 @@ class Hogwild(Strategy):
         self.protocol = Protocol(num_workers=self.workers, layout=layout,
                                  check_in_every=self.check_in_every, few_shot=self.few_shot)
 
-    def answer_at(self, loaded, task, script, snap):
+    @staticmethod
+    def given(task: Task, snap: Snapshot) -> str | None:
+        """The team's complete answer in ``snap``: the last one in completion order."""
         if snap.history:
             texts = [t for _, t in snap.history] + [t for _, t in snap.current]
         else:  # layouts without steps: each worker's whole text, in worker order
@@ -255,10 +268,16 @@ class Hogwild(Strategy):
         candidates = [answer_from_text(text, task.k) for text in reversed(texts)]
         if task.k > 1:  # answers spread over several steps or workers
             candidates.append(answer_from_text("\n\n".join(texts), task.k))
-        for found in candidates:
-            if is_complete(found, task.k):
-                return found, False, None
-        return self._forced(script, snap), True, None
+        return next((c for c in candidates if is_complete(c, task.k)), None)
+
+    def forced_requests(self, task, snap):
+        return [None] if self.given(task, snap) is None else []
+
+    def answer_at(self, task, snap, outcome):
+        found = self.given(task, snap)
+        if found is not None:
+            return found, False, None
+        return _forced_answer(outcome, snap, None), True, None
 
 
 def strategy_names() -> list[str]:

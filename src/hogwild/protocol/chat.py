@@ -104,3 +104,25 @@ def render_chat(tokenizer: Any, system: str, user: str, thinking: bool | None = 
     if not text[-1:].isspace():
         text += "\n"
     return text
+
+
+def prefix_ends(tokenizer: Any, text: str, ids: list[int], tail: str) -> list[int]:
+    """Where the shareable parts of a prompt end, in tokens: before ``tail`` (the problem's
+    own text: everything before it is the same for every problem) and before the last token
+    (everything but it is the same for every run on this problem).
+
+    Token boundaries are found by encoding the text before ``tail`` on its own and keeping
+    the tokens it has in common with the whole prompt's (a merge across the boundary ends
+    the shared part one token earlier)."""
+    cut = text.rfind(tail) if tail else -1
+    ends = []
+    if cut > 0:
+        head = with_bos(tokenizer, encoder(tokenizer)(text[:cut]))
+        common = 0
+        for a, b in zip(head, ids):
+            if a != b:
+                break
+            common += 1
+        ends.append(min(common, len(head) - 1))
+    ends.append(len(ids) - 1)
+    return ends

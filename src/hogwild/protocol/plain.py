@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.script import Script
-from .chat import encoder, render_chat, stop_ids, with_bos
+from .chat import encoder, prefix_ends, render_chat, stop_ids, with_bos
 from .texts import FORCED_ANSWER_LEAD, PLAIN_FORCED_TEXT, PLAIN_SYSTEM, USER_TEXT, fill
 
 
@@ -25,14 +25,22 @@ class PlainProtocol:
 
     def script(self, problem: str, tokenizer: Any, context_length: int | None = None) -> Script:
         """The plain prompt as ids; the engine refuses it if it does not fit the context."""
-        text = render_chat(tokenizer, PLAIN_SYSTEM, fill(USER_TEXT, problem=problem.strip()))
-        ids = with_bos(tokenizer, encoder(tokenizer)(text))
+        user = fill(USER_TEXT, problem=problem.strip())
+        text = render_chat(tokenizer, PLAIN_SYSTEM, user)
+        encode = encoder(tokenizer)
+        ids = with_bos(tokenizer, encode(text))
+        suffix = encode(self.forced_suffix_text())
         return Script(prompt_ids=ids, opening_ids=[[] for _ in range(self.num_workers)],
-                      stop_ids=stop_ids(tokenizer))
+                      stop_ids=stop_ids(tokenizer), shared_prefix=prefix_ends(tokenizer, text, ids, user),
+                      forced_suffix=lambda ends_newline: suffix)
+
+    @staticmethod
+    def forced_suffix_text() -> str:
+        """What follows a worker's (right-stripped) text in its forced answer."""
+        return "\n\n" + PLAIN_FORCED_TEXT + "\n\n" + FORCED_ANSWER_LEAD
 
     def forced_answer_text(self, prompt_text: str, history: Sequence[tuple[int, str]],
                            unfinished: Sequence[tuple[int, str]]) -> str:
         """Transcript + "Time is up ... The final answer is \\boxed{"."""
         body = "".join(t for _, t in [*history, *unfinished])
-        text = prompt_text + body.rstrip()
-        return text + "\n\n" + PLAIN_FORCED_TEXT + "\n\n" + FORCED_ANSWER_LEAD
+        return prompt_text + body.rstrip() + self.forced_suffix_text()

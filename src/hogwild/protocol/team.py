@@ -15,7 +15,7 @@ from typing import Any
 from ..core import layouts
 from ..core.script import Script
 from ..errors import InvalidRequestError
-from .chat import encoder, render_chat, stop_ids, thinking_open, with_bos
+from .chat import encoder, prefix_ends, render_chat, stop_ids, thinking_open, with_bos
 from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
 from .texts import (
     CHECK_IN,
@@ -217,9 +217,13 @@ class Protocol:
         start_view = (sum(len(ids) for ids in constants.values())
                       + sum(len(ids) + len(constants[layouts.UNFINISHED]) for ids in openings))
 
+        texts: dict[int, str] = {}  # id(prompt ids) -> its text
+
         def prompt_for(with_examples: bool) -> list[int]:
             text = self.render_prompt(problem, tokenizer, with_examples)
-            return with_bos(tokenizer, encode(text))
+            ids = with_bos(tokenizer, encode(text))
+            texts[id(ids)] = text
+            return ids
 
         if self.solo or self.few_shot is False:
             prompt_ids = prompt_for(False)
@@ -252,6 +256,12 @@ class Protocol:
         def step_end(text: str) -> bool:
             return is_step_end(text, limit)
 
+        prompt_text = texts[id(prompt_ids)]
+        thinking = thinking_open(prompt_text)
+
+        def forced_suffix(ends_newline: bool) -> list[int]:
+            return encode(self.forced_suffix_text(ends_newline, thinking))
+
         return Script(
             prompt_ids=prompt_ids,
             opening_ids=openings,
@@ -259,6 +269,9 @@ class Protocol:
             constants=constants,
             is_step_end=step_end,
             step_end_chars=STEP_END_CHARS,
+            shared_prefix=prefix_ends(tokenizer, prompt_text, prompt_ids, self.user_text(problem)),
+            forced_suffix=forced_suffix,
+            forced_marker=layouts.UNFINISHED,
             check_in_every=self.check_in_every,
             stop_ids=stop_ids(tokenizer),
         )
@@ -288,13 +301,16 @@ class Protocol:
                 continue
             parts.append(text.rstrip() + UNFINISHED_TEXT)
         transcript = "".join(parts)
-        suffix = FORCED_ANSWER_TEXT_SOLO if self.solo else FORCED_ANSWER_TEXT
-        if thinking_open(transcript):
+        return transcript + self.forced_suffix_text(transcript.endswith("\n"), thinking_open(transcript))
+
+    def forced_suffix_text(self, ends_newline: bool, thinking: bool) -> str:
+        """What follows the transcript in a forced answer: "time is up", the open thinking
+        section closed, and the answer lead ending inside an open box."""
+        suffix = "" if ends_newline else "\n\n"
+        suffix += FORCED_ANSWER_TEXT_SOLO if self.solo else FORCED_ANSWER_TEXT
+        if thinking:
             suffix += "\n</think>"
-        suffix += "\n\n" + FORCED_ANSWER_LEAD
-        if not transcript.endswith("\n"):
-            transcript += "\n\n"
-        return transcript + suffix
+        return suffix + "\n\n" + FORCED_ANSWER_LEAD
 
 
 def _as_paragraph(text: str) -> str:

@@ -19,10 +19,13 @@ class KernelPlan(kernels.NativePassSource):
     softmax across blocks; :func:`hogwild.kernels.attend`). On a model prepared with the
     native decoder, the whole pass is one call instead (:meth:`native_pass`).
 
-    Meant for passes of a few rows; prefill chunks go through :class:`FastPlan`, whose fused
-    kernel tiles many queries. The row limit is the kernels' one (:data:`hogwild.kernels.MAX_ROWS`,
-    16): the attention kernel itself takes any number of rows, but above the limit the
-    linears leave the kernels too, and one limit keeps a pass on one path.
+    Meant for decode passes: a few rows, or up to :data:`hogwild.kernels.MAX_ROWS` (128) when
+    many runs advance in one call; bigger prefill chunks go through :class:`FastPlan`, whose
+    fused kernel tiles many queries. The row limit is the kernels' one: the attention kernel
+    itself takes any number of rows, but above the limit the linears leave the kernels too,
+    and one limit keeps a pass on one path. On this path a row's attention output is the same
+    bits whatever other rows (of its run or of others) share the pass and wherever its blocks
+    sit in the store, so batching runs changes nothing they compute.
     """
 
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup], scale: float | None = None):
@@ -63,7 +66,8 @@ class KernelPlan(kernels.NativePassSource):
 
     @staticmethod
     def usable(store: KVStore, rows: int) -> bool:
-        """Whether this pass can take the kernel path (CPU, fp32/bf16 store, few rows)."""
+        """Whether this pass can take the kernel path (CPU, fp32/bf16 store, at most
+        :data:`hogwild.kernels.MAX_ROWS` rows, a head layout the kernel supports)."""
         c = store.config
         return (
             rows <= kernels.MAX_ROWS

@@ -19,13 +19,23 @@ class QueryGroup:
     view: Sequence[int]  # block ids in view order (a block may repeat, e.g. a marker)
     blocks: Sequence[int]  # per row: the block the row's token is written into
     locals: Sequence[int]  # per row: its local index in that block
+    #: per view entry, how many of the block's first tokens the view shows (None: all). A
+    #: forced-answer branch reads blocks that keep growing as they were when it started.
+    caps: Sequence[int | None] | None = None
+
+    def lengths(self, store: KVStore) -> list[int]:
+        """The length each view entry shows (its block's length, or less when capped)."""
+        if self.caps is None:
+            return [store.length(b) for b in self.view]
+        return [store.length(b) if c is None else min(c, store.length(b)) for b, c in zip(self.view, self.caps)]
 
 
-def view_offsets(store: KVStore, view: Sequence[int]) -> list[int]:
+def view_offsets(lengths: Sequence[int]) -> list[int]:
+    """Offsets of the view entries, from the lengths they show."""
     offsets, total = [], 0
-    for block_id in view:
+    for n in lengths:
         offsets.append(total)
-        total += store.length(block_id)
+        total += n
     return offsets
 
 
@@ -57,8 +67,8 @@ def pass_pairs(store: KVStore, groups: Sequence[QueryGroup]) -> PassPairs:
     slots, k_locals, pairs = [], [], []
     row = 0
     for g in groups:
-        offsets = view_offsets(store, g.view)
-        lengths = [store.length(b) for b in g.view]
+        lengths = g.lengths(store)
+        offsets = view_offsets(lengths)
         for block_id, local in zip(g.blocks, g.locals):
             slots.append(store.blocks[block_id].start + local)
             k_locals.append(local)
