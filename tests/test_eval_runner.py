@@ -48,3 +48,71 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(default_model, tmp
         evaluate(EvalConfig(dataset=str(data), strategies=["single"], budgets=[1, 4], limit=3,
                             question_field="q", answer_field="a", id_field="n"),
                  out, loaded=default_model, progress=False)
+
+
+def _tasks(tmp_path, n):
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(json.dumps({"n": f"q{i}", "q": f"What is {i} + {2 * i + 3}?", "a": str(3 * i + 3)}) + "\n"
+                            for i in range(n)))
+    return data
+
+
+def _essence(records):
+    """What must not depend on batching: every unit's answers, scores, passes and tokens."""
+    return {(r["task"], r["strategy"], r["workers"]):
+            (r["passes"], r["stop_reason"],
+             [(x["budget"], x["answer"], x["score"], x["forced"], x["passes"], x["tokens"], x.get("votes"))
+              for x in r["results"]])
+            for r in records}
+
+
+def test_results_do_not_depend_on_concurrency(default_model, tmp_path):
+    data = _tasks(tmp_path, 3)
+    make = lambda: EvalConfig(dataset=str(data), strategies=["single", "early-stop", "independent", "hogwild-combined"],
+                              workers=[2], budgets=[6, 12], limit=3, question_field="q", answer_field="a",
+                              id_field="n", forced_tokens=6, seed=5)
+    outs = {}
+    for c in (1, 8):
+        evaluate(make(), tmp_path / f"c{c}", loaded=default_model, progress=False, concurrency=c)
+        outs[c] = rep.read_results(tmp_path / f"c{c}" / rep.RESULTS)
+    assert len(outs[1]) == len(outs[8]) == 12
+    assert _essence(outs[1]) == _essence(outs[8])
+    assert any(x["forced"] for r in outs[1] for x in r["results"])  # forced answers were exercised
+    assert any(r["strategy"] == "independent" for r in outs[1])  # and seeded sampling
+
+
+def test_resume_after_kill_9_redoes_only_the_units_in_flight(default_model, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _tasks(tmp_path, 4)
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", str(data), "--strategies", "single,hogwild-combined", "--workers", "2",
+            "--budgets", "24,64", "--limit", "4", "--question-field", "q", "--answer-field", "a",
+            "--id-field", "n", "--forced-tokens", "8", "--concurrency", "2", "--out", str(out)]
+    code = "import sys; from hogwild.cli import main; sys.argv = ['hogwild'] + sys.argv[1:]; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    results = out / rep.RESULTS
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if results.exists() and len(results.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the eval ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    before = rep.read_results(results, repair=True)
+    assert 2 <= len(before) < 8
+    evaluate(EvalConfig(dataset=str(data), strategies=["single", "hogwild-combined"], workers=[2], budgets=[24, 64],
+                        limit=4, question_field="q", answer_field="a", id_field="n", forced_tokens=8),
+             out, loaded=default_model, progress=False, concurrency=2)
+    after = rep.read_results(results)
+    keys = [rep.unit_key(r) for r in after]
+    assert len(keys) == len(set(keys)) == 8  # every unit exactly once
+    assert after[: len(before)] == before  # finished units kept as they were

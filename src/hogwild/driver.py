@@ -147,8 +147,9 @@ class Drive:
         if run.finished and self.t_stopped is None:
             self.t_stopped = time.perf_counter()
             final = run.snapshot()
-            if not self.budgets or self.budgets[-1] > run.passes:  # the final state stands in
-                self._force(final)
+            broken = run.stop_reason in ("context", "memory", "cancelled") or run.passes == 0
+            if not broken and (not self.budgets or self.budgets[-1] > run.passes):
+                self._force(final)  # the final state stands in for the budgets after the stop
         self._collect()
         if run.finished and not run.branches:
             self._finish()
@@ -219,7 +220,10 @@ class Handle:
 
     def cancel(self) -> None:
         """Stop the run; its blocks are freed by the next pass of the scheduler."""
-        self.drive.cancel()
+        with self.scheduler.lock:
+            if self not in self.scheduler.handles:
+                raise InvalidRequestError("this run has already finished or was cancelled")
+            self.drive.cancel()
 
 
 class Scheduler:

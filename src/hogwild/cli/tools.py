@@ -61,6 +61,7 @@ def eval_(
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Field of the id in a file."),
     out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Output directory (resumes if it exists)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Engine runs in flight at once, in one batch (results do not depend on it)."),
 ) -> None:
     """Accuracy against forward-pass budget for each strategy; resumable (see docs/eval.md)."""
     from ..eval.runner import EvalConfig, evaluate
@@ -72,7 +73,7 @@ def eval_(
         forced_tokens=forced_tokens, check_in_every=check_in_every, few_shot=few_shot,
         question_field=question_field, answer_field=answer_field, id_field=id_field)
     _set_threads(threads)
-    evaluate(config, out, console=Console(), device=device or _default_device())
+    evaluate(config, out, console=Console(), device=device or _default_device(), concurrency=concurrency)
 
 
 @app.command()

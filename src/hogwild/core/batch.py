@@ -37,7 +37,7 @@ from ..errors import InvalidRequestError
 from ..models.llama import CausalLM
 from ..models.rope import Rope
 from .attention import FastPlan, KernelPlan, QueryGroup, ReferencePlan
-from .cache import KVStore
+from .cache import KVStore, PoolFullError
 from .events import Event
 
 
@@ -46,6 +46,7 @@ class Run(Protocol):
 
     prefilled: bool
     needs_pass: bool
+    finished: bool
 
     def _prefill_chunk(self, limit: int) -> bool: ...
     def _schedule(self, events: list[Event]) -> object | None: ...
@@ -107,11 +108,15 @@ class Batch:
     out) while their total stays under this many tokens, so the next run with the same
     system prompt and examples skips them. ``max_kv_tokens``: the pool never grows past
     this; a run that would need more is refused with a clear error, and running runs go on.
+    ``reproducible`` (default): runs share a model call only on the native kernel plan, whose
+    rows do not affect each other; on any other plan (the PyTorch fallback, a GPU, the
+    reference) each run gets a call of its own, so that no result depends on the batch.
     Thread-safe: :meth:`step`, :meth:`close` and :meth:`load` take one lock.
     """
 
     def __init__(self, model: CausalLM, attention: str = "auto", prefill_tokens: int = PREFILL_CHUNK,
-                 prefix_cache_tokens: int = 1 << 16, max_kv_tokens: int | None = None):
+                 prefix_cache_tokens: int = 1 << 16, max_kv_tokens: int | None = None,
+                 reproducible: bool = True):
         if attention not in ATTENTION_PATHS:
             raise InvalidRequestError(
                 f"unknown attention path {attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
@@ -129,6 +134,7 @@ class Batch:
         self.prefixes: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
         self.lock = threading.RLock()
         self.rows_last_pass = 0
+        self.reproducible = reproducible
 
     # ------------------------------------------------------------------ runs
     def add(self, run: Run) -> None:
@@ -207,57 +213,78 @@ class Batch:
         with self.lock:
             chosen = list(self.runs if runs is None else runs)
             out: dict[Run, list[Event]] = {}
-            waiting = [r for r in chosen if not r.prefilled]
+            waiting = [r for r in chosen if not r.prefilled and not r.finished]
             if waiting:
-                self._prefill_some(waiting)
+                self._prefill_some(waiting, out)
             ready = [r for r in chosen if r.prefilled and r.needs_pass]
             scheduled = []
             for run in ready:
                 events: list[Event] = []
-                batch = run._schedule(events)
+                try:
+                    batch = run._schedule(events)
+                except PoolFullError:  # the pool is at its limit: this run stops, the rest go on
+                    out[run] = events + run._stop("memory")
+                    continue
                 if batch is None:  # it would overflow its context: it stops alone
                     out[run] = events + run._stop("context")
                 else:
                     scheduled.append((run, batch, events))
             self.rows_last_pass = sum(len(b.ids) for _, b, _ in scheduled)
-            for pack in self._packs(scheduled):
-                ids: list[int] = []
-                groups: list[QueryGroup] = []
-                rows: list[int] = []
-                for _, b, _ in pack:
-                    base = len(ids)
-                    ids += b.ids
-                    groups += b.groups
-                    rows += [base + r for r in b.logit_rows]
-                logits = self.forward(ids, groups, rows) if ids else torch.empty(0)
+            # a run's rows come in two segments, its own and its branches': on a plan that is
+            # not row-independent, a reproducible batch gives each segment a call of its own,
+            # so that neither other runs nor its forced answers change a run's numbers
+            segments = []
+            for run, b, _ in scheduled:
+                a, g, r = b.split
+                for ids, groups, rows in ((b.ids[:a], b.groups[:g], b.logit_rows[:r]),
+                                          (b.ids[a:], b.groups[g:], [x - a for x in b.logit_rows[r:]])):
+                    if ids:
+                        segments.append((run, ids, groups, rows))
+            logits_of: dict[Run, list[torch.Tensor]] = {run: [] for run, _, _ in scheduled}
+            for pack in self._packs(segments):
+                ids, groups, rows = [], [], []
+                for _, seg_ids, seg_groups, seg_rows in pack:
+                    rows += [len(ids) + x for x in seg_rows]
+                    ids += seg_ids
+                    groups += seg_groups
+                logits = self.forward(ids, groups, rows)
                 at = 0
-                for run, b, events in pack:
-                    mine = logits[at : at + len(b.logit_rows)]
-                    at += len(b.logit_rows)
-                    out[run] = events + run._complete(b, mine, (force or {}).get(run))
+                for run, _, _, seg_rows in pack:
+                    logits_of[run].append(logits[at : at + len(seg_rows)])
+                    at += len(seg_rows)
+            for run, b, events in scheduled:
+                parts = logits_of[run]
+                mine = torch.cat(parts) if parts else torch.empty(0)
+                out[run] = events + run._complete(b, mine, (force or {}).get(run))
             return out
 
-    def _packs(self, scheduled: list) -> list[list]:
-        """Group scheduled runs into model calls of at most the native row limit, in order;
-        a run whose rows alone exceed it gets a call of its own."""
+    def _packs(self, segments: list) -> list[list]:
+        """Group segments of rows into model calls of at most the native row limit, in order;
+        a segment that alone exceeds it gets a call of its own."""
         limit = kernels.MAX_ROWS
+        if self.reproducible and self.plan_class(1) is not KernelPlan:
+            return [[seg] for seg in segments]
         packs: list[list] = []
         current: list = []
         rows = 0
-        for item in scheduled:
-            n = len(item[1].ids)
+        for seg in segments:
+            n = len(seg[1])
             if current and rows + n > limit:
                 packs.append(current)
                 current, rows = [], 0
-            current.append(item)
+            current.append(seg)
             rows += n
         if current:
             packs.append(current)
         return packs
 
-    def _prefill_some(self, waiting: list[Run]) -> None:
+    def _prefill_some(self, waiting: list[Run], out: dict[Run, list[Event]]) -> None:
         """Advance the first run that can prefill by one chunk (a prefix owned by another,
         unfinished run makes a run wait)."""
         for run in waiting:
-            if run._prefill_chunk(self.prefill_tokens):
+            try:
+                if run._prefill_chunk(self.prefill_tokens):
+                    return
+            except PoolFullError:
+                out[run] = run._stop("memory")
                 return

@@ -44,6 +44,7 @@ class Branch:
     text: str = ""  # generated text
     suffix_text: str = ""  # the forced-answer text fed after the transcript
     view_ids: list[int] = field(default_factory=list)  # the transcript it reads, as frozen
+    logits: Any = None  # the last logits it read (tests compare them across plans)
     reason: str | None = None  # why it ended: stop, eos, budget, context, cancelled
 
     @property
@@ -112,8 +113,10 @@ def group(run: Run, branch: Branch) -> QueryGroup | None:
     return QueryGroup(view, [branch.block] * len(branch.pending), locals_, caps)
 
 
-def accept(run: Run, branch: Branch, token: int) -> None:
+def accept(run: Run, branch: Branch, logits: Any) -> None:
     """Take the branch's greedy token; end it on a stop id, its rule, or its budget."""
+    branch.logits = logits
+    token = int(logits.argmax())
     if token in run.script.stop_ids:
         close(run, branch, "eos")
         return

@@ -36,12 +36,15 @@ from ..errors import InvalidRequestError
 from ..models.llama import CausalLM
 from . import branch as branches
 from .attention import QueryGroup
-from .batch import Batch, Prefix, prefix_ends
+from .batch import Batch
+from .cache import PoolFullError
+from .prompt import PromptStorage
+from .readout import RunReadout
 from .branch import Branch
 from .events import (
-    Event, HeaderEvent, RunStats, Snapshot, SnapshotEvent, StepEvent, StopEvent, TokenEvent, WorkerStats,
+    Event, HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent,
 )
-from .layouts import Layout, LayoutState, get_layout
+from .layouts import Layout, get_layout
 from .sampling import Sampler, Sampling
 from .script import Script
 from .textstream import IncrementalDecoder
@@ -59,6 +62,7 @@ class PassBatch:
     active: list[WorkerState]  # workers whose pending tokens are fed
     main: bool = True  # False: the run has stopped and only its branches (and leftovers) run
     branches: list[Branch] = field(default_factory=list)  # branches reading a row this pass
+    split: tuple[int, int, int] = (0, 0, 0)  # (ids, groups, logit rows) of the run's own part
 
 
 class Engine:
@@ -96,7 +100,7 @@ class Engine:
         return run
 
 
-class Run:
+class Run(PromptStorage, RunReadout):
     """One collaborative run. Low-level API: :meth:`step`, :attr:`logits`, :meth:`view`."""
 
     def __init__(self, engine: Engine, script: Script):
@@ -121,18 +125,16 @@ class Run:
             )
         self.batch = engine.batch
         self.store = self.batch.store
+        room = self.store.free_tokens()
+        need = len(script.prompt_ids) + sum(len(c) for c in script.constants.values()) + 64 * (n + 4)
+        if room is not None and need > room:  # refused before it takes anything
+            raise PoolFullError(
+                f"the KV pool has room for {room} more tokens and this run needs about {need} to "
+                f"start; wait for running runs to finish or raise the pool's limit")
         self.sampler = Sampler(engine.sampling, n, self.model.device)
         self.decode = engine.decode
         self.block_ids: dict[int, list[int]] = {}  # token ids of the run's own blocks
-        # The prompt is [shared prefix (a read-only block of the batch, maybe cached)] + the
-        # rest; the split depends only on the script, so prefill is computed the same way
-        # whether the prefix came from the cache or not.
-        ends = prefix_ends(script.shared_prefix, len(script.prompt_ids))
-        self.prefixes: list[Prefix] = [
-            self.batch.acquire_prefix(self, script.prompt_ids[:k], start) for start, k in zip([0, *ends], ends)]
-        k = ends[-1] if ends else 0
-        self._prefilled_upto = k  # prompt tokens stored so far (shared prefixes count once ready)
-        self.prompt = self._new_block(len(script.prompt_ids) - k)
+        self._init_prompt(script)
         self.history = self._new_block(256)
         self.history_pending: list[int] = []  # finished steps not yet folded into history
         self.history_order: list[tuple[int, list[int]]] = []  # (worker, step ids) as completed
@@ -147,107 +149,8 @@ class Run:
         self.branches: list[Branch] = []  # forced answers being decoded
 
     @property
-    def prompt_chain(self) -> list[int]:
-        """The blocks the prompt is stored in, in order (shared prefixes first)."""
-        return [p.block for p in self.prefixes] + [self.prompt]
-
-    def ids_of(self, block: int) -> list[int]:
-        """The token ids stored in one of this run's blocks (or its shared prefixes)."""
-        if block in self.block_ids:
-            return self.block_ids[block]
-        for p in self.prefixes:
-            if p.block == block:
-                return list(p.ids[p.start :])
-        raise KeyError(f"block {block} is not this run's")
-
-    @property
-    def prefilled(self) -> bool:
-        """Is everything but the last prompt token stored (the run can make pass 1)?"""
-        return self._prefilled_upto >= len(self.script.prompt_ids) - 1 and all(p.ready for p in self.prefixes)
-
-    @property
     def needs_pass(self) -> bool:
         return not self.finished or bool(self.branches)
-
-    # ------------------------------------------------------------------ state access
-    @property
-    def num_workers(self) -> int:
-        return len(self.workers)
-
-    def layout_state(self) -> LayoutState:
-        return LayoutState(
-            prompt=self.prompt,
-            history=[self.history, *self.history_pending],
-            current=[w.block for w in self.workers],
-            constants=self.constants,
-            done=[w.done for w in self.workers],
-        )
-
-    def view(self, worker: int) -> list[int]:
-        """Block ids of a worker's view, in order."""
-        return self._expand(self.layout.build(self.layout_state(), worker))
-
-    def views(self) -> list[list[int]]:
-        """Every worker's view (the prompt block expanded to the prompt's blocks)."""
-        return [self._expand(v) for v in self.layout.views(self.layout_state())]
-
-    def _expand(self, view: list[int]) -> list[int]:
-        if not self.prefixes:
-            return view
-        out: list[int] = []
-        for b in view:
-            out += self.prompt_chain if b == self.prompt else [b]
-        return out
-
-    def view_token_ids(self, worker: int) -> list[int]:
-        """The token ids a worker attends to, in view order (for checks and debugging)."""
-        return [t for b in self.view(worker) for t in self.ids_of(b)]
-
-    def view_length(self, worker: int) -> int:
-        return sum(self.store.length(b) for b in self.view(worker))
-
-    @property
-    def finished(self) -> bool:
-        return self.stop_reason is not None
-
-    def snapshot(self) -> Snapshot:
-        text = self._text
-        return Snapshot(
-            passes=self.passes,
-            workers=[text(w.all_ids) for w in self.workers],
-            history=[(w, text(ids)) for w, ids in self.history_order],
-            current=[(w.index, text(w.step_ids)) for w in self.workers if w.step_ids and not w.done],
-            generated_tokens=[w.generated_count for w in self.workers],
-        )
-
-    def worker_ids(self, worker: int) -> tuple[int, ...]:
-        """Every token id ``worker`` has written so far (headers included), in order."""
-        return tuple(self.workers[worker].all_ids)
-
-    def worker_text(self, worker: int) -> str:
-        """Everything ``worker`` has written so far, decoded."""
-        return self._text(self.workers[worker].all_ids)
-
-    def stats(self) -> RunStats:
-        """A read-only summary of the run's state, for consumers (CLI, eval, bench)."""
-        return RunStats(
-            passes=self.passes,
-            stop_reason=self.stop_reason,
-            workers=tuple(
-                WorkerStats(w.index, w.step, w.generated_count, len(w.all_ids),
-                            len(w.all_ids) - sum(len(t) for _, t in w.pending), w.done)
-                for w in self.workers
-            ),
-            history_steps=len(self.history_order),
-            tokens_stored=self.tokens_stored(),
-            kv_bytes_in_use=self.tokens_stored() * self.model.config.kv_bytes_per_token(self.store.k.element_size()),
-            kv_bytes_allocated=self.store.bytes_allocated(),
-        )
-
-    def tokens_stored(self) -> int:
-        """Tokens of this run in the pool: its own blocks and its shared prefix."""
-        own = sum(self.store.length(b) for b in self.block_ids)
-        return own + sum(self.store.length(p.block) for p in self.prefixes)
 
     # ------------------------------------------------------------------ driving
     def run(
@@ -314,47 +217,6 @@ class Run:
             self.batch.release_prefix(p, self)
         self.prefixes = []
 
-    # ------------------------------------------------------------------ prefill
-    def prefill(self) -> None:
-        """Store the whole prompt now (all chunks; a shared prefix another run is still
-        computing is finished first)."""
-        while not self.prefilled:
-            if not self._prefill_chunk(self.batch.prefill_tokens):
-                owner = next(p.owner for p in self.prefixes if not p.ready)
-                owner._prefill_chunk(self.batch.prefill_tokens)  # finish it for both
-
-    def _prefill_chunk(self, limit: int) -> bool:
-        """Store the next chunk of the prompt (up to ``limit`` tokens, never across a prefix
-        boundary) in a model call of its own. Returns False when the run must wait for a
-        prefix another run is computing."""
-        chain, start = self.prompt_chain, 0
-        for i, prefix in enumerate(self.prefixes):
-            if not prefix.ready:
-                if prefix.owner is None:  # its first owner left before finishing it
-                    prefix.owner = self
-                if prefix.owner is not self:
-                    return False
-                done = self.store.length(prefix.block)
-                chunk = list(prefix.ids[prefix.start + done : prefix.start + done + limit])
-                self.store.reserve(prefix.block, len(chunk))
-                self._prefill_forward(chunk, chain[: i + 1], done)
-                if prefix.start + done + len(chunk) == len(prefix.ids):
-                    prefix.owner, prefix.ready = None, True
-                return True
-            start = len(prefix.ids)
-        ids, at = self.script.prompt_ids, self._prefilled_upto
-        chunk = list(ids[at : min(at + limit, len(ids) - 1)])
-        if chunk:
-            self._reserve(self.prompt, chunk)
-            self._prefill_forward(chunk, chain, at - start)
-        self._prefilled_upto = at + len(chunk)
-        return True
-
-    def _prefill_forward(self, chunk: list[int], view: list[int], first_local: int) -> None:
-        """Prefill rows into the last block of ``view``, from local index ``first_local``."""
-        group = QueryGroup(view, [view[-1]] * len(chunk), list(range(first_local, first_local + len(chunk))))
-        self.batch.forward(chunk, [group], [len(chunk) - 1])
-
     # ------------------------------------------------------------------ the stages
     def _schedule(self, events: list[Event]) -> PassBatch | None:
         """Reserve slots for every pending token and build the pass (None: it would overflow).
@@ -392,6 +254,7 @@ class Run:
             rows_for = {w.index: r for w, r in zip(active, logit_rows)}
             rows = [rows_for.get(w.index, prompt_row) for w in readers]
         reading: list[Branch] = []
+        split = (len(ids), len(groups), len(rows))
         for b in list(self.branches):
             if b.entries is None:
                 branches.freeze(self, b)
@@ -403,7 +266,7 @@ class Run:
             ids += b.pending
             rows.append(len(ids) - 1)
             reading.append(b)
-        return PassBatch(ids, groups, readers, rows, active, main, reading)
+        return PassBatch(ids, groups, readers, rows, active, main, reading, split)
 
     def _complete(self, batch: PassBatch, logits: torch.Tensor, force: dict[int, int] | None) -> list[Event]:
         """Everything after the model call: fold, sample, accept (main run and branches)."""
@@ -420,7 +283,7 @@ class Run:
             if all(w.done for w in self.workers):
                 events += self._stop("eos")
         for b, row in zip(batch.branches, logits[n:]):
-            branches.accept(self, b, int(row.argmax()))
+            branches.accept(self, b, row)
         return events
 
     def _fold_history(self) -> None:

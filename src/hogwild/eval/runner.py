@@ -17,12 +17,14 @@ import json
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..core.batch import Batch
+from ..driver import Scheduler
 from ..errors import HogwildError
 from . import report as rep
 from .bundles import make_bundles, score_answer
@@ -30,6 +32,8 @@ from .datasets import Task, load_tasks
 from .strategies import make_strategy, strategy_names
 
 DEFAULT_STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined")
+#: Engine runs in flight at once (one batch; see docs/eval.md, "Concurrency").
+DEFAULT_CONCURRENCY = 8
 
 
 @dataclass
@@ -129,29 +133,14 @@ def unit_seed(config: EvalConfig, unit: Unit) -> int:
     return (config.seed * 1_000_003 + zlib.crc32(f"{unit.task.id}|{family}|{unit.workers}".encode())) % (2**31)
 
 
-def run_unit(loaded: Any, unit: Unit, config: EvalConfig, shared: dict | None = None) -> dict:
-    """Run one unit and return its record (see docs/eval.md for the fields).
+def make_unit_strategy(unit: Unit, config: EvalConfig):
+    return make_strategy(unit.strategy, unit.workers, temperature=config.temperature, top_p=config.top_p,
+                         forced_tokens=config.forced_tokens, check_in_every=config.check_in_every,
+                         few_shot=config.few_shot, seed=unit_seed(config, unit))
 
-    ``shared``: decoded runs by decode key, so that strategies making the same engine run
-    (single and early-stop) decode once per task.
-    """
-    strategy = make_strategy(unit.strategy, unit.workers, temperature=config.temperature, top_p=config.top_p,
-                             forced_tokens=config.forced_tokens, check_in_every=config.check_in_every,
-                             few_shot=config.few_shot, seed=unit_seed(config, unit))
-    t0 = time.perf_counter()
-    key = strategy.decode_key()
-    reused = shared is not None and key is not None and (unit.task.id, key) in shared
-    if reused:
-        decoded = shared[(unit.task.id, key)]
-    else:
-        decoded = strategy.decode(loaded, unit.task, config.budgets)
-        if shared is not None and key is not None:
-            shared.clear()  # keep only the current task's run
-            shared[(unit.task.id, key)] = decoded
-    out = strategy.answers(loaded, unit.task, decoded)
-    if reused:
-        out.timings["shared_decode"] = True
-    wall = time.perf_counter() - t0
+
+def unit_record(unit: Unit, out: Any, wall: float) -> dict:
+    """The record of a finished unit (see docs/eval.md for the fields)."""
     results = []
     for r in out.results:
         score = score_answer(r.answer, unit.task.answer)
@@ -166,6 +155,56 @@ def run_unit(loaded: Any, unit: Unit, config: EvalConfig, shared: dict | None = 
         "stop_reason": out.stop_reason, "wall_s": round(wall, 3), "timings": out.timings,
         "results": results, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_units(loaded: Any, units: Sequence[Unit], config: EvalConfig, concurrency: int = DEFAULT_CONCURRENCY,
+              scheduler: Scheduler | None = None) -> Iterator[dict]:
+    """Run units ``concurrency`` engine runs at a time through one batch; yield each record
+    as its unit finishes (completion order).
+
+    Strategies that make the same engine run (single and early-stop, same task) share it.
+    Results never depend on how units were batched (docs/eval.md, "Concurrency")."""
+    if concurrency < 1:
+        raise HogwildError(f"--concurrency must be at least 1 (got {concurrency})")
+    scheduler = scheduler if scheduler is not None else Scheduler(Batch(loaded.model))
+    pending = list(units)
+    users: dict[tuple, int] = defaultdict(int)  # runs -> units still to read them
+    strategies = {u.key: make_unit_strategy(u, config) for u in units}
+    for u in units:
+        key = strategies[u.key].decode_key()
+        users[(u.task.id, key) if key is not None else u.key] += 1
+    runs: dict[tuple, Any] = {}  # (task, decode key) or unit key -> handle
+    read: set[tuple] = set()  # shared runs a unit has already turned into a record
+    active: list[tuple[Unit, Any, tuple, float]] = []
+    try:
+        while pending or active:
+            while pending and len({id(h) for _, h, _, _ in active}) < concurrency:
+                unit = pending.pop(0)
+                strategy = strategies[unit.key]
+                key = strategy.decode_key()
+                share = (unit.task.id, key) if key is not None else unit.key
+                if share not in runs:
+                    runs[share] = strategy.submit(loaded, unit.task, config.budgets, scheduler)
+                active.append((unit, runs[share], share, time.perf_counter()))
+            if not any(h.drive.done for _, h, _, _ in active):
+                scheduler.step()
+            for entry in [e for e in active if e[1].drive.done]:
+                unit, handle, share, t0 = entry
+                active.remove(entry)
+                strategy = strategies[unit.key]
+                out = strategy.answers(loaded, unit.task, handle.result())
+                if share in read:
+                    out.timings["shared_decode"] = True  # its passes were counted once already
+                read.add(share)
+                users[share] -= 1
+                if users[share] <= 0:
+                    runs.pop(share, None)
+                    read.discard(share)
+                yield unit_record(unit, out, time.perf_counter() - t0)
+    finally:
+        for _, handle, _, _ in active:
+            handle.cancel()
+        scheduler.step()
 
 
 class _Progress:
@@ -221,6 +260,7 @@ def evaluate(
     progress: bool = True,
     on_unit: Callable[[dict], None] | None = None,
     device: str = "cpu",
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> list[dict]:
     """Run (or resume) an evaluation into ``out``; returns the summary rows.
 
@@ -251,9 +291,7 @@ def evaluate(
     try:
         if bar is not None:
             bar.__enter__()
-        shared: dict = {}
-        for unit in todo:
-            record = run_unit(loaded, unit, config, shared)
+        for record in run_units(loaded, todo, config, concurrency):
             rep.append_result(results_path, record)
             records.append(record)
             if bar is not None:
