@@ -23,7 +23,7 @@ from hogwild.core.script import Script
 from hogwild.driver import Drive, Scheduler
 from hogwild.errors import HogwildError, InvalidRequestError
 
-from tiny import VOCAB, random_script, tiny_model, toy_decode, toy_step_end
+from tiny import VOCAB, random_script, tiny_model, toy_decode
 
 PATHS = ["torch"] + (["native"] if kernels.available() else [])
 
@@ -228,3 +228,31 @@ def test_cancel_frees_the_run_within_one_pass():
     assert keep.result().passes == 40
     with pytest.raises(InvalidRequestError, match="already finished"):
         keep.cancel()
+
+
+def test_a_background_scheduler_serves_threads_and_shuts_down():
+    import threading
+
+    model = tiny_model(seed=3)
+    scheduler = Scheduler(Batch(model, "torch"))
+    scheduler.start()
+    outcomes, errors = {}, []
+
+    def client(i):
+        try:
+            run = Engine(model, "combined", decode=toy_decode, batch=scheduler.batch).submit(script(70 + i, 2))
+            handle = scheduler.submit(Drive(run, toy_decode, max_passes=12 + i))
+            tokens = sum(1 for _ in handle.events())
+            outcomes[i] = (handle.result().passes, tokens)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    scheduler.shutdown()
+    assert not errors and {i: p for i, (p, _) in outcomes.items()} == {i: 12 + i for i in range(4)}
+    assert all(n > 0 for _, n in outcomes.values())
+    assert scheduler.load()["drives"] == 0 and scheduler.batch.load().kv_tokens_in_use == 0

@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 
+from ..core.batch import MIN_PREFIX
 from ..errors import InvalidRequestError
 from ..models.loading import parse_dtype
 from ..models.shapes import SHAPES
 
 #: marks a JSON file written by ``hogwild bench``, and the version of its layout
 FORMAT = "hogwild-bench"
-VERSION = 1
+VERSION = 2  # 2: the runs axis (``runs``, ``rows_per_pass``, shared prefix)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -44,6 +45,8 @@ class BenchConfig:
     random_weights: bool = False
     shape: str | None = None  # a key of SHAPES; with random_weights
     workers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    runs: list[int] = field(default_factory=lambda: [1])  # R independent runs in one batch
+    shared_prefix: int = 0  # leading prompt tokens every run shares (declared shared_prefix)
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096])
     dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
     passes: int = 8  # timed passes per variant per round
@@ -56,14 +59,22 @@ class BenchConfig:
     matmul_size: int = 2048  # n of the n x n x n matmul that measures the compute rate
     profile: bool = True  # profile a few passes of one engine variant
     profile_workers: int = 4
+    profile_runs: int = 1
     profile_context: int = 1024
     seed: int = 0
 
     def validate(self) -> None:
         if not self.workers or min(self.workers) < 1:
             raise InvalidRequestError("--workers: give worker counts >= 1, e.g. 1,2,4,8")
+        if not self.runs or min(self.runs) < 1:
+            raise InvalidRequestError("--runs: give run counts >= 1, e.g. 1,8")
         if not self.contexts or min(self.contexts) < 2:
             raise InvalidRequestError("--contexts: give context lengths >= 2 tokens, e.g. 256,1024,4096")
+        if self.shared_prefix and not MIN_PREFIX <= self.shared_prefix < min(self.contexts):
+            raise InvalidRequestError(
+                f"--shared-prefix: 0, or from {MIN_PREFIX} tokens (shorter prefixes are not shared) "
+                f"to one less than the shortest context ({min(self.contexts)}); got {self.shared_prefix}"
+            )
         if self.passes < 1 or self.rounds < 1 or self.warmup < 0:
             raise InvalidRequestError("--passes and --rounds must be >= 1, --warmup >= 0")
         if self.threads < 1:

@@ -125,6 +125,20 @@ def peak_memory(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
 
 
+def available_memory(device: torch.device) -> float:
+    """Bytes free now: CUDA free memory, or Linux ``MemAvailable`` (inf where unknown)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.inf
+
+
 # ---------------------------------------------------------------------------- the floor
 def weight_bytes_read(model: CausalLM) -> int:
     """Parameter bytes one pass reads: every weight once; the embedding table only if tied
@@ -150,7 +164,8 @@ def pass_flops(model: CausalLM, rows: int, logit_rows: int, attended: int) -> in
 def floor(model: CausalLM, stats: dict[str, Any], weight_bytes: int, bandwidth: float, rate: float) -> dict[str, Any]:
     """The floor of one variant's pass: max(bytes read / bandwidth, FLOPs / matmul rate).
 
-    ``stats`` is the variant's accounting (rows, attended keys, K/V bytes read); the result is
+    ``stats`` is the variant's accounting (rows of all its runs, attended keys, K/V bytes
+    read); the weights are read once per pass however many runs it carries. The result is
     the part of a result row that describes the floor, in the JSON's order."""
     flops = pass_flops(model, stats["rows"], stats["rows"], stats["attended_keys"])
     bytes_read = weight_bytes + stats["kv_bytes_read"]

@@ -5,6 +5,10 @@ consecutive passes of every variant in turn, and the reported time is the median
 timed passes. A burst of load on a shared machine thus hits all variants alike, which keeps
 the ratios fair even when absolute times are noisy. The memory bandwidth the floor uses is
 measured between the rounds for the same reason (``docs/bench.md``, "What is measured").
+
+A variant is N workers x R runs: R independent runs (own prompts, a declared shared prefix)
+in one batch, so one pass advances every run by one token per worker in as few model calls
+as the native row limit allows; transformers' counterpart is a batch of R x N sequences.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import torch
 from .. import kernels
 from .config import FORMAT, VERSION, BenchConfig, bench_dtype, dtype_name, log
 from .measure import (
-    compute_rate, floor, measure_bandwidth, median, memory_now, peak_memory, peak_rss_bytes,
-    profile_passes, sync, weight_bytes_read,
+    available_memory, compute_rate, floor, measure_bandwidth, median, memory_now, peak_memory,
+    peak_rss_bytes, profile_passes, sync, weight_bytes_read,
 )
-from .variants import Models, OursVariant, TransformersVariant, Variant, hf_prefill, load_models, prompt_ids
+from .variants import Models, OursVariant, TransformersVariant, Variant, hf_prefill, load_models, run_prompts
 
 
 def run_bench(cfg: BenchConfig, console: Any = None) -> dict[str, Any]:
@@ -65,8 +69,10 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
     started = time.perf_counter()
     hardware = _hardware(cfg, device, console)
     results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
     profile_n = min(cfg.workers, key=lambda n: (abs(n - cfg.profile_workers), -n))
+    profile_r = min(cfg.runs, key=lambda r: (abs(r - cfg.profile_runs), r))
     profile_c = min(cfg.contexts, key=lambda c: abs(c - cfg.profile_context))
     model_name = None
     for dname in cfg.dtypes:
@@ -79,7 +85,7 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
             if context + max(cfg.workers) * (cfg.warmup + cfg.rounds * cfg.passes + 16) > models.config.max_positions:
                 log(console, f"skipping context {context}: beyond the model's {models.config.max_positions} positions")
                 continue
-            variants = _set_up(cfg, models, context, device)
+            variants = _set_up(cfg, models, context, device, skipped, console)
             log(console, f"{dtype_name(dtype)} context {context}: {len(variants)} variants set up; timing")
             bandwidths = _time_rounds(cfg, variants, device)
             peak = peak_memory(device)
@@ -87,9 +93,10 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                 s = v.stats()
                 sec = median(v.times)
                 results.append(dict(
-                    impl=v.impl, workers=v.workers, context=context, dtype=dtype_name(dtype),
+                    impl=v.impl, workers=v.workers, runs=v.runs, context=context, dtype=dtype_name(dtype),
                     ms_per_pass=sec * 1e3, ms_min=min(v.times) * 1e3, ms_max=max(v.times) * 1e3,
-                    samples=len(v.times), tokens_per_s=v.workers / sec, passes_per_s=1 / sec,
+                    samples=len(v.times), tokens_per_s=s["rows"] / sec, passes_per_s=1 / sec,
+                    rows_per_pass=s["rows_per_pass"], model_calls=s["model_calls"],
                     setup_s=v.setup_s, setup_mem_bytes=v.setup_mem, peak_mem_bytes=peak,
                     kv_bytes_in_use=s["kv_bytes_in_use"], kv_bytes_min=s["kv_bytes_min"],
                     kv_bytes_allocated=s["kv_bytes_allocated"], kv_bytes_read=s["kv_bytes_read"],
@@ -97,9 +104,9 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                     bandwidth_bytes_per_s=median(bandwidths), bandwidth_samples=bandwidths,
                 ))
             if cfg.profile and profile is None and context == profile_c:
-                target = next(v for v in variants if v.impl == "ours" and v.workers == profile_n)
-                log(console, f"profiling ours N={profile_n} context {context} {dtype_name(dtype)}")
-                profile = dict(workers=profile_n, context=context, dtype=dtype_name(dtype),
+                target = next(v for v in variants if v.impl == "ours" and (v.workers, v.runs) == (profile_n, profile_r))
+                log(console, f"profiling ours N={profile_n} R={profile_r} context {context} {dtype_name(dtype)}")
+                profile = dict(workers=profile_n, runs=profile_r, context=context, dtype=dtype_name(dtype),
                                **profile_passes(target.step, max(2, min(cfg.passes, 5)), device))
             for v in variants:
                 v.close()
@@ -111,31 +118,46 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
         model=model_name, weights="random" if cfg.random_weights else "real",
         settings=asdict(cfg), hardware=hardware, peak_rss_bytes=peak_rss_bytes(),
         gpu_run=device.type == "cuda", wall_s=time.perf_counter() - started,
-        results=results, profile=profile,
+        results=results, skipped=skipped, profile=profile,
     )
 
 
-def _set_up(cfg: BenchConfig, models: Models, context: int, device: torch.device) -> list[Variant]:
+def _set_up(cfg: BenchConfig, models: Models, context: int, device: torch.device,
+            skipped: list[dict[str, Any]], console: Any) -> list[Variant]:
     """Every variant of one (dtype, context) group, set up (time and memory recorded) and
-    warmed up. transformers' prompt is prefilled once and its time charged to each of its
-    variants, which copy that cache."""
-    prompt = prompt_ids(models.config.vocab_size, context, cfg.seed + context)
+    warmed up. For each R, transformers' R prompts are prefilled once as one batch and that
+    time is charged to each of its variants, which copy that cache. A transformers variant
+    whose cache would not fit in half the memory available (what the group's other
+    transformers caches leave of it) is skipped and listed in ``skipped``."""
+    prompts = run_prompts(models.config.vocab_size, context, max(cfg.runs), cfg.shared_prefix, cfg.seed + context)
+    kvbpt = models.kv_bytes_per_token()
+    grown = context + cfg.warmup + cfg.rounds * cfg.passes + 1
+    budget = available_memory(device) / 2
     variants: list[Variant] = []
-    hf_setup = 0.0
-    base_cache = first = None
-    if cfg.transformers and models.hf is not None:
-        base_cache, first, hf_setup = hf_prefill(models, prompt, device)
-    for n in cfg.workers:
-        variants.append(OursVariant(models, n, context, prompt, device))
-        if base_cache is not None:
-            variants.append(TransformersVariant(models, n, context, prompt, device,
-                                                base_cache=base_cache, first_token=first))
+    for r in cfg.runs:
+        base = None
+        if cfg.transformers and models.hf is not None and r * context * kvbpt <= budget:
+            base = hf_prefill(models, prompts[:r], device)
+            budget -= r * context * kvbpt
+        for n in cfg.workers:
+            variants.append(OursVariant(models, n, context, prompts[:r], device, shared_prefix=cfg.shared_prefix))
+            need = 2 * r * n * grown * kvbpt  # the cache, and its copy while torch.cat grows it
+            if base is not None and need <= budget:
+                budget -= need
+                variants.append(TransformersVariant(models, n, context, prompts[:r], device,
+                                                    shared_prefix=cfg.shared_prefix, base_cache=base[0],
+                                                    first_token=base[1]))
+                variants[-1].setup_s = base[2]
+            elif cfg.transformers and models.hf is not None:
+                skipped.append(dict(impl="transformers", workers=n, runs=r, context=context,
+                                    dtype=dtype_name(models.ours.dtype), reason="memory"))
+                log(console, f"skipping transformers N={n} R={r} context {context}: its cache would not fit")
     for v in variants:
         before = memory_now(device)
         t0 = time.perf_counter()
         v.setup()
         sync(device)
-        v.setup_s = time.perf_counter() - t0 + (hf_setup if v.impl == "transformers" else 0.0)
+        v.setup_s += time.perf_counter() - t0  # transformers: plus its share of the prefill
         v.setup_mem = max(0, memory_now(device) - before)
         for _ in range(cfg.warmup):
             v.step()
@@ -159,12 +181,21 @@ def _time_rounds(cfg: BenchConfig, variants: list[Variant], device: torch.device
 
 
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """vs_n1 = ours(N)/ours(1); vs_transformers = ours(N)/transformers(N); vs_floor = ms/floor."""
-    index = {(r["impl"], r["workers"], r["context"], r["dtype"]): r for r in results}
+    """vs_n1 = ours(N, R) / ours(1, R); vs_r1 = ours(N, R) / ours(N, 1) (per pass: what
+    batching R runs costs); vs_transformers = ours(N, R) / transformers(N, R); vs_floor =
+    ms / floor; kv_vs_min = KV in use / KV minimum. A row without ``runs`` (an older JSON)
+    counts as R = 1."""
+    def key(impl: str, n: int, r: int, row: dict[str, Any]) -> tuple:
+        return impl, n, r, row["context"], row["dtype"]
+
+    index = {key(r["impl"], r["workers"], r.get("runs", 1), r): r for r in results}
     for r in results:
-        one = index.get((r["impl"], 1, r["context"], r["dtype"]))
+        n, runs = r["workers"], r.get("runs", 1)
+        one = index.get(key(r["impl"], 1, runs, r))
         r["vs_n1"] = r["ms_per_pass"] / one["ms_per_pass"] if one else None
-        hf = index.get(("transformers", r["workers"], r["context"], r["dtype"]))
+        single = index.get(key(r["impl"], n, 1, r))
+        r["vs_r1"] = r["ms_per_pass"] / single["ms_per_pass"] if single else None
+        hf = index.get(key("transformers", n, runs, r))
         r["vs_transformers"] = r["ms_per_pass"] / hf["ms_per_pass"] if hf and r["impl"] == "ours" else None
         r["vs_floor"] = r["ms_per_pass"] / r["floor_ms"] if r["floor_ms"] > 0 else None
         r["kv_vs_min"] = r["kv_bytes_in_use"] / r["kv_bytes_min"] if r["kv_bytes_min"] else None

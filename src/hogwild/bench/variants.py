@@ -3,8 +3,9 @@
 :class:`Models` holds both implementations of one model and dtype (real weights, or random
 weights at a named shape from :mod:`hogwild.models.shapes`, shared by the two). A
 :class:`Variant` is one timed configuration: ``setup()`` once, then ``step()`` is one forward
-pass, and ``stats()`` is its K/V and FLOP accounting for the floor. ``stats()`` reads only
-what the engine offers its consumers (``Run.stats()``, views), never its worker state.
+pass of all its runs (R independent runs of N workers), and ``stats()`` is its K/V and FLOP
+accounting for the floor. ``stats()`` reads only what the engine offers its consumers
+(``Run.stats()``, views, ``Batch.load()``), never its worker state.
 """
 
 from __future__ import annotations
@@ -102,20 +103,43 @@ def prompt_ids(vocab: int, length: int, seed: int) -> list[int]:
     return [rng.randrange(lo, hi) for _ in range(length)]
 
 
+def run_prompts(vocab: int, context: int, runs: int, shared: int, seed: int) -> list[list[int]]:
+    """One prompt of ``context`` tokens per run. Run 0's is ``prompt_ids(vocab, context, seed)``
+    (the prompt of a one-run bench); every other run has its own random tokens after the
+    first ``shared``, which are run 0's (the shared prefix)."""
+    first = prompt_ids(vocab, context, seed)
+    return [first] + [first[:shared] + prompt_ids(vocab, context - shared, seed + 7919 * r) for r in range(1, runs)]
+
+
+def model_calls(rows_per_run: list[int], limit: int) -> int:
+    """Model calls of one batch pass: runs packed in order into calls of at most ``limit``
+    rows, a run whose rows alone exceed it in a call of its own (as the batch packs them)."""
+    calls, rows = 0, 0
+    for n in rows_per_run:
+        if calls == 0 or rows + n > limit:
+            calls, rows = calls + 1, 0
+        rows += n
+    return calls
+
+
 class Variant:
-    """One timed configuration: setup() once, then step() is one forward pass."""
+    """One timed configuration: setup() once, then step() is one forward pass of every run
+    (R runs of N workers: R x N new tokens)."""
 
     impl: str = ""
 
-    def __init__(self, models: Models, workers: int, context: int, prompt: list[int], device: torch.device):
-        self.models, self.workers, self.context, self.prompt, self.device = models, workers, context, prompt, device
+    def __init__(self, models: Models, workers: int, context: int, prompts: list[list[int]],
+                 device: torch.device, shared_prefix: int = 0):
+        self.models, self.workers, self.context, self.device = models, workers, context, device
+        self.prompts, self.shared_prefix = prompts, shared_prefix
+        self.runs = len(prompts)
         self.times: list[float] = []
         self.setup_s = 0.0
         self.setup_mem = 0
 
     @property
     def label(self) -> str:
-        return f"{self.impl} N={self.workers}"
+        return f"{self.impl} N={self.workers} R={self.runs}"
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -124,7 +148,8 @@ class Variant:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
-        """K/V bytes in use, minimal, allocated and read per pass; keys attended; rows."""
+        """K/V bytes in use, minimal (R separate copies), allocated and read per pass; keys
+        attended; rows per pass (new tokens) and the model calls that carry them."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -132,56 +157,78 @@ class Variant:
 
 
 class OursVariant(Variant):
+    """R runs (one script each) of one engine in one :class:`~hogwild.core.batch.Batch`:
+    a pass is one ``batch.step()``, its rows packed into as few model calls as fit."""
+
     impl = "ours"
 
     def setup(self) -> None:
+        from ..core.batch import Batch
         from ..core.engine import Engine
         from ..core.layouts import OTHERS_HEADER, OWN_HEADER, UNFINISHED
         from ..core.script import Script
 
         vocab = self.models.config.vocab_size
-        extra = prompt_ids(vocab, 3 * 3 + self.workers, seed=len(self.prompt) + 1)
-        self.script = Script(
-            prompt_ids=self.prompt,
-            opening_ids=[[extra[9 + w]] for w in range(self.workers)],
-            constants={OTHERS_HEADER: extra[0:3], OWN_HEADER: extra[3:6], UNFINISHED: extra[6:9]},
-        )
-        self.run = Engine(self.models.ours, "combined").start(self.script)
+        extra = prompt_ids(vocab, 3 * 3 + self.workers, seed=self.context + 1)
+        self.scripts = [
+            Script(
+                prompt_ids=prompt,
+                opening_ids=[[extra[9 + w]] for w in range(self.workers)],
+                constants={OTHERS_HEADER: extra[0:3], OWN_HEADER: extra[3:6], UNFINISHED: extra[6:9]},
+                shared_prefix=self.shared_prefix,
+            )
+            for prompt in self.prompts
+        ]
+        self.batch = Batch(self.models.ours)
+        engine = Engine(self.models.ours, "combined", batch=self.batch)
+        self.started = [engine.start(script) for script in self.scripts]
 
     def step(self) -> None:
-        self.run.step()
+        self.batch.step()
 
     def stats(self) -> dict[str, Any]:
-        run, script, summary = self.run, self.script, self.run.stats()
         kvbpt = self.models.kv_bytes_per_token()
-        fed = sum(w.tokens_fed for w in summary.workers)
-        distinct = len(script.prompt_ids) + sum(len(c) for c in script.constants.values()) + fed
-        # Each block in some view is read once per layer. Under the combined layout every
-        # stored block is in some view (the prompt, history and each worker's own block are in
-        # its own view) except constant blocks no view places (with one worker: the others'
-        # header and "unfinished"); their lengths are the script's.
-        viewed = {b for w in summary.workers for b in run.view(w.index)}
-        constants = run.layout_state().constants
-        unread = sum(len(ids) for name, ids in script.constants.items() if constants[name] not in viewed)
-        read_tokens = summary.tokens_stored - unread
-        attended = sum(run.view_length(w.index) + 1 for w in summary.workers)
+        # Each block in some view is read once per layer, however many rows (of however many
+        # runs: a shared prefix is one block) see it. Under the combined layout every stored
+        # block is in some view except constant blocks no view places (with one worker: the
+        # others' header and "unfinished").
+        read: dict[int, int] = {}
+        distinct = attended = 0
+        for run, script in zip(self.started, self.scripts):
+            summary = run.stats()
+            fed = sum(w.tokens_fed for w in summary.workers)
+            # the minimum of one run alone: its prompt, constants and written tokens, once
+            distinct += len(script.prompt_ids) + sum(len(c) for c in script.constants.values()) + fed
+            for w in summary.workers:
+                for block in run.view(w.index):
+                    read[block] = len(run.ids_of(block))
+                attended += run.view_length(w.index) + 1
+        load = self.batch.load()
+        rows = self.runs * self.workers
         return dict(
-            kv_bytes_in_use=summary.kv_bytes_in_use,
-            kv_bytes_min=distinct * kvbpt,
-            kv_bytes_allocated=summary.kv_bytes_allocated,
-            kv_bytes_read=(read_tokens + self.workers) * kvbpt,
+            kv_bytes_in_use=load.kv_bytes_in_use,  # the pool: a shared prefix counted once
+            kv_bytes_min=distinct * kvbpt,  # R separate copies
+            kv_bytes_allocated=load.kv_bytes_allocated,
+            kv_bytes_read=(sum(read.values()) + rows) * kvbpt,
             attended_keys=attended,
-            rows=self.workers,
+            rows=rows,
+            rows_per_pass=load.rows_last_pass,
+            model_calls=model_calls([self.workers] * self.runs, kernels.MAX_ROWS),
         )
+
+    def close(self) -> None:
+        for run in self.started:
+            run.close()
 
 
 class TransformersVariant(Variant):
-    """``generate``'s decoding step, as an explicit loop over a DynamicCache (greedy)."""
+    """``generate``'s decoding step, as an explicit loop over a DynamicCache (greedy), for a
+    batch of R x N sequences: the R prompts, each repeated N times."""
 
     impl = "transformers"
 
-    def __init__(self, *args: Any, base_cache: Any = None, first_token: torch.Tensor | None = None):
-        super().__init__(*args)
+    def __init__(self, *args: Any, base_cache: Any = None, first_token: torch.Tensor | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self.base_cache, self.first_token = base_cache, first_token
 
     def setup(self) -> None:
@@ -189,7 +236,7 @@ class TransformersVariant(Variant):
         if self.workers > 1:
             cache.batch_repeat_interleave(self.workers)
         self.cache = cache
-        self.next = self.first_token.repeat(self.workers)[:, None]
+        self.next = self.first_token.repeat_interleave(self.workers)[:, None]
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -205,14 +252,17 @@ class TransformersVariant(Variant):
             for t in (layer.keys, layer.values):
                 held += t.numel() * t.element_size()
         kvbpt = self.models.kv_bytes_per_token()
-        generated = seq - len(self.prompt)
+        generated = seq - self.context
+        rows = self.runs * self.workers
         return dict(
             kv_bytes_in_use=held,
-            kv_bytes_min=(len(self.prompt) + self.workers * generated) * kvbpt,  # prompt once
+            kv_bytes_min=self.runs * (self.context + self.workers * generated) * kvbpt,  # prompts once
             kv_bytes_allocated=held,
-            kv_bytes_read=self.workers * (seq + 1) * kvbpt,
-            attended_keys=self.workers * (seq + 1),
-            rows=self.workers,
+            kv_bytes_read=rows * (seq + 1) * kvbpt,
+            attended_keys=rows * (seq + 1),
+            rows=rows,
+            rows_per_pass=rows,
+            model_calls=1,
         )
 
     def close(self) -> None:
@@ -226,15 +276,16 @@ def _cache_kwarg(hf: Any) -> str:
     return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
 
-def hf_prefill(models: Models, prompt: list[int], device: torch.device) -> tuple[Any, torch.Tensor, float]:
-    """Prefill the prompt once at batch 1; return (cache, greedy first token, seconds)."""
+def hf_prefill(models: Models, prompts: list[list[int]], device: torch.device) -> tuple[Any, torch.Tensor, float]:
+    """Prefill the prompts (one per run, all of one length) as one batch; return (cache,
+    greedy first token per prompt, seconds)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     kwargs = {_cache_kwarg(models.hf): cache}
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = models.hf(input_ids=torch.tensor([prompt], device=device), use_cache=True,
+        out = models.hf(input_ids=torch.tensor(prompts, device=device), use_cache=True,
                         logits_to_keep=1, **kwargs)
     sync(device)
     return cache, out.logits[:, -1, :].argmax(-1), time.perf_counter() - t0

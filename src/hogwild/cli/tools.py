@@ -62,6 +62,7 @@ def eval_(
     out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Output directory (resumes if it exists)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     concurrency: int = typer.Option(8, "--concurrency", help="Engine runs in flight at once, in one batch (results do not depend on it)."),
+    reproducible: bool = typer.Option(True, "--reproducible/--no-reproducible", help="Only batch-invariant paths (off: runs share model calls on every path)."),
 ) -> None:
     """Accuracy against forward-pass budget for each strategy; resumable (see docs/eval.md)."""
     from ..eval.runner import EvalConfig, evaluate
@@ -73,7 +74,8 @@ def eval_(
         forced_tokens=forced_tokens, check_in_every=check_in_every, few_shot=few_shot,
         question_field=question_field, answer_field=answer_field, id_field=id_field)
     _set_threads(threads)
-    evaluate(config, out, console=Console(), device=device or _default_device(), concurrency=concurrency)
+    evaluate(config, out, console=Console(), device=device or _default_device(), concurrency=concurrency,
+             reproducible=reproducible)
 
 
 @app.command()
@@ -90,6 +92,8 @@ def report(
 @app.command()
 def bench(
     workers: str = typer.Option("1,2,4,8", "--workers", "-n", help="Worker counts, e.g. 1,2,4,8."),
+    runs: str = typer.Option("1", "--runs", help="Run counts R: R runs of N workers in one batch, e.g. 1,8."),
+    shared_prefix: int = typer.Option(0, "--shared-prefix", help="Prompt tokens every run shares (0, or >= 16)."),
     contexts: str = typer.Option("256,1024,4096", "--contexts", "-c", help="Shared prompt lengths in tokens."),
     dtypes: str = typer.Option("float32,bfloat16", "--dtypes", help="Comma list: float32, bfloat16, float16."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id (real weights)."),
@@ -112,7 +116,8 @@ def bench(
 
     cfg = BenchConfig(
         model=model, random_weights=random_weights or config is not None, shape=config,
-        workers=_int_list(workers, "--workers"), contexts=_int_list(contexts, "--contexts"),
+        workers=_int_list(workers, "--workers"), runs=_int_list(runs, "--runs"), shared_prefix=shared_prefix,
+        contexts=_int_list(contexts, "--contexts"),
         dtypes=[d.strip() for d in dtypes.split(",") if d.strip()], passes=passes, rounds=rounds,
         warmup=warmup, threads=threads, device=device, transformers=transformers,
         bandwidth_mb=bandwidth_mb, matmul_size=matmul_size, profile=profile, seed=seed,

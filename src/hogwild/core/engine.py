@@ -95,8 +95,9 @@ class Engine:
     def submit(self, script: Script) -> Run:
         """A new run in this engine's batch; its prompt is prefilled by the batch's passes
         (interleaved with other runs' decoding) or by :meth:`Run.prefill`."""
-        run = Run(self, script)
-        self.batch.add(run)
+        with self.batch.lock:  # a run allocates in the shared pool: not during a pass
+            run = Run(self, script)
+            self.batch.add(run)
         return run
 
 
@@ -134,19 +135,24 @@ class Run(PromptStorage, RunReadout):
         self.sampler = Sampler(engine.sampling, n, self.model.device)
         self.decode = engine.decode
         self.block_ids: dict[int, list[int]] = {}  # token ids of the run's own blocks
-        self._init_prompt(script)
-        self.history = self._new_block(256)
+        self.prefixes = []
+        self.branches: list[Branch] = []  # forced answers being decoded
+        self.stop_reason: str | None = None
+        try:
+            self._init_prompt(script)
+            self.history = self._new_block(256)
+            self.constants = {name: self._new_block(len(ids)) for name, ids in script.constants.items()}
+            self.workers = [
+                WorkerState(w, self._new_block(64), IncrementalDecoder(self.decode)) for w in range(n)
+            ]
+        except PoolFullError:
+            self._release()  # give back what was taken before the pool ran out
+            raise
         self.history_pending: list[int] = []  # finished steps not yet folded into history
         self.history_order: list[tuple[int, list[int]]] = []  # (worker, step ids) as completed
-        self.constants = {name: self._new_block(len(ids)) for name, ids in script.constants.items()}
-        self.workers = [
-            WorkerState(w, self._new_block(64), IncrementalDecoder(self.decode)) for w in range(n)
-        ]
         self.passes = 0
         self.logits: list[torch.Tensor | None] = [None] * n
-        self.stop_reason: str | None = None
         self.tokens_since_check_in = 0  # generated tokens (all workers) since the last check-in
-        self.branches: list[Branch] = []  # forced answers being decoded
 
     @property
     def needs_pass(self) -> bool:

@@ -44,11 +44,12 @@ class PromptStorage:
 
     def prefill(self) -> None:
         """Store the whole prompt now (all chunks; a shared prefix another run is still
-        computing is finished first)."""
-        while not self.prefilled:
-            if not self._prefill_chunk(self.batch.prefill_tokens):
-                owner = next(p.owner for p in self.prefixes if not p.ready)
-                owner._prefill_chunk(self.batch.prefill_tokens)  # finish it for both
+        computing is finished first). Holds the batch's lock: the pool is shared."""
+        with self.batch.lock:
+            while not self.prefilled:
+                if not self._prefill_chunk(self.batch.prefill_tokens):
+                    owner = next(p.owner for p in self.prefixes if not p.ready)
+                    owner._prefill_chunk(self.batch.prefill_tokens)  # finish it for both
 
     def _prefill_chunk(self, limit: int) -> bool:
         """Store the next chunk of the prompt (up to ``limit`` tokens, never across a prefix

@@ -34,7 +34,8 @@ class Script:
                   tokens (summed over workers); 0 turns check-ins off (:meth:`check_in_due`).
     stop_ids:     token ids that end a worker (end of sequence / end of turn).
     shared_prefix: how many leading prompt tokens other runs are likely to share (the system
-                  text and examples): stored as a read-only block the batch can cache and
+                  text and examples), or several increasing counts (then also the whole
+                  problem): each part is stored as a read-only block the batch can cache and
                   reuse; 0 = none.
     forced_suffix: (the transcript ends with a newline) -> ids of the forced-answer text that
                   follows it, ending inside an open box; None = no forced answers.
@@ -50,7 +51,7 @@ class Script:
     step_end_chars: str = "\n"
     check_in_every: int = 0
     stop_ids: Sequence[int] = ()
-    shared_prefix: int = 0
+    shared_prefix: int | Sequence[int] = 0
     forced_suffix: Callable[[bool], Sequence[int]] | None = None
     forced_marker: str | None = None
 

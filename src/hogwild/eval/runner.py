@@ -158,7 +158,7 @@ def unit_record(unit: Unit, out: Any, wall: float) -> dict:
 
 
 def run_units(loaded: Any, units: Sequence[Unit], config: EvalConfig, concurrency: int = DEFAULT_CONCURRENCY,
-              scheduler: Scheduler | None = None) -> Iterator[dict]:
+              scheduler: Scheduler | None = None, reproducible: bool = True) -> Iterator[dict]:
     """Run units ``concurrency`` engine runs at a time through one batch; yield each record
     as its unit finishes (completion order).
 
@@ -166,7 +166,8 @@ def run_units(loaded: Any, units: Sequence[Unit], config: EvalConfig, concurrenc
     Results never depend on how units were batched (docs/eval.md, "Concurrency")."""
     if concurrency < 1:
         raise HogwildError(f"--concurrency must be at least 1 (got {concurrency})")
-    scheduler = scheduler if scheduler is not None else Scheduler(Batch(loaded.model))
+    if scheduler is None:
+        scheduler = Scheduler(Batch(loaded.model, reproducible=reproducible))
     pending = list(units)
     users: dict[tuple, int] = defaultdict(int)  # runs -> units still to read them
     strategies = {u.key: make_unit_strategy(u, config) for u in units}
@@ -261,11 +262,14 @@ def evaluate(
     on_unit: Callable[[dict], None] | None = None,
     device: str = "cpu",
     concurrency: int = DEFAULT_CONCURRENCY,
+    reproducible: bool = True,
 ) -> list[dict]:
     """Run (or resume) an evaluation into ``out``; returns the summary rows.
 
     ``loaded``: a LoadedModel (else ``config.model`` is loaded on ``device``).
     ``on_unit``: called with each new record after it is saved (tests interrupt here).
+    ``concurrency``: engine runs in flight at once, in one batch. ``reproducible`` (default):
+    only paths whose results do not depend on the batch (docs/low-level-api.md).
     """
     config.validate()
     out = Path(out)
@@ -291,7 +295,7 @@ def evaluate(
     try:
         if bar is not None:
             bar.__enter__()
-        for record in run_units(loaded, todo, config, concurrency):
+        for record in run_units(loaded, todo, config, concurrency, reproducible=reproducible):
             rep.append_result(results_path, record)
             records.append(record)
             if bar is not None:
