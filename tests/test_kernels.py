@@ -54,8 +54,8 @@ def test_turned_off_by_environment(monkeypatch) -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13])
-@pytest.mark.parametrize("shape", [(17, 5), (96, 64), (40, 72), (33, 150)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 37, 128])
+@pytest.mark.parametrize("shape", [(17, 5), (96, 64), (40, 72), (33, 150), (70, 1100)])
 def test_linear(dtype, rows, shape) -> None:
     torch.manual_seed(rows)
     n, k = shape
@@ -67,6 +67,36 @@ def test_linear(dtype, rows, shape) -> None:
     start = out.clone()
     kernels.linear(x, w, b, out=out, accumulate=True)
     assert torch.allclose(out.double(), start.double() + expected, atol=1e-4 * math.sqrt(k))
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(52, 37), (52, 4101)])  # K % 8 tails; 4101 is cut into K blocks at 37+ rows
+def test_linear_is_batch_invariant(dtype, n, k, restore_threads) -> None:
+    """A row's output is the same bits whatever the other rows of the call, its position in
+    it, the number of rows (1 .. 128: other tile shapes, K blocking) and the thread count."""
+    torch.manual_seed(k)
+    pool, w, b = torch.randn(128, k), torch.randn(n, k).to(dtype), torch.randn(n)
+    base = torch.randn(128, n)
+    torch.set_num_threads(1)  # one thread: quick even on a busy machine (and another split)
+    alone = torch.cat([kernels.linear(pool[i : i + 1].contiguous(), w, b) for i in range(128)])
+    gen = torch.Generator().manual_seed(k)
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        for m in (1, 3, 16, 37, 128):
+            for _ in range(2):
+                rows = torch.randperm(128, generator=gen)[:m]
+                assert torch.equal(kernels.linear(pool[rows], w, b), alone[rows]), (threads, m)
+                out = base[rows].clone()
+                kernels.linear(pool[rows], w, b, out=out, accumulate=True)
+                assert torch.equal(out, base[rows] + alone[rows]), (threads, m)
 
 
 @needs_kernels
@@ -120,10 +150,24 @@ MIXED = [(0, 0, 700), (0, 900, 5), (0, 950, 1), (1, 0, 700), (1, 900, 33), (1, 9
 SHARED = [(r, start, n) for r in range(9) for start, n in ((0, 300), (400, 7))]
 
 
+def _many_rows(rows: int = 128) -> list[tuple[int, int, int]]:
+    """A batched pass: groups of four rows (one run each) share a prompt block of their own or
+    the common one, all see a common marker, and each row has its own step block."""
+    pairs = []
+    for r in range(rows):
+        run = r // 4
+        prompt = (0, 300 + 7 * (r % 4)) if run % 2 else (1000 + 40 * (run % 4), 33 + r % 4)
+        pairs += [(r, *prompt), (r, 1290, 3), (r, 400 + 4 * r, 1 + r % 4)]
+    return pairs
+
+
+MANY = _many_rows()
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72)])
-@pytest.mark.parametrize("pairs", [MIXED, SHARED], ids=["mixed", "shared"])
+@pytest.mark.parametrize("pairs", [MIXED, SHARED, MANY], ids=["mixed", "shared", "many"])
 def test_attention_kernel(dtype, heads, kv_heads, d, pairs) -> None:
     torch.manual_seed(heads + d)
     cap = 1500
@@ -141,6 +185,51 @@ def test_attention_kernel(dtype, heads, kv_heads, d, pairs) -> None:
     got = kernels.attend(q, row_start, slots, lens, cos, sin, k_pool, v_pool, scale, 1300)
     want = _dense_attention(q, pairs, k_pool, v_pool, cos, sin, scale)
     assert (got.double() - want).abs().max().item() < 1e-4
+
+
+def _attend_pairs(q, pairs, cos, sin, k_pool, v_pool, shift=0):
+    """kernels.attend over (row, start, n) pairs (rows numbered 0..), blocks moved by shift."""
+    rows = q.shape[0]
+    row_start = torch.tensor([sum(1 for p in pairs if p[0] < r) for r in range(rows + 1)], dtype=torch.int32)
+    slots = torch.tensor([s + shift for _, s, _ in pairs])
+    lens = torch.tensor([n for _, _, n in pairs], dtype=torch.int32)
+    return kernels.attend(q, row_start, slots, lens, cos, sin, k_pool, v_pool, 1 / math.sqrt(q.shape[-1]),
+                          int((slots + lens).max()))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72), (14, 2, 20)])
+def test_attention_is_batch_invariant(dtype, heads, kv_heads, d, restore_threads) -> None:
+    """Each row of a 128-row pass (rows sharing blocks, so they are computed together in work
+    items) gives the same bits as that row alone, in any order, under any thread count, and
+    with its blocks at other places in the pool."""
+    torch.manual_seed(d + heads)
+    pairs = MANY + [(128, 0, 700), (128, 1290, 3), (128, 1290, 3), (129, 0, 299), (129, 900, 300)]
+    rows = pairs[-1][0] + 1
+    shift = 1503  # odd: every block lands at another alignment too
+    k_pool = torch.randn(kv_heads, 1500 + shift, d).to(dtype)
+    v_pool = torch.randn(kv_heads, 1500 + shift, d).to(dtype)
+    k_pool[:, shift:], v_pool[:, shift:] = k_pool[:, :1500].clone(), v_pool[:, :1500].clone()
+    q = torch.randn(rows, heads, d)
+    angles = torch.rand(len(pairs), d // 2) * 6
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+
+    def subset(order):
+        picked = [[i for i, p in enumerate(pairs) if p[0] == r] for r in order]
+        flat = [i for row in picked for i in row]
+        sub = [(new, pairs[i][1], pairs[i][2]) for new, row in enumerate(picked) for i in row]
+        return q[order], sub, cos[flat], sin[flat]
+
+    torch.set_num_threads(1)
+    alone = torch.cat([_attend_pairs(*subset([r]), k_pool, v_pool) for r in range(rows)])
+    gen = torch.Generator().manual_seed(d)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        order = torch.randperm(rows, generator=gen).tolist()
+        assert torch.equal(_attend_pairs(*subset(order), k_pool, v_pool), alone[order])
+        some = order[: rows // 3]
+        assert torch.equal(_attend_pairs(*subset(some), k_pool, v_pool, shift=shift), alone[some])
 
 
 @needs_kernels
@@ -217,6 +306,111 @@ def test_native_decoder_bf16_weights() -> None:
     for pairs in lockstep(fast, ref, forced_tokens(2, 12, seed=6)):
         for a, b in pairs:
             assert (a - b).abs().max().item() < 0.03 * b.abs().max().item()
+
+
+class _GivenPass:
+    """A NativePassSource that hands the decoder a pass built by the test."""
+
+    def __init__(self, native: kernels.NativePass):
+        self.native = native
+
+    def native_pass(self) -> kernels.NativePass:
+        return self.native
+
+
+class _BatchedPasses:
+    """A universe of 128 rows of many runs, as a batched engine would pass them: every row sees
+    a prompt block (some rows the same keys, some more of it), a shared marker, and its own step
+    block, whose last key it writes in this pass. :meth:`run` sends any subset, in any order,
+    through the native decoder on a fresh copy of the store, with every block moved by
+    ``shift`` slots, and returns each row's output and the key and value it stored."""
+
+    ROWS, SPAN = 128, 3072  # universe rows; the slots the universe uses
+
+    def __init__(self, model, seed: int):
+        c = model.config
+        self.model, self.d = model, c.head_dim
+        gen = torch.Generator().manual_seed(seed)
+        self.own_len = [1 + r % 9 for r in range(self.ROWS)]
+        self.own_start = [1024 + 16 * r for r in range(self.ROWS)]
+        self.pairs = [[(0, 300 + r % 5), (900, 3), (self.own_start[r], self.own_len[r])] for r in range(self.ROWS)]
+        shape = (c.num_layers, c.num_kv_heads, 2 * self.SPAN + 3, c.head_dim)
+        self.k = torch.randn(shape, generator=gen).to(model.dtype)
+        self.v = torch.randn(shape, generator=gen).to(model.dtype)
+        self.x = torch.randn(self.ROWS, c.hidden_size, generator=gen)
+        self.key_angles = torch.rand(self.ROWS, c.head_dim // 2, generator=gen) * 6
+        self.query_angles = torch.rand(self.ROWS, 3, c.head_dim // 2, generator=gen) * 6
+
+    @staticmethod
+    def _cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat((angles.cos(),) * 2, -1).contiguous(), torch.cat((angles.sin(),) * 2, -1).contiguous()
+
+    def run(self, order: list[int], shift: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, v = self.k.clone(), self.v.clone()
+        if shift:
+            k[:, :, shift : shift + self.SPAN] = self.k[:, :, : self.SPAN]
+            v[:, :, shift : shift + self.SPAN] = self.v[:, :, : self.SPAN]
+        slots = torch.tensor([self.own_start[r] + self.own_len[r] - 1 + shift for r in order])
+        k_cos, k_sin = self._cos_sin(self.key_angles[order])
+        q_cos, q_sin = self._cos_sin(self.query_angles[order].reshape(-1, self.d // 2))
+        native = kernels.NativePass(
+            slots=slots, k_cos=k_cos, k_sin=k_sin,
+            row_start=torch.arange(0, 3 * len(order) + 1, 3, dtype=torch.int32),
+            pair_slot=torch.tensor([start + shift for r in order for start, _ in self.pairs[r]]),
+            pair_len=torch.tensor([n for r in order for _, n in self.pairs[r]], dtype=torch.int32),
+            pair_cos=q_cos, pair_sin=q_sin, k=k, v=v, scale=1 / math.sqrt(self.d),
+        )
+        x = self.x[order].clone()
+        assert self.model.stack.run(x, _GivenPass(native))
+        return x, k[:, :, slots].clone(), v[:, :, slots].clone()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_decoder_is_batch_invariant(dtype, restore_threads) -> None:
+    """All layers in C: each row's output and stored key/value are the same bits alone as in
+    passes of up to 128 rows, in any order, with any thread count and with the store's
+    blocks elsewhere in the pool."""
+    model = _prepared(tiny_model(seed=8, dtype=dtype, head_dim=32, num_heads=6, num_kv_heads=2, hidden_size=96))
+    universe = _BatchedPasses(model, seed=8)
+    torch.set_num_threads(1)
+    alone = [universe.run([r]) for r in range(universe.ROWS)]
+    gen = torch.Generator().manual_seed(8)
+    for threads, size, shift in ((2, 128, 0), (1, 128, 0), (2, 37, 3075), (2, 16, 0)):
+        torch.set_num_threads(threads)
+        order = torch.randperm(universe.ROWS, generator=gen)[:size].tolist()
+        x, k, v = universe.run(order, shift)
+        for i, r in enumerate(order):
+            ax, ak, av = alone[r]
+            assert torch.equal(x[i], ax[0]), (threads, size, shift, r)
+            assert torch.equal(k[:, :, i], ak[:, :, 0]) and torch.equal(v[:, :, i], av[:, :, 0])
+
+
+@needs_kernels
+def test_native_decoder_big_passes_equal_reference(monkeypatch) -> None:
+    """Passes of many rows (40 workers, up to MAX_ROWS rows) on the native decoder against the
+    dense oracle: the 128-row limit is an accuracy-checked path, not only a fast one."""
+    native_rows: list[int] = []
+    run = kernels.NativeDecoder.run
+
+    def spy(self, x, plan):
+        took = run(self, x, plan)
+        if took:
+            native_rows.append(x.shape[0])
+        return took
+
+    monkeypatch.setattr(kernels.NativeDecoder, "run", spy)
+    workers = 40
+    plain = tiny_model(seed=9)
+    script = random_script(workers, seed=9)
+    fast = Engine(_prepared(plain), "combined", decode=toy_decode).start(script)
+    ref = Engine(plain, "combined", decode=toy_decode, attention="reference").start(script)
+    worst = 0.0
+    for pairs in lockstep(fast, ref, forced_tokens(workers, 6, seed=9)):
+        for a, b in pairs:
+            worst = max(worst, (a - b).abs().max().item())
+    assert worst < 1e-4, worst
+    assert max(native_rows) > 40 and max(native_rows) <= kernels.MAX_ROWS, native_rows
 
 
 @needs_kernels

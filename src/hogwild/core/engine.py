@@ -4,16 +4,14 @@ Data flows one way: a :class:`~hogwild.core.script.Script` (token ids from a pro
 in, :mod:`events <hogwild.core.events>` come out. The engine knows nothing of wording,
 terminals, files or HTTP. A pass (:meth:`Run.step`) runs five named stages:
 
-1. **schedule**: every active worker's pending tokens get slots in its block of the shared
-   store, the layout turns the state into views, and a pass that would overflow a view is
-   refused;
-2. **forward**: one model call over all rows writes every new K/V before any attention runs
-   (so same-pass tokens of blocks earlier in a view are visible);
-3. **fold history**: steps that finished in the previous pass are folded into the history
-   block (one re-rotation of their keys);
+1. **schedule**: pending tokens get slots in their blocks, the layout gives the views, and a
+   pass that would overflow a view is refused;
+2. **forward**: one model call writes every new K/V before any attention runs (so same-pass
+   tokens of blocks earlier in a view are visible);
+3. **fold history**: steps finished in the previous pass join the history block;
 4. **sample**: each reading worker gets its next token (or a forced one);
 5. **accept**: tokens become events; a finished step moves to history and the worker's next
-   step starts with a header that is fed in the next pass.
+   step starts with a header fed in the next pass.
 
 Pass 1 also feeds the last prompt token and the constant blocks; the rest of the prompt is
 prefilled before it (in chunks) and is not counted: budgets count passes that produce tokens.
@@ -38,12 +36,10 @@ from . import branch as branches
 from .attention import QueryGroup
 from .batch import Batch
 from .cache import PoolFullError
+from .branch import Branch
 from .prompt import PromptStorage
 from .readout import RunReadout
-from .branch import Branch
-from .events import (
-    Event, HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent,
-)
+from .events import Event, HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
 from .layouts import Layout, get_layout
 from .sampling import Sampler, Sampling
 from .script import Script
@@ -324,7 +320,6 @@ class Run(PromptStorage, RunReadout):
                 events += self._finish_step(w)
         return events
 
-    # ------------------------------------------------------------------ internals
     def _new_block(self, capacity: int) -> int:
         block = self.store.new_block(capacity)
         self.block_ids[block] = []

@@ -3,8 +3,10 @@
 Why native code: on CPU a decode pass is memory-bound, yet PyTorch's bf16 matmul on CPUs
 without bf16 instructions reads weights at a fraction of the bandwidth, and a layer made of
 ~90 small torch ops spends more time in dispatch than in arithmetic. ``hogwild_cpu.c`` has
-the few kernels a decode pass needs (small-batch linear with fp32 or bf16 weights, RMSNorm,
-SiLU-gate, the whole per-block attention of a layer, and all layers of a pass in one call).
+the few kernels a decode pass needs (the linear of a pass of up to :data:`MAX_ROWS` rows with
+fp32 or bf16 weights, RMSNorm, SiLU-gate, the whole per-block attention of a layer, and all
+layers of a pass in one call). They are batch invariant: a row's results are the same bits
+whatever other rows (of its run, or of other runs batched with it) share the pass.
 
 - :mod:`.build`: compiling, caching and loading the library; :func:`available`, :func:`status`.
 - :mod:`.ops`: the kernels as checked PyTorch functions, and :data:`MAX_ROWS`.

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 ENV = "HOGWILD_KERNELS"  # "0" turns the native kernels off
 SOURCE = Path(__file__).with_name("hogwild_cpu.c")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
+#: -ffp-contract=off: no a * b + c fused behind the code's back, so the same C expression
+#: rounds the same wherever it is inlined (the kernels are batch invariant; FMAs they want
+#: are written as intrinsics or fmaf)
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
 
 #: C function name -> (restype, argtypes), filled by :func:`declare`
 Signatures = dict[str, tuple[Any, list[Any]]]

@@ -1,16 +1,28 @@
-/* hogwild CPU kernels for decode passes (a few rows per pass), AVX2 + FMA.
+/* hogwild CPU kernels for decode passes, AVX2 + FMA: a few rows per pass for one run, up to
+ * hogwild.kernels.MAX_ROWS (128) when a batched engine advances many runs in one call.
  *
  * Why: a decode pass is memory-bound, but on CPUs without native bf16 PyTorch's bf16 matmul
  * reaches a fraction of the memory bandwidth, and a pass of ~90 small torch ops per layer
  * spends more time in dispatch than in math. These kernels read bf16 or fp32 weights once,
- * at close to the bandwidth, and do the per-block attention of a whole layer (store the new
+ * at close to the bandwidth for few rows and close to the FMA rate for many (register tiles
+ * over rows and columns), and do the per-block attention of a whole layer (store the new
  * keys, rotate queries per block, online softmax over every block of every view) in one call.
+ *
+ * Batch invariance: every kernel computes a row the same way whatever other rows share the
+ * call, wherever the row sits in it, however many threads run and wherever its blocks sit in
+ * the pool, so a row's results are the same bits alone or batched (the point of "Give Me
+ * FP32 or Give Me Death?": a run must not change because other runs share its passes).
+ * Schedules (tiles, blocks, threads) may depend on the shape; the order of each reduction
+ * may not. hw_linear and hw_attend say how; norms, gate and key storage are per row. The
+ * build turns off floating-point contraction (-ffp-contract=off) so a C expression rounds
+ * the same wherever it is inlined. tests/test_kernels.py checks it bit for bit.
  *
  * Everything is computed in fp32. Built on first use by hogwild/kernels/build.py and
  * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +58,14 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* [sum(a0), ..., sum(a7)]: eight dot products finished at once, no horizontal sum each */
+static inline __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                             __m256 a7) {
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 /* exp(x) for x <= 0 (softmax weights): 2^n * e^r, |r| <= ln2/2, degree-7 Taylor polynomial
  * (relative error < 1e-8 before rounding). Inputs below -87 flush to 0. */
 static inline __m256 exp8_nonpositive(__m256 x) {
@@ -72,69 +92,191 @@ static inline __m256 exp8_nonpositive(__m256 x) {
 
 /* ------------------------------------------------------------------ linear */
 
-/* y[m, n] (+)= sum_k x[m, k] w[n, k] + b[n] for rows m0..m0+MB-1 and output n.
- * One weight row is read from memory once per n; the MB rows of x stay in L1. */
-#define LINEAR_BODY(MB, LOADW, ES)                                                          \
-    {                                                                                       \
-        const char *wrow = (const char *)w + (size_t)n * K * ES;                            \
-        __m256 a[MB][2];                                                                    \
-        for (int i = 0; i < MB; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();               \
-        int k = 0;                                                                          \
-        for (; k + 16 <= K; k += 16) {                                                      \
-            __m256 w0 = LOADW(wrow + (size_t)k * ES), w1 = LOADW(wrow + (size_t)(k + 8) * ES); \
-            for (int i = 0; i < MB; i++) {                                                  \
-                const float *xr = x + (size_t)(m0 + i) * K + k;                             \
-                a[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a[i][0]);                \
-                a[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a[i][1]);            \
-            }                                                                               \
-        }                                                                                   \
-        for (; k + 8 <= K; k += 8) {                                                        \
-            __m256 w0 = LOADW(wrow + (size_t)k * ES);                                       \
-            for (int i = 0; i < MB; i++)                                                    \
-                a[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)(m0 + i) * K + k), a[i][0]); \
-        }                                                                                   \
-        for (int i = 0; i < MB; i++) {                                                      \
-            float s = hsum8(_mm256_add_ps(a[i][0], a[i][1]));                               \
-            for (int kk = k; kk < K; kk++) s += x[(size_t)(m0 + i) * K + kk] * WSCALAR(wrow, kk, ES); \
-            if (b) s += b[n];                                                               \
-            float *out = y + (size_t)(m0 + i) * N + n;                                      \
-            *out = accumulate ? *out + s : s;                                               \
-        }                                                                                   \
+/* y [M, N] (+)= x [M, K] @ w [N, K]^T + b, with every output element computed in one fixed
+ * order whatever M is, wherever its row sits in the call and however many threads run
+ * (batch invariance: a row's result never depends on the other rows of the pass):
+ *
+ *   acc (8 lanes) = sum over k8 = 0, 8, .. < K8 of w[n, k8:k8+8] * x[m, k8:k8+8], one FMA
+ *                   per step, k ascending (K8 = K rounded down to a multiple of 8);
+ *   s = the 8 lanes summed by reduce8's tree; s = fmaf(x[m, k], w[n, k], s) for the K % 8
+ *   tail, k ascending; s += b[n]; y[m, n] = accumulate ? y[m, n] + s : s.
+ *
+ * Only the schedule around that order depends on the shape, never the arithmetic:
+ * - rows in register tiles of up to LIN_MR and output columns in micro-panels of NR: each
+ *   weight vector is loaded (and widened from bf16) once per tile, not once per row, and
+ *   each x vector once per NR columns, so the kernel stays FMA-bound, not load-bound, as
+ *   rows grow. One accumulator per element: the 12 of a 4 x 3 tile are enough independent
+ *   FMA chains, and calls of 1-3 rows get wider panels (up to 8 columns) for the same;
+ * - the first row tile prefetches the next panel's weights (a panel's rows are short
+ *   streams the hardware prefetcher finds too late), so few rows still run at the memory
+ *   bandwidth;
+ * - K in blocks whose accumulators are parked in per-thread scratch between blocks, so the
+ *   rows' slice of x stays in cache however many rows there are (parking and reloading a
+ *   float is exact, so blocking changes no bit);
+ * - columns in groups whose weights stay in cache while every row tile passes over them, so
+ *   each weight is read from memory once per call;
+ * - threads split the columns; nothing splits a reduction. */
+
+#define LIN_MR 4            /* rows per register tile */
+#define LIN_NR_MAX 8        /* columns per micro-panel, at most */
+#define LIN_X_FLOATS 131072 /* floats of x per K block (512 KiB, stays in L2) */
+#define LIN_W_BYTES 262144  /* weight bytes of a column group per K block (stays in L2) */
+#define LIN_PARK_FLOATS 32768 /* parked accumulators of a column group (128 KiB) */
+
+typedef struct {
+    const float *x;
+    const char *w;
+    const float *b;
+    float *y;
+    int M, N, K, K8, accumulate;
+} LinJob;
+
+/* 8 weights as fp32; ES (2: bf16, 4: fp32) is a compile-time constant where it is used */
+static inline __attribute__((always_inline)) __m256 lin_loadw(const char *p, int es) {
+    return es == 2 ? load8_bf16((const uint16_t *)p) : _mm256_loadu_ps((const float *)p);
+}
+
+static inline __attribute__((always_inline)) float lin_w1(const char *row, int k, int es) {
+    return es == 2 ? bf16_to_f32(((const uint16_t *)row)[k]) : ((const float *)row)[k];
+}
+
+/* One register tile: rows m0 .. m0+MR-1, columns n0 .. n0+NR-1, keys k0 .. k1-1 (multiples
+ * of 8). The accumulators start at zero (first block) or from `park` (rows of `ld` floats,
+ * 8 per column) and go back there, or, after the last block, are finished into y. */
+static inline __attribute__((always_inline)) void lin_tile(const LinJob *j, int es, int MR, int NR, int m0,
+                                                           int n0, int k0, int k1, float *park, int ld,
+                                                           int first, int last, const char *pf) {
+    __m256 a[LIN_MR][LIN_NR_MAX];
+    const float *xr[LIN_MR];
+    const char *wr[LIN_NR_MAX];
+    for (int i = 0; i < MR; i++) xr[i] = j->x + (size_t)(m0 + i) * j->K;
+    for (int c = 0; c < NR; c++) wr[c] = j->w + (size_t)(n0 + c) * j->K * es;
+    for (int i = 0; i < MR; i++)
+        for (int c = 0; c < NR; c++)
+            a[i][c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(park + (size_t)i * ld + c * 8);
+    for (int k = k0; k < k1; k += 8) {
+        __m256 wv[LIN_NR_MAX];
+        for (int c = 0; c < NR; c++) wv[c] = lin_loadw(wr[c] + (size_t)k * es, es);
+        if (pf)
+            for (int c = 0; c < NR; c++) _mm_prefetch(pf + ((size_t)c * j->K + k) * es, _MM_HINT_T0);
+        for (int i = 0; i < MR; i++) {
+            __m256 xv = _mm256_loadu_ps(xr[i] + k);
+            for (int c = 0; c < NR; c++) a[i][c] = _mm256_fmadd_ps(wv[c], xv, a[i][c]);
+        }
     }
-
-#define LOADW_F32(p) _mm256_loadu_ps((const float *)(p))
-#define LOADW_BF16(p) load8_bf16((const uint16_t *)(p))
-/* one weight as fp32; ES (element size) is a compile-time constant, so the branch folds */
-#define WSCALAR(row, kk, ES) ((ES) == 2 ? bf16_to_f32(((const uint16_t *)(row))[kk]) : ((const float *)(row))[kk])
-
-/* The linear kernel for one weight type: rows in blocks of four, then the remainder. */
-#define DEFINE_LINEAR(NAME, LOADW, ES)                                                       \
-    static void NAME(const float *x, const void *w, const float *b, float *y, int M, int N, int K, \
-                     int accumulate, int threads) {                                         \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-        for (int n = 0; n < N; n++) {                                                       \
-            int m0 = 0;                                                                     \
-            for (; m0 + 4 <= M; m0 += 4) LINEAR_BODY(4, LOADW, ES)                          \
-            switch (M - m0) {                                                               \
-            case 3: LINEAR_BODY(3, LOADW, ES) break;                                        \
-            case 2: LINEAR_BODY(2, LOADW, ES) break;                                        \
-            case 1: LINEAR_BODY(1, LOADW, ES) break;                                        \
-            default: break;                                                                 \
-            }                                                                               \
-        }                                                                                   \
+    if (!last) {
+        for (int i = 0; i < MR; i++)
+            for (int c = 0; c < NR; c++) _mm256_storeu_ps(park + (size_t)i * ld + c * 8, a[i][c]);
+        return;
     }
+    const __m256 z = _mm256_setzero_ps();
+    for (int i = 0; i < MR; i++) {
+        __m256 v[8];
+        for (int c = 0; c < 8; c++) v[c] = c < NR ? a[i][c] : z;
+        float s[8];
+        _mm256_storeu_ps(s, reduce8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
+        float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
+        for (int c = 0; c < NR; c++) {
+            float t = s[c];
+            for (int k = j->K8; k < j->K; k++) t = fmaf(xr[i][k], lin_w1(wr[c], k, es), t);
+            if (j->b) t += j->b[n0 + c];
+            yr[c] = j->accumulate ? yr[c] + t : t;
+        }
+    }
+}
 
-DEFINE_LINEAR(linear_f32, LOADW_F32, 4)
-DEFINE_LINEAR(linear_bf16, LOADW_BF16, 2)
+/* The tile shapes the driver uses in bulk, with MR and NR as constants so the accumulators
+ * live in registers: 4 x 3 and the 1-3-row tiles of the rows left over, and the wider panels
+ * of 1-3-row calls. Other shapes (the last, narrower panel of a call) take the same code with
+ * MR and NR as variables: slower, the same arithmetic. */
+#define LIN_T(MR, NR) \
+    case MR * 16 + NR: lin_tile(j, es, MR, NR, m0, n0, k0, k1, park, ld, first, last, pf); return;
+#define DEFINE_LIN_TILES(NAME, ES)                                                                    \
+    static void NAME##_any(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, \
+                           int ld, int first, int last, const char *pf) {                             \
+        lin_tile(j, ES, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);                           \
+    }                                                                                                 \
+    static void NAME(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, int ld, \
+                     int first, int last, const char *pf) {                                           \
+        const int es = ES;                                                                            \
+        switch (mr * 16 + nr) {                                                                       \
+            LIN_T(4, 3) LIN_T(3, 3) LIN_T(2, 3) LIN_T(1, 3) LIN_T(3, 4) LIN_T(2, 4) LIN_T(1, 8)       \
+        default: NAME##_any(j, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);                    \
+        }                                                                                             \
+    }
+DEFINE_LIN_TILES(lin_tiles_f32, 4)
+DEFINE_LIN_TILES(lin_tiles_bf16, 2)
+
+/* Micro-panel width for a call of M rows: 12 accumulators where rows allow (4 x 3 tiles),
+ * wider panels for 1-3 rows so each weight vector still feeds enough FMAs. */
+static inline int lin_panel_width(int M) { return M >= 4 ? 3 : M == 3 ? 4 : M == 2 ? 4 : 8; }
 
 /* y [M, N] = x [M, K] @ w[N, K]^T + b (fp32 x, y, b; w fp32 or bf16). With accumulate,
- * y += instead of y = (a residual connection without another pass over y). */
-void hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N,
-               int K, int accumulate, int threads) {
-    if (w_bf16)
-        linear_bf16(x, w, b, y, M, N, K, accumulate, threads);
-    else
-        linear_f32(x, w, b, y, M, N, K, accumulate, threads);
+ * y += instead of y = (a residual connection without another pass over y). y must not
+ * overlap x. No limit on M (MAX_ROWS in hogwild.kernels.ops is where the native path stops
+ * paying off, not a bound of this code). Returns 0, or -1 when scratch allocation failed. */
+int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N, int K,
+              int accumulate, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    LinJob job = {x, (const char *)w, b, y, M, N, K, K & ~7, accumulate};
+    const LinJob *j = &job;
+    int es = w_bf16 ? 2 : 4;
+    int nr = lin_panel_width(M);
+    /* K blocks of equal size (multiples of 8), as few as keep M x kc floats of x within
+     * LIN_X_FLOATS, but at least 128 keys each */
+    int K8 = job.K8, kc = K8, kblocks = 1;
+    if ((int64_t)M * K8 > LIN_X_FLOATS) {
+        int most = (LIN_X_FLOATS / M) & ~7;
+        if (most < 128) most = 128;
+        kblocks = (K8 + most - 1) / most;
+        kc = ((K8 + kblocks - 1) / kblocks + 7) & ~7;
+        kblocks = (K8 + kc - 1) / kc;
+    }
+    int panels = (N + nr - 1) / nr;
+    int group = LIN_W_BYTES / ((kc > 8 ? kc : 8) * es * nr); /* panels per column group */
+    if (kblocks > 1 && group > LIN_PARK_FLOATS / (M * nr * 8)) group = LIN_PARK_FLOATS / (M * nr * 8);
+    if (group < 1) group = 1;
+    if (group > panels) group = panels;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int p0 = (int)((int64_t)panels * t / nt), p1 = (int)((int64_t)panels * (t + 1) / nt);
+        float *park = NULL;
+        if (kblocks > 1 && p1 > p0) {
+            park = (float *)malloc(sizeof(float) * (size_t)M * group * nr * 8);
+            if (!park) {
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+        if (kblocks == 1 || park) {
+            for (int g0 = p0; g0 < p1; g0 += group) {
+                int g1 = g0 + group < p1 ? g0 + group : p1;
+                int ld = (g1 - g0) * nr * 8;
+                for (int kb = 0; kb < kblocks; kb++) {
+                    int k0 = kb * kc, k1 = k0 + kc < K8 ? k0 + kc : K8;
+                    for (int m0 = 0; m0 < M; m0 += LIN_MR) {
+                        int mr = M - m0 < LIN_MR ? M - m0 : LIN_MR;
+                        for (int p = g0; p < g1; p++) {
+                            int n0 = p * nr, cols = N - n0 < nr ? N - n0 : nr;
+                            float *pk = park ? park + (size_t)m0 * ld + (size_t)(p - g0) * nr * 8 : NULL;
+                            /* the first row tile fetches the next panel's weights ahead: rows of a
+                             * short panel are too short for the hardware prefetcher to find */
+                            const char *pf = m0 == 0 && p + 1 < p1 && n0 + 2 * nr <= N
+                                                 ? j->w + (size_t)(n0 + nr) * K * es : NULL;
+                            if (es == 2)
+                                lin_tiles_bf16(j, mr, cols, m0, n0, k0, k1, pk, ld, kb == 0, kb == kblocks - 1, pf);
+                            else
+                                lin_tiles_f32(j, mr, cols, m0, n0, k0, k1, pk, ld, kb == 0, kb == kblocks - 1, pf);
+                        }
+                    }
+                }
+            }
+        }
+        free(park);
+    }
+    return failed ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ elementwise */
@@ -195,10 +337,12 @@ static inline void rope_row(const float *x, const float *c, const float *s, floa
 
 /* Write this pass's keys (rotated at their local positions) and values into the pool.
  * k, v [R, Hkv, D] fp32; slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
- * capacity * D elements), fp32 or bf16. */
-void hw_store_kv(const float *k, const float *v, const int64_t *slots, const float *kcos, const float *ksin,
-                 void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D) {
-    float tmp[1024];
+ * capacity * D elements), fp32 or bf16. Returns 0, or -2 when D > STORE_MAX_D. */
+#define STORE_MAX_D 1024
+int hw_store_kv(const float *k, const float *v, const int64_t *slots, const float *kcos, const float *ksin,
+                void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D) {
+    float tmp[STORE_MAX_D];
+    if (D > STORE_MAX_D) return -2;
     for (int r = 0; r < R; r++) {
         for (int h = 0; h < Hkv; h++) {
             const float *kr = k + ((size_t)r * Hkv + h) * D, *vr = v + ((size_t)r * Hkv + h) * D;
@@ -216,6 +360,7 @@ void hw_store_kv(const float *k, const float *v, const int64_t *slots, const flo
             }
         }
     }
+    return 0;
 }
 
 #define UNIT_KEYS 256 /* keys per work unit: long blocks are split so all threads get work */
@@ -242,14 +387,6 @@ static int unit_key_cmp(const void *a, const void *b) {
     if (x->slot != y->slot) return x->slot < y->slot ? -1 : 1;
     if (x->count != y->count) return x->count < y->count ? -1 : 1;
     return x->unit - y->unit;
-}
-
-/* [sum(a0), ..., sum(a7)]: eight dot products finished at once, no horizontal sum each */
-static inline __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
-                             __m256 a7) {
-    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
 /* n rows of D values from a pool (fp32 or bf16) as fp32: the pool itself when fp32,
@@ -527,21 +664,36 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     }
 }
 
+/* Whether attend_group's fixed-size buffers hold this head layout (rotate-half RoPE needs an
+ * even head_dim). hogwild.kernels.supports_attention is the same test on the Python side. */
+static int heads_supported(int H, int Hkv, int D) {
+    return Hkv > 0 && H % Hkv == 0 && H / Hkv <= MAX_G && D > 0 && D <= MAX_D && D % 2 == 0;
+}
+
 /* Attention of R rows over their views, for one layer.
  *
  * q [R, H, D] fp32, un-rotated. Row r sees pairs row_start[r] .. row_start[r+1]-1; pair p is
  * one view entry: keys at pool slots pair_slot[p] .. + pair_len[p] - 1 (already limited to
  * what the row may see), scored with the query rotated by (pair_cos[p], pair_sin[p]).
- * Pools: [Hkv, capacity, D] of this layer. out [R, H, D] fp32. Returns 0, or -1 when a
- * scratch allocation fails.
+ * Pools: [Hkv, capacity, D] of this layer. out [R, H, D] fp32. Returns 0, -1 when a
+ * scratch allocation fails, or -2 for a head layout beyond the fixed-size work buffers
+ * (more than MAX_G query heads per KV head, head_dim above MAX_D or odd). Any number of rows
+ * and pairs: scratch is allocated per call.
  *
  * Work: each pair is cut into units of at most UNIT_KEYS keys; units that read the same keys
  * (the prompt, history steps, markers seen by several rows) are computed together, so a
  * shared block is read once per layer however many rows see it; partial results of a row's
- * units are merged by log-sum-exp at the end. */
+ * units are merged by log-sum-exp at the end.
+ *
+ * Batch invariance: a row's result depends on its own pairs and the keys they read, never on
+ * which other rows share the call or a work item, nor on where its blocks sit in the pool.
+ * Units are cut from each pair's own start; every query of a work item is scored, soft-maxed
+ * and accumulated on its own (the 2 x 4 score blocks and 4-query value blocks share loads,
+ * not sums); a row's units are merged in its own order. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, float scale, int threads) {
+    if (!heads_supported(H, Hkv, D)) return -2;
     int G = H / Hkv;
     int units = 0;
     for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
@@ -672,7 +824,13 @@ int64_t hw_decode_scratch(const Dims *dm, int rows) {
 
 /* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
  * in place. Pools are [layers, kv_heads, capacity, head_dim]; layer_stride and head_stride in
- * elements. Returns 0, or -1 when attention scratch could not be allocated. */
+ * elements. Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest
+ * is allocated per call). Returns 0; -2, before touching anything, for a head layout the
+ * attention kernel does not support; -1 when scratch could not be allocated (x is then
+ * partly updated).
+ *
+ * Every step is batch invariant (hw_linear, hw_attend; norms, gate and key storage are per
+ * row), so a row's output is the same bits whichever rows share the pass. */
 int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const Dims *dm, const PassInfo *ps,
                      void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, float *scratch) {
     int R = ps->rows, H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim, E = dm->hidden, I = dm->inter;
@@ -686,10 +844,11 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     float *gu = att + (size_t)R * qd;    /* [R, 2I] */
     float *act = gu + (size_t)R * 2 * I; /* [R, I] */
     size_t es = dm->kv_bf16 ? 2 : 4;
+    if (!heads_supported(H, Hkv, D)) return -2;
     for (int l = 0; l < num_layers; l++) {
         const LayerWeights *w = &layers[l];
         hw_rmsnorm(x, w->ln_in, h, R, E, dm->eps);
-        hw_linear(h, w->qkv_w, dm->w_bf16, w->qkv_b, qkv, R, qkvd, E, 0, dm->threads);
+        if (hw_linear(h, w->qkv_w, dm->w_bf16, w->qkv_b, qkv, R, qkvd, E, 0, dm->threads) != 0) return -1;
         for (int r = 0; r < R; r++) {
             const float *src = qkv + (size_t)r * qkvd;
             memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
@@ -700,14 +859,14 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
         if (w->k_norm) hw_rmsnorm(k, w->k_norm, k, R * Hkv, D, dm->eps);
         char *kl = (char *)k_pool + (size_t)l * layer_stride * es, *vl = (char *)v_pool + (size_t)l * layer_stride * es;
         hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D);
-        if (hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
-                      kl, vl, head_stride, dm->kv_bf16, dm->scale, dm->threads) != 0)
-            return -1;
-        hw_linear(att, w->o_w, dm->w_bf16, w->o_b, x, R, E, qd, 1, dm->threads);
+        int rc = hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
+                           kl, vl, head_stride, dm->kv_bf16, dm->scale, dm->threads);
+        if (rc != 0) return rc;
+        if (hw_linear(att, w->o_w, dm->w_bf16, w->o_b, x, R, E, qd, 1, dm->threads) != 0) return -1;
         hw_rmsnorm(x, w->ln_post, h, R, E, dm->eps);
-        hw_linear(h, w->gate_up_w, dm->w_bf16, w->gate_up_b, gu, R, 2 * I, E, 0, dm->threads);
+        if (hw_linear(h, w->gate_up_w, dm->w_bf16, w->gate_up_b, gu, R, 2 * I, E, 0, dm->threads) != 0) return -1;
         hw_silu_mul(gu, act, R, I);
-        hw_linear(act, w->down_w, dm->w_bf16, w->down_b, x, R, E, I, 1, dm->threads);
+        if (hw_linear(act, w->down_w, dm->w_bf16, w->down_b, x, R, E, I, 1, dm->threads) != 0) return -1;
     }
     return 0;
 }

@@ -47,10 +47,12 @@ def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
 class KernelLinear(nn.Module):
     """A linear layer for CPU inference with fp32 activations and fp32 or bf16 weights.
 
-    Decode passes (at most :data:`hogwild.kernels.MAX_ROWS` rows) use the native kernel, which
-    reads the weight once at close to the memory bandwidth in either dtype; larger batches
-    (prefill) use torch's fp32 matmul, converting a bf16 weight on the fly, because CPUs
-    without bf16 instructions run bf16 matmuls at a fraction of their fp32 rate.
+    Passes of at most :data:`hogwild.kernels.MAX_ROWS` rows (decode passes, batched ones of
+    many runs included) use the native kernel: it reads the weight once per call, at close to
+    the memory bandwidth for a few rows and near the FMA rate for many, in either dtype, and
+    a row's output does not depend on the other rows of the call (batch invariance). Larger
+    batches (prefill chunks) use torch's fp32 matmul, converting a bf16 weight on the fly,
+    because CPUs without bf16 instructions run bf16 matmuls at a fraction of their fp32 rate.
     """
 
     def __init__(self, linear: nn.Linear):

@@ -1,10 +1,14 @@
 """The decoder stack of a prepared model in one native call per decode pass.
 
-A decode pass runs a handful of rows through every layer. Done module by module, each layer
-costs dozens of Python-level calls whose dispatch outweighs the arithmetic on small models;
+A decode pass runs a handful of rows (or, batched, up to :data:`MAX_ROWS` rows of many runs)
+through every layer. Done module by module, each layer costs dozens of Python-level calls
+whose dispatch outweighs the arithmetic on small models;
 :class:`NativeDecoder` hands the C side a table of weight pointers once and then runs all
 layers of a pass (norms, projections, key storage, per-block attention, MLP, residuals) in
 ``hw_decode_layers``. The PyTorch modules remain the definition; tests hold the two equal.
+Each row's result is the same bits whatever other rows share the pass and wherever its
+blocks sit in the store (the kernels are batch invariant; ``tests/test_kernels.py`` checks
+it), so batching runs together never changes what one run computes.
 
 The decoder is the model's :class:`hogwild.models.llama.LayerStack`. It takes a pass only
 from a plan that describes the pass in the decoder's terms (:class:`NativePassSource`, which
@@ -22,7 +26,7 @@ import torch
 from ..models.llama import AttentionPlan, CausalLM
 from .build import declare, library
 from .layers import KernelLinear, KernelRMSNorm
-from .ops import MAX_ROWS, span, threads
+from .ops import MAX_ROWS, check_rc, span, supports_attention, threads
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class NativeDecoder:
         self.num_layers = c.num_layers
         self.w_bf16 = int(w_dtype == torch.bfloat16)
         self.config = c
+        self.heads_ok = supports_attention(c.num_heads, c.num_kv_heads, c.head_dim)
 
     def __deepcopy__(self, memo: Any) -> NativeDecoder:
         raise TypeError("a model prepared for native kernels cannot be copied; copy it before prepare_for_cpu()")
@@ -147,9 +152,10 @@ class NativeDecoder:
     def run(self, x: torch.Tensor, plan: AttentionPlan) -> bool:
         """Apply every layer to the residual stream x [rows, hidden] (fp32, in place).
 
-        Takes passes of at most :data:`MAX_ROWS` rows from a :class:`NativePassSource`; for
-        any other pass it returns False and the model goes module by module."""
-        if x.shape[0] > MAX_ROWS or not isinstance(plan, NativePassSource):
+        Takes passes of at most :data:`MAX_ROWS` rows from a :class:`NativePassSource` on a
+        head layout the attention kernel supports; for any other pass it returns False and
+        the model goes module by module."""
+        if x.shape[0] > MAX_ROWS or not self.heads_ok or not isinstance(plan, NativePassSource):
             return False
         p = plan.native_pass()
         c = self.config
@@ -172,6 +178,5 @@ class NativeDecoder:
                 p.k.data_ptr(), p.v.data_ptr(), kv_heads * capacity * head_dim, capacity * head_dim,
                 scratch.data_ptr(),
             )
-        if rc != 0:
-            raise MemoryError("hogwild kernel: attention scratch allocation failed")
+        check_rc(rc, "decode_layers")
         return True

@@ -16,22 +16,29 @@ from torch.autograd import profiler as _autograd_profiler
 
 from .build import declare, library, status
 
-#: The most rows a pass may have for the native path. The C kernels have no hard limit, but
-#: the linear kernel reads each weight row once while the rows stay in L1: for a handful of
-#: rows (decode passes) that beats a blocked matmul, for more rows (prefill chunks) torch's
-#: matmul wins. The one-call decoder and the engine's choice of the kernel attention plan
-#: follow the linear kernel, so a pass takes the native path as a whole or not at all.
-MAX_ROWS = 16
+#: The most rows a pass may have for the native path: the one row limit of hogwild's CPU
+#: kernels. KernelLinear, NativeDecoder and the engine's choice of KernelPlan all follow it,
+#: so a pass takes the native path as a whole or not at all. 128 covers batched decoding
+#: (many runs of N workers advancing in one model call): the linear kernel tiles rows in
+#: registers and blocks K in cache, so it stays near the FMA rate as rows grow and still
+#: reads each weight once per pass, and every kernel computes a row the same way whatever
+#: else shares the call (batch invariance, see hogwild_cpu.c), which torch's matmul does not
+#: promise. The C code itself has no row limit. Above this, passes are prefill chunks, where
+#: FastPlan's flash attention (many queries over the same keys) beats per-row attention and,
+#: on CPUs with AVX-512, torch's matmul beats this AVX2 kernel (~1.6x at 128 fp32 rows on a
+#: Xeon with 2 threads; bench/kernel_rows.py), so the native path ends where batched
+#: decoding does.
+MAX_ROWS = 128
 MAX_GROUP = 16  # query heads per KV head the attention kernel supports
 MAX_HEAD_DIM = 256
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 declare({
-    "hw_linear": (None, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
+    "hw_linear": (_I, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
-    "hw_store_kv": (None, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I]),
+    "hw_store_kv": (_I, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I]),
     "hw_attend": (
         _I,
         [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, ctypes.c_float, _I],
@@ -57,6 +64,15 @@ def _need(cond: bool, what: str) -> None:
         raise ValueError(f"hogwild kernel: {what}")
 
 
+def check_rc(rc: int, call: str) -> None:
+    """Turn a kernel's error code into an exception: -1 scratch allocation failed, -2 a
+    shape beyond the kernel's fixed-size buffers (the wrappers' checks normally catch it)."""
+    if rc == -1:
+        raise MemoryError(f"hogwild kernel {call}: scratch allocation failed")
+    if rc != 0:
+        raise ValueError(f"hogwild kernel {call}: unsupported shape (code {rc})")
+
+
 def _lib_or_fail() -> ctypes.CDLL:
     lib = library()
     if lib is None:
@@ -73,7 +89,10 @@ def linear(
 ) -> torch.Tensor:
     """x [M, K] fp32 @ weight [N, K] (fp32 or bf16)^T + bias (fp32) -> [M, N] fp32.
 
-    With ``out`` and ``accumulate``, the product is added to ``out`` in place."""
+    Any M (:class:`KernelLinear` uses it up to :data:`MAX_ROWS` rows). Each output row is the
+    same bits whatever the other rows, their number and the thread count: every element is
+    reduced in one fixed order (see ``hw_linear``). With ``out`` and ``accumulate``, the
+    product is added to ``out`` in place (``out`` must not overlap ``x``)."""
     lib = _lib_or_fail()
     _need(x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous(), "x must be contiguous fp32 [M, K]")
     _need(weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous(), "weight must be contiguous fp32/bf16")
@@ -88,10 +107,11 @@ def linear(
     else:
         _need(out.dtype == torch.float32 and out.is_contiguous() and tuple(out.shape) == (M, N), "out must be fp32 [M, N]")
     with span("linear"):
-        lib.hw_linear(
+        rc = lib.hw_linear(
             x.data_ptr(), weight.data_ptr(), int(weight.dtype == torch.bfloat16),
             None if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K, int(accumulate), threads(),
         )
+    check_rc(rc, "linear")
     return out
 
 
@@ -143,14 +163,20 @@ def store_kv(
         _need(int(slots.min()) >= 0 and int(slots.max()) < k_pool.shape[1], "slot outside the pool")
     stride, bf16 = _pool_args(k_pool, v_pool)
     with span("store_kv"):
-        lib.hw_store_kv(
+        rc = lib.hw_store_kv(
             k.data_ptr(), v.data_ptr(), slots.data_ptr(), k_cos.data_ptr(), k_sin.data_ptr(),
             k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, R, Hkv, D,
         )
+    check_rc(rc, "store_kv")
 
 
 def supports_attention(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
-    return num_heads % num_kv_heads == 0 and num_heads // num_kv_heads <= MAX_GROUP and head_dim <= MAX_HEAD_DIM
+    """Whether the attention kernel's fixed-size work buffers hold this head layout (the C
+    side's heads_supported; rotate-half RoPE needs an even head_dim). Rows are not limited."""
+    return (
+        num_kv_heads > 0 and num_heads % num_kv_heads == 0 and num_heads // num_kv_heads <= MAX_GROUP
+        and 0 < head_dim <= MAX_HEAD_DIM and head_dim % 2 == 0
+    )
 
 
 def attend(
@@ -182,6 +208,5 @@ def attend(
             pair_len.data_ptr(), pair_cos.data_ptr(), pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
             stride, bf16, scale, threads(),
         )
-    if rc != 0:
-        raise MemoryError("hogwild kernel: attention scratch allocation failed")
+    check_rc(rc, "attend")
     return out
