@@ -78,7 +78,7 @@ def freeze(run: Run, branch: Branch) -> None:
         store.retain(block)
         branch.view_ids += run.ids_of(block)[:cap]
     branch.entries = entries
-    last = next((run.ids_of(b)[:c][-1:] for b, c in reversed(entries) if (c is None or c > 0) and run.ids_of(b)), [])
+    last = branch.view_ids[-1:]
     ends_newline = bool(last) and run.decode is not None and run.decode(last).endswith("\n")
     suffix = list(script.forced_suffix(ends_newline))
     if not suffix:
