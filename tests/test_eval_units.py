@@ -187,3 +187,20 @@ def test_resume_into_other_config_is_refused(tmp_path):
 def test_bundle_labels_do_not_eat_numbers():
     assert split_answers("0.5; 3: 4; 2) 7") == ["0.5", "3: 4", "7"]
     assert split_answers("a_1 = 5; a_2 = 6") == ["5", "6"]
+
+
+def test_a_registered_layout_becomes_a_strategy():
+    from hogwild.core.layouts import LAYOUTS, Layout, register
+    from hogwild.errors import InvalidRequestError
+    from hogwild.eval.strategies import make_strategy, strategy_names
+
+    mirror = Layout("mirror-test", lambda s, w: [s.prompt, *s.history, s.current[w]], steps=True)
+    try:
+        register(mirror)
+        assert "hogwild-mirror-test" in strategy_names()
+        assert make_strategy("hogwild-mirror-test", workers=2).layout == "mirror-test"
+        with pytest.raises(InvalidRequestError, match="already registered"):
+            register(Layout("mirror-test", mirror.build, steps=False))
+    finally:
+        LAYOUTS.pop("mirror-test", None)
+    assert "hogwild-mirror-test" not in strategy_names()

@@ -340,11 +340,3 @@ class Driver:
         drive = Drive(self.start(script), self.decode, max_passes, stop, budgets, snapshot_at,
                       forced, self.forced_tokens, keep_views)
         return self.scheduler.submit(drive)
-
-    def run(self, script: Script, budgets: Sequence[int], stop: StopRule | None = None,
-            forced: ForcedRequests | None = None) -> Outcome:
-        """Drive to the largest budget with a snapshot (and forced answers) at every budget."""
-        budgets = sorted({int(b) for b in budgets})
-        if not budgets or budgets[0] < 1:
-            raise ValueError(f"budgets must be positive integers (got {budgets})")
-        return self.submit(script, budgets[-1], stop, budgets, budgets, forced).result()
