@@ -35,8 +35,8 @@ from ..models.llama import CausalLM
 from . import branch as branches
 from .attention import QueryGroup
 from .batch import Batch
-from .cache import PoolFullError
 from .branch import Branch
+from .cache import PoolFullError
 from .prompt import PromptStorage
 from .readout import RunReadout
 from .events import Event, HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
@@ -202,7 +202,7 @@ class Run(PromptStorage, RunReadout):
     def _stop(self, reason: str) -> list[Event]:
         """End the main run (branches too when the reason is that it cannot go on)."""
         self.stop_reason = self.stop_reason or reason
-        if reason in ("context", "cancelled"):
+        if reason in ("context", "memory", "cancelled"):  # its blocks may hold unwritten slots
             for b in list(self.branches):
                 branches.close(self, b, reason)
         return [StopEvent(self.passes, reason)]

@@ -91,6 +91,7 @@ class RunReadout:
 
     def stats(self) -> RunStats:
         """A read-only summary of the run's state, for consumers (CLI, eval, bench)."""
+        stored = self.tokens_stored()
         return RunStats(
             passes=self.passes,
             stop_reason=self.stop_reason,
@@ -100,8 +101,8 @@ class RunReadout:
                 for w in self.workers
             ),
             history_steps=len(self.history_order),
-            tokens_stored=self.tokens_stored(),
-            kv_bytes_in_use=self.tokens_stored() * self.model.config.kv_bytes_per_token(self.store.k.element_size()),
+            tokens_stored=stored,
+            kv_bytes_in_use=stored * self.model.config.kv_bytes_per_token(self.store.k.element_size()),
             kv_bytes_allocated=self.store.bytes_allocated(),
         )
 
