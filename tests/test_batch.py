@@ -111,14 +111,14 @@ def test_rows_of_one_run_never_see_blocks_of_another():
     seen: dict[int, set[int]] = {}
     original = batch.forward
 
-    def spy(ids, groups, logit_rows):
+    def spy(ids, groups, logit_rows, **kw):
         for g in groups:
             if set(g.blocks) <= {p.block for p in runs[0].prefixes}:
                 continue  # the shared prefix's own prefill (read-only afterwards)
             owners = [i for i, r in enumerate(runs) if set(g.blocks) <= set(r.block_ids)]
             assert len(owners) == 1
             seen.setdefault(owners[0], set()).update(g.view)
-        return original(ids, groups, logit_rows)
+        return original(ids, groups, logit_rows, **kw)
 
     batch.forward = spy
     for _ in range(12):

@@ -116,3 +116,21 @@ def test_resume_after_kill_9_redoes_only_the_units_in_flight(default_model, tmp_
     keys = [rep.unit_key(r) for r in after]
     assert len(keys) == len(set(keys)) == 8  # every unit exactly once
     assert after[: len(before)] == before  # finished units kept as they were
+
+
+def test_pattern_strategies_on_bundles_write_analytics_and_plots(default_model, tmp_path):
+    data = _tasks(tmp_path, 2)
+    config = EvalConfig(dataset=str(data), strategies=["single", "hogwild-orchestrated", "hogwild-verified"],
+                        workers=[2], budgets=[4, 8], limit=1, bundle=2, question_field="q", answer_field="a",
+                        id_field="n", forced_tokens=4, few_shot=False)
+    evaluate(config, tmp_path / "out", loaded=default_model, progress=False)
+    records = rep.read_results(tmp_path / "out" / rep.RESULTS)
+    assert sorted(r["strategy"] for r in records) == ["hogwild-orchestrated", "hogwild-verified", "single"]
+    for r in records:
+        a = r["analytics"]
+        assert a["steps"] >= 1 and "division" in a and len(r["gold"]) == 2
+        assert all(isinstance(x["copied"], bool) for x in r["results"])
+    summary = json.loads((tmp_path / "out" / rep.SUMMARY).read_text())
+    assert {t["strategy"] for t in summary["teamwork"]} == {"single", "hogwild-orchestrated", "hogwild-verified"}
+    assert all("copied" in row for row in summary["rows"])
+    assert (tmp_path / "out" / rep.TEAMWORK_PLOT).exists() and (tmp_path / "out" / rep.PLOT).exists()

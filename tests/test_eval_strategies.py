@@ -26,7 +26,7 @@ class ScriptedSampler:
     def __init__(self, seqs):
         self.seqs, self.pos = seqs, defaultdict(int)
 
-    def sample(self, logits, workers):
+    def sample(self, logits, workers, greedy=None):
         out = []
         for w in workers:
             seq = self.seqs[w]
@@ -146,3 +146,109 @@ def test_hogwild_combined_real_decoding_is_consistent(default_model, monkeypatch
             assert r.answer == given[-1]
     # the text at budget 2 is where the text at budget 4 started
     assert all(b.startswith(a) for a, b in zip(snaps[0].workers, snaps[1].workers))
+
+
+# --------------------------------------------------------------------------- copy guard, patterns
+
+def _pass_closing(tok, text, box_index):
+    """The pass that samples the closing brace of the ``box_index``-th box of ``text``."""
+    end, start = -1, 0
+    for _ in range(box_index + 1):
+        end = text.index("}", start)
+        start = end + 1
+    return len(tok.encode(text[: end + 1], add_special_tokens=False))
+
+
+def test_a_copied_answer_does_not_end_the_run(default_model, monkeypatch):
+    # 23 is the first example's result: shown in the prompt, absent from the problem
+    task = Task("d", "What is 20 + 6?", "26")
+    alice = " It is \\boxed{23}.\n\nNo, 20 + 6 is \\boxed{26}.\n\n"
+    scripted(monkeypatch, default_model, [alice, " Let me add them up carefully."])
+    strategy = st.make_strategy("hogwild-combined", workers=2, forced_tokens=3, few_shot=True, check_in_every=0)
+    snaps = record_snapshots(strategy)
+    out = strategy.run(default_model, task, [64])
+    (r,) = out.results
+    assert out.stop_reason == "stop-rule" and (r.answer, r.forced, r.copied) == ("26", False, False)
+    # the run went on past the copied box: Alice's text holds both boxes
+    assert "\\boxed{23}" in snaps[-1].workers[0] and "\\boxed{26}" in snaps[-1].workers[0]
+    assert out.analytics["copied"] is False and out.analytics["first_correct"]["reached"]
+
+
+def test_a_copied_answer_is_reported_when_it_is_the_only_one(default_model, monkeypatch):
+    scripted(monkeypatch, default_model, [" It is \\boxed{23}.\n\n", " Yes."])
+    strategy = st.make_strategy("hogwild-combined", workers=2, forced_tokens=3, few_shot=True, check_in_every=0)
+    out = strategy.run(default_model, TASK, [40])
+    (r,) = out.results
+    assert out.stop_reason == "eos"  # both ended; the copy never stopped the run
+    assert (r.answer, r.forced, r.copied) == ("23", False, True) and out.analytics["copied"] is True
+    # the same number in the problem is a real answer and stops the run at once
+    task = Task("c", "A shop had 23 pens and sold none of them. How many pens are left?", "23")
+    out = st.make_strategy("hogwild-combined", workers=2, forced_tokens=3, few_shot=True,
+                           check_in_every=0).run(default_model, task, [40])
+    assert out.stop_reason == "stop-rule" and (out.results[0].answer, out.results[0].copied) == ("23", False)
+
+
+def test_verified_needs_the_checkers_answer(default_model, monkeypatch):
+    solver = " It is \\boxed{5}.\n\n"
+    checker = (" Reading the problem.\n\n Still reading it carefully now, word by word, so that nothing "
+               "at all is missed in this short problem.\n\n Confirmed: \\boxed{5}.\n\n")
+    scripted(monkeypatch, default_model, [solver, checker])
+    strategy = st.make_strategy("hogwild-verified", workers=2, **FAST)
+    assert strategy.name == "hogwild-verified" and strategy.protocol.pattern == "verified"
+    snaps = record_snapshots(strategy)
+    out = strategy.run(default_model, TASK, [80])
+    (r,) = out.results
+    assert out.stop_reason == "stop-rule" and (r.answer, r.forced) == ("5", False)
+    tok = default_model.tokenizer
+    # the solver's box (pass ~6) did not stop the run; the checker's did
+    assert out.passes > _pass_closing(tok, solver, 0)
+    bob = snaps[-1].workers[1]
+    assert "Alice has stated a result. I check it by redoing the calculation: Confirmed: \\boxed{5}" in bob
+    assert "\\boxed{5}" in snaps[-1].workers[0]
+
+
+def test_verified_forces_an_answer_without_the_checker(default_model, monkeypatch):
+    scripted(monkeypatch, default_model, [" It is \\boxed{5}.\n\n", " Let me read the problem slowly and"])
+    strategy = st.make_strategy("hogwild-verified", workers=2, **FAST)
+    out = strategy.run(default_model, TASK, [14])
+    (r,) = out.results
+    assert r.forced and out.stop_reason == "eos"  # a solver's answer alone neither stops nor answers
+    assert strategy.protocol.forced_suffix_text(True, False).startswith("Time is up: we must stop here. Bob gives")
+
+
+def test_orchestrated_records_assignments_and_division(default_model, monkeypatch):
+    parts = ("Ann has 2 boxes of 6 eggs. How many eggs?", "Ben has 3 cats and 4 dogs. How many pets?")
+    task = Task("b", "Problem 1: " + parts[0] + "\n\nProblem 2: " + parts[1], ["12", "7"], parts=parts)
+    alice = "\nBob: problem 2\nAlice: problem 1\n\nProblem 1: 2 * 6 = 12, so \\boxed{12}.\n\n"
+    bob = " Ben has 3 cats and 4 dogs.\n\nProblem 2: 3 + 4 = 7, so \\boxed{7}.\n\n"
+    scripted(monkeypatch, default_model, [alice, bob])
+    strategy = st.make_strategy("hogwild-orchestrated", workers=2, **FAST)
+    snaps = record_snapshots(strategy)
+    out = strategy.run(default_model, task, [80])
+    (r,) = out.results
+    assert (r.answer, r.forced) == ("12; 7", False)
+    a = out.analytics
+    assert a["assignments"]["parts"] == {"Bob": "problem 2", "Alice": "problem 1"}
+    assert a["assignments"]["problems"] == {"Bob": [2], "Alice": [1]}
+    assert a["division"]["first_answer"] == ["Alice", "Bob"] and a["assignments"]["followed"] == 1.0
+    alice_text, bob_text = snaps[-1].workers
+    assert "Here is the assignment" in alice_text
+    assert "While Alice writes the assignment" in bob_text and "as Alice assigned it:" in bob_text
+
+
+@pytest.mark.parametrize("name", ["hogwild-orchestrated", "hogwild-verified"])
+def test_pattern_strategies_decode_for_real(default_model, name):
+    """The real model, greedy, a few passes: every budget gets an answer (forced or not), the
+    analytics describe the run, and the pattern's texts are what the workers read."""
+    strategy = st.make_strategy(name, workers=3, **FAST)
+    snaps = record_snapshots(strategy)
+    out = strategy.run(default_model, TASK, [6, 12])
+    assert [r.budget for r in out.results] == [6, 12] and [s.passes for s in snaps] == [6, 12]
+    assert all(r.answer is not None or r.forced for r in out.results)
+    assert out.analytics["steps"] >= 3 and set(out.analytics["per_worker"]) == {"Alice", "Bob", "Carol"}
+    first = snaps[-1].workers
+    if name == "hogwild-verified":
+        assert "the checker" in first[2] and "Carol is the checker" in strategy.protocol.system_text()
+    else:
+        assert "Here is the assignment" in first[0]
+        assert all("While Alice writes the assignment" in t for t in first[1:])

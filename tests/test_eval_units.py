@@ -75,7 +75,8 @@ def test_make_bundles_and_prompt():
     bundles = make_bundles(tasks, 2)
     assert [b.id for b in bundles] == ["0+1", "2+3"]
     assert bundles[0].answer == ["0", "1"] and bundles[0].k == 2
-    assert "Problem 2: q1?" in bundles[0].question and "\\boxed{answer 1; answer 2}" in bundles[0].question
+    assert "Problem 2: q1?" in bundles[0].question and "semicolons" in bundles[0].question
+    assert "\\boxed{}" in bundles[0].question and "answer 1" not in bundles[0].question
     assert bundle_question(["a", "b", "c"]).count("Problem ") == 3
 
 
@@ -204,3 +205,25 @@ def test_a_registered_layout_becomes_a_strategy():
     finally:
         LAYOUTS.pop("mirror-test", None)
     assert "hogwild-mirror-test" not in strategy_names()
+
+
+def test_answers_by_question_puts_labelled_answers_in_order():
+    from hogwild.answers.lists import answers_by_question, labelled_answers
+
+    steps = ["Problem 2: 3 + 4 = 7, so \\boxed{7}.", "For question 1 I get \\boxed{12}.", "Unlabelled \\boxed{5}."]
+    assert labelled_answers(steps[0], 2) == [(1, "7")] and labelled_answers(steps[2], 2) == []
+    assert answers_by_question(steps, 2) == "12; 7"
+    assert answers_by_question(steps[:1], 2) is None                      # question 1 missing
+    assert answers_by_question(steps + ["Problem 2 again: \\boxed{8}."], 2) == "12; 8"  # later wins
+    assert labelled_answers("Problem 1 and 2: \\boxed{1; 2}", 2) == []   # several answers: not one question
+
+
+def test_the_pattern_strategies_are_offered():
+    from hogwild.eval.strategies import Orchestrated, Verified, make_strategy, strategy_names
+
+    names = strategy_names()
+    assert "hogwild-orchestrated" in names and "hogwild-verified" in names
+    assert isinstance(make_strategy("hogwild-orchestrated", 3), Orchestrated)
+    v = make_strategy("hogwild-verified", 3)
+    assert isinstance(v, Verified) and v.checker == 2 and v.answerers() == {2} and v.layout == "combined"
+    assert v.should_stop(None, {0: "5"}) is False and v.should_stop(None, {2: "5"}) is True

@@ -230,7 +230,7 @@ def test_system_text_mentions_the_setting():
 def test_few_shot_examples_use_the_workers_names():
     two = Protocol(num_workers=2, names=["Ann", "Ben"]).few_shot_text()
     assert "**Ann [1]:**" in two and "**Ben [2]:**" in two and "Carol" not in two
-    assert "\\boxed{23}" in two and "\\boxed{0}" in two
+    assert "23 dollars" in two and "remainder is 0" in two  # results in words, no box
     assert "redundant work? (yes/no): yes" in two      # the check-in, answered
     four = Protocol(num_workers=4).few_shot_text()
     assert "**Carol [1]:**" in four and "Dave" not in four
@@ -406,3 +406,71 @@ def test_agreement_k_workers():
     assert solo.update(0, "\\boxed{7}") == "7"
     with pytest.raises(InvalidRequestError):
         AnswerAgreement(mode="vote")
+
+
+# --------------------------------------------------------------------------- loops and patterns
+
+def _observer(protocol):
+    tok = FakeTokenizer(THINKING_TEMPLATE)
+    script = protocol.script(PROBLEM, tok, 8192)
+    return script.step_observer(), tok
+
+
+def test_a_repeated_step_gets_a_redirecting_header():
+    observe, tok = _observer(Protocol(num_workers=2))
+    step = " I will start by calculating the total number of apples Alice has."
+    assert observe(1, 2, step) is None
+    own = tok.decode(observe(1, 3, step))
+    assert own.startswith("**Bob [3]:**") and "repeated one of my earlier steps" in own
+    other = tok.decode(observe(0, 2, step + " "))
+    assert other.startswith("**Alice [2]:**") and "repeated what Bob had already written" in other
+    assert observe(0, 3, " Bob has twice as many apples: 2 * 8 = 16.") is None
+    # a fresh observer per run: nothing carries over
+    fresh, _ = _observer(Protocol(num_workers=2))
+    assert fresh(1, 2, step) is None
+
+
+def test_redirects_can_be_turned_off():
+    tok = FakeTokenizer(THINKING_TEMPLATE)
+    script = Protocol(num_workers=2, redirect_loops=False).script(PROBLEM, tok, 8192)
+    assert script.step_observer is None
+    observe, tok = _observer(Protocol(num_workers=1))
+    step = " Let me add the apples: 3 + 5 = 8 apples."
+    assert observe(0, 2, step) is None
+    assert "repeated an earlier one" in tok.decode(observe(0, 3, step))
+
+
+def test_orchestrated_pattern_texts():
+    p = Protocol(num_workers=3, pattern="orchestrated")
+    assert "Alice is the coordinator" in p.system_text() and "assignment" in p.system_text()
+    assert "Here is the assignment" in p.opening(0)
+    assert all("While Alice writes the assignment" in p.opening(w) for w in (1, 2))
+    assert p.header_text(1, 2).endswith("as Alice assigned it:")
+    assert p.header_text(1, 3) == p.step_header(1, 3) and p.header_text(0, 2) == p.step_header(0, 2)
+    assert p.header_text(2, 2, check_in=True) == p.step_header(2, 2, check_in=True)
+    tok = FakeTokenizer(THINKING_TEMPLATE)
+    s = p.script(PROBLEM, tok, 8192)
+    assert tok.decode(s.header_ids(1, 2, False)).endswith("as Alice assigned it:")
+
+
+def test_verified_pattern_texts_and_check_header():
+    p = Protocol(num_workers=3, pattern="verified")
+    assert p.checker == 2 and "Carol is the checker" in p.system_text()
+    assert "Alice and Bob solve" in p.system_text()
+    assert "the checker" in p.opening(2) and "split the work" in p.opening(0)
+    assert "Carol gives the final answer" in p.forced_suffix_text(True, False)
+    two = Protocol(num_workers=2, pattern="verified")
+    assert "Bob checks my results" in two.opening(0)
+    observe, tok = _observer(two)
+    assert observe(1, 2, " The problem asks for the total number of apples.") is None
+    assert observe(0, 2, " So they have 8 + 16 = 24 apples: \\boxed{24}.") is None
+    check = tok.decode(observe(1, 3, " Waiting for a result to check."))
+    assert check.startswith("**Bob [3]:**") and "Alice has stated a result. I check it" in check
+    assert observe(1, 4, " Redoing it: 3 + 5 = 8, 2 * 8 = 16, 8 + 16 = 24. Confirmed.") is None
+
+
+def test_patterns_are_checked():
+    with pytest.raises(InvalidRequestError, match="Unknown collaboration pattern"):
+        Protocol(num_workers=2, pattern="committee")
+    with pytest.raises(InvalidRequestError, match="at least two workers"):
+        Protocol(num_workers=1, pattern="verified")

@@ -73,6 +73,7 @@ class Outcome:
     forced: dict[tuple[int, int | None], ForcedAnswer] = field(default_factory=dict)  # (pass, worker)
     views: list[str] = field(default_factory=list)  # each worker's view at the end, decoded
     timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, forced_s
+    prompt_text: str = ""  # the shared prompt as the workers read it, decoded
 
     def at(self, budget: int) -> tuple[Snapshot, float]:
         """The state behind ``budget``: its snapshot, or the final state if the run ended
@@ -183,7 +184,7 @@ class Drive:
         self.outcome = Outcome(
             script=run.script, requested=self.budgets, snapshots=self.snapshots, final=run.snapshot(),
             final_s=stopped - self.t0, passes=run.passes, stop_reason=run.stop_reason or "budget",
-            forced=self.forced, views=views,
+            forced=self.forced, views=views, prompt_text=self.decode(run.script.prompt_ids),
             timings={"prefill_s": prefilled - self.t0, "decode_s": stopped - prefilled, "forced_s": now - stopped})
         run.close()
 

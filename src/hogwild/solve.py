@@ -29,6 +29,7 @@ class SolveSettings:
     seed: int | None = None
     check_in_every: int = 1024
     few_shot: bool | None = None  # None: on when the model's context allows
+    redirect_loops: bool = True  # a worker whose step repeats an earlier one is redirected
     stop: str = "first"  # "first" boxed answer, "agree" (k workers agree), or "none"
     agree_k: int = 2
     forced_answer: bool = True
@@ -66,6 +67,9 @@ class SolveResult:
     timings: dict[str, float] = field(default_factory=dict)
     unfinished: list[tuple[int, str]] = field(default_factory=list)  # (worker, unfinished step)
     views: list[str] = field(default_factory=list)  # what each worker saw at the end, decoded
+    prompt: str = ""  # the shared prompt as the workers read it (for the copy guard)
+    history_tokens: list[int] = field(default_factory=list)  # tokens of each finished step
+    unfinished_tokens: list[int] = field(default_factory=list)  # tokens of each unfinished step
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -85,6 +89,7 @@ def make_protocol(settings: SolveSettings) -> Protocol:
         check_in_every=settings.check_in_every,
         few_shot=settings.few_shot,
         layout=settings.layout,
+        redirect_loops=settings.redirect_loops,
     )
 
 
@@ -150,6 +155,9 @@ def solve_stream(
             generated_tokens=snap.generated_tokens,
             unfinished=snap.current,
             views=outcome.views,
+            prompt=outcome.prompt_text,
+            history_tokens=snap.history_tokens,
+            unfinished_tokens=snap.current_tokens,
             timings={
                 **t,
                 "total_s": sum(t.values()),

@@ -47,6 +47,9 @@ class BenchConfig:
     workers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     runs: list[int] = field(default_factory=lambda: [1])  # R independent runs in one batch
     shared_prefix: int = 0  # leading prompt tokens every run shares (declared shared_prefix)
+    unique_suffix: int = 0  # instead: every run shares all but its last T prompt tokens
+    attention: str = "auto"  # the engine's attention path (auto, torch, triton)
+    graphs: bool = True  # CUDA graphs for decode passes (on a CUDA device)
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096])
     dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
     passes: int = 8  # timed passes per variant per round
@@ -55,6 +58,8 @@ class BenchConfig:
     threads: int = 2
     device: str = "cpu"
     transformers: bool = True  # time the transformers baseline
+    transformers_max_rows: int = 0  # ... only for R x N up to this (0: any)
+    transformers_max_context: int = 0  # ... only for contexts up to this (0: any)
     bandwidth_mb: int = 512  # size of the tensor copied to measure memory bandwidth
     matmul_size: int = 2048  # n of the n x n x n matmul that measures the compute rate
     profile: bool = True  # profile a few passes of one engine variant
@@ -75,6 +80,14 @@ class BenchConfig:
                 f"--shared-prefix: 0, or from {MIN_PREFIX} tokens (shorter prefixes are not shared) "
                 f"to one less than the shortest context ({min(self.contexts)}); got {self.shared_prefix}"
             )
+        if self.unique_suffix and self.shared_prefix:
+            raise InvalidRequestError("--shared-prefix and --unique-suffix exclude each other")
+        if self.unique_suffix and not 1 <= self.unique_suffix <= min(self.contexts) - MIN_PREFIX:
+            raise InvalidRequestError(
+                f"--unique-suffix: from 1 to the shortest context less {MIN_PREFIX} "
+                f"({min(self.contexts) - MIN_PREFIX}); got {self.unique_suffix}")
+        if self.attention not in ("auto", "torch", "triton"):
+            raise InvalidRequestError(f"--attention: auto, torch or triton (got {self.attention!r})")
         if self.passes < 1 or self.rounds < 1 or self.warmup < 0:
             raise InvalidRequestError("--passes and --rounds must be >= 1, --warmup >= 0")
         if self.threads < 1:
@@ -87,3 +100,7 @@ class BenchConfig:
             )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidRequestError("--device cuda: no CUDA device is available on this machine")
+
+    def shared_for(self, context: int) -> int:
+        """The shared prompt prefix of runs at this context."""
+        return context - self.unique_suffix if self.unique_suffix else self.shared_prefix

@@ -198,6 +198,16 @@ def profile_passes(step: Callable[[], None], passes: int, device: torch.device) 
         sync(device)
         wall = time.perf_counter() - t0
     events = prof.key_averages()
+    kernel_ms, top_kernels = None, None
+    if device.type == "cuda":  # GPU time inside kernels, against the wall time of the passes
+        from torch.autograd import DeviceType
+
+        kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+        kernel_ms = sum(getattr(e, "self_device_time_total", 0) for e in kernels) / 1e3 / passes
+        kernels.sort(key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)
+        top_kernels = [dict(kernel=e.key[:120], calls_per_pass=e.count / passes,
+                            ms_per_pass=getattr(e, "self_device_time_total", 0) / 1e3 / passes)
+                       for e in kernels[:12]]
     ops = [e for e in events if "::" in e.key]
     in_ops = sum(e.self_cpu_time_total for e in ops) / 1e6
     top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
@@ -225,6 +235,9 @@ def profile_passes(step: Callable[[], None], passes: int, device: torch.device) 
         wall_ms_per_pass=wall * 1e3 / passes,
         ops_ms_per_pass=in_ops * 1e3 / passes,
         overhead_share=max(0.0, 1.0 - in_ops / wall),
+        kernel_ms_per_pass=kernel_ms,  # CUDA only: time the GPU spent in kernels
+        top_kernels=top_kernels,  # CUDA only: the kernels that took longest
+        gpu_busy_share=None if kernel_ms is None else min(1.0, kernel_ms * passes / 1e3 / wall),
         top_ops=top_ops,
         cprofile_wall_ms_per_pass=wall_py * 1e3 / passes,
         top_python=rows[:10],

@@ -104,7 +104,8 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                     bandwidth_bytes_per_s=median(bandwidths), bandwidth_samples=bandwidths,
                 ))
             if cfg.profile and profile is None and context == profile_c:
-                target = next(v for v in variants if v.impl == "ours" and (v.workers, v.runs) == (profile_n, profile_r))
+                target = next(v for v in variants
+                              if v.impl.startswith("ours") and (v.workers, v.runs) == (profile_n, profile_r))
                 log(console, f"profiling ours N={profile_n} R={profile_r} context {context} {dtype_name(dtype)}")
                 profile = dict(workers=profile_n, runs=profile_r, context=context, dtype=dtype_name(dtype),
                                **profile_passes(target.step, max(2, min(cfg.passes, 5)), device))
@@ -129,26 +130,32 @@ def _set_up(cfg: BenchConfig, models: Models, context: int, device: torch.device
     time is charged to each of its variants, which copy that cache. A transformers variant
     whose cache would not fit in half the memory available (what the group's other
     transformers caches leave of it) is skipped and listed in ``skipped``."""
-    prompts = run_prompts(models.config.vocab_size, context, max(cfg.runs), cfg.shared_prefix, cfg.seed + context)
+    shared = cfg.shared_for(context)
+    prompts = run_prompts(models.config.vocab_size, context, max(cfg.runs), shared, cfg.seed + context)
     kvbpt = models.kv_bytes_per_token()
     grown = context + cfg.warmup + cfg.rounds * cfg.passes + 1
     budget = available_memory(device) / 2
     variants: list[Variant] = []
     for r in cfg.runs:
         base = None
-        if cfg.transformers and models.hf is not None and r * context * kvbpt <= budget:
+        hf_wanted = cfg.transformers and models.hf is not None and (
+            not cfg.transformers_max_context or context <= cfg.transformers_max_context)
+        if hf_wanted and r * context * kvbpt <= budget:
             base = hf_prefill(models, prompts[:r], device)
             budget -= r * context * kvbpt
         for n in cfg.workers:
-            variants.append(OursVariant(models, n, context, prompts[:r], device, shared_prefix=cfg.shared_prefix))
+            variants.append(OursVariant(models, n, context, prompts[:r], device, shared_prefix=shared,
+                                        attention=cfg.attention, graphs=cfg.graphs))
+            if cfg.transformers_max_rows and r * n > cfg.transformers_max_rows:
+                continue  # beyond the baseline's batch limit: not measured, not a skip
             need = 2 * r * n * grown * kvbpt  # the cache, and its copy while torch.cat grows it
             if base is not None and need <= budget:
                 budget -= need
                 variants.append(TransformersVariant(models, n, context, prompts[:r], device,
-                                                    shared_prefix=cfg.shared_prefix, base_cache=base[0],
+                                                    shared_prefix=shared, base_cache=base[0],
                                                     first_token=base[1]))
                 variants[-1].setup_s = base[2]
-            elif cfg.transformers and models.hf is not None:
+            elif hf_wanted:
                 skipped.append(dict(impl="transformers", workers=n, runs=r, context=context,
                                     dtype=dtype_name(models.ours.dtype), reason="memory"))
                 log(console, f"skipping transformers N={n} R={r} context {context}: its cache would not fit")

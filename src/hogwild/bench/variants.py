@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .. import kernels
+from ..gpu import prepare_for_gpu
 from ..models.config import ModelConfig
 from ..models.llama import CausalLM
 from ..loader import load_model
@@ -79,8 +80,9 @@ def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> M
             if ours.config.tie_embeddings:
                 hf.tie_weights()
             hf.eval()
-        # the product path: fused as load_model leaves it, then the CPU kernels swapped in
+        # the product path: fused as load_model leaves it, then the CPU or GPU kernels swapped in
         kernels.prepare_for_cpu(ours.fuse_projections())
+        prepare_for_gpu(ours)
         return Models(f"{shape} (random weights)", ours.config, ours, hf, "random")
     loaded = load_model(cfg.model, dtype=dtype, device=device)  # the product path (CPU kernels)
     hf = None
@@ -162,6 +164,12 @@ class OursVariant(Variant):
 
     impl = "ours"
 
+    def __init__(self, *args: Any, attention: str = "auto", graphs: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.attention, self.graphs = attention, graphs
+        if attention != "auto":  # another path of our engine, measured beside the default one
+            self.impl = f"ours-{attention}"
+
     def setup(self) -> None:
         from ..core.batch import Batch
         from ..core.engine import Engine
@@ -179,7 +187,9 @@ class OursVariant(Variant):
             )
             for prompt in self.prompts
         ]
-        self.batch = Batch(self.models.ours)
+        # not reproducible: off the native CPU path that would give each run its own call,
+        # and the point here is one call for all runs (the CPU path packs either way)
+        self.batch = Batch(self.models.ours, self.attention, reproducible=False, graphs=self.graphs)
         engine = Engine(self.models.ours, "combined", batch=self.batch)
         self.started = [engine.start(script) for script in self.scripts]
 
@@ -213,7 +223,7 @@ class OursVariant(Variant):
             attended_keys=attended,
             rows=rows,
             rows_per_pass=load.rows_last_pass,
-            model_calls=model_calls([self.workers] * self.runs, kernels.MAX_ROWS),
+            model_calls=model_calls([self.workers] * self.runs, self.batch.max_rows),
         )
 
     def close(self) -> None:

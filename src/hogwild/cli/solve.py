@@ -89,6 +89,9 @@ def solve(
     few_shot: Optional[bool] = typer.Option(
         None, "--few-shot/--no-few-shot", help="Few-shot collaboration examples (default: when the context allows)."
     ),
+    redirect_loops: bool = typer.Option(
+        True, "--redirect-loops/--no-redirect-loops", help="Redirect a worker whose step repeats an earlier step."
+    ),
     stop: str = typer.Option("first", "--stop", help="first boxed answer, agree (k workers agree) or none."),
     agree_k: int = typer.Option(2, "--agree-k", help="With --stop agree: how many workers must agree."),
     forced_answer: bool = typer.Option(
@@ -112,7 +115,7 @@ def solve(
     settings = SolveSettings(
         workers=workers, layout=layout, max_passes=max_passes, temperature=temperature, top_p=top_p,
         seed=seed, check_in_every=check_in_every, few_shot=few_shot, stop=stop, agree_k=agree_k,
-        forced_answer=forced_answer,
+        forced_answer=forced_answer, redirect_loops=redirect_loops,
     )
     settings.validate()  # before loading the model: bad arguments fail fast
     names = _protocol_names(make_protocol(settings), workers)
@@ -254,8 +257,10 @@ def show(
     file: Path = typer.Argument(..., help="A JSON file written by 'hogwild solve --save'."),
     show_view: Optional[str] = typer.Option(None, "--show-view", help="Also print what worker W saw at the end."),
     plain: Optional[bool] = typer.Option(None, "--plain/--rich", help="Plain text (default when piped)."),
+    analytics: bool = typer.Option(False, "--analytics", help="Also print the teamwork analytics of the run."),
 ) -> None:
-    """Replay a saved run: its problem, transcript and answer."""
+    """Replay a saved run: its problem, transcript and answer (and, with --analytics, how
+    the workers worked together: docs/eval.md, "Teamwork")."""
     data = load_saved(file)
     names = data["names"]
     view_of = _resolve_worker(show_view, names) if show_view is not None else None
@@ -279,3 +284,18 @@ def show(
         if view_of >= len(views):
             raise InvalidRequestError(f"{file} holds no view for {names[view_of]}")
         _print_view(use_plain, names[view_of], str(views[view_of]))
+    if analytics:
+        _print_analytics(use_plain, data, settings)
+
+
+def _print_analytics(plain: bool, data: dict, settings: dict) -> None:
+    from ..analytics import from_saved, summary_rows
+
+    layout = LAYOUTS.get(str(settings.get("layout", "combined")))
+    rows = summary_rows(from_saved(data, steps=layout.steps if layout is not None else True))
+    if plain:
+        print("===== teamwork analytics =====\n" + render.plain_summary(rows), flush=True)
+        return
+    console = Console(highlight=False)
+    console.rule("Teamwork analytics")
+    console.print(render.rich_summary(rows))

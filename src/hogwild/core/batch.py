@@ -36,9 +36,10 @@ from .. import kernels
 from ..errors import InvalidRequestError
 from ..models.llama import CausalLM
 from ..models.rope import Rope
-from .attention import FastPlan, KernelPlan, QueryGroup, ReferencePlan
+from .attention import FastPlan, GpuPlan, KernelPlan, QueryGroup, ReferencePlan
 from .cache import KVStore, PoolFullError
 from .events import Event
+from .graphs import GRAPH_MAX_ROWS, PassGraphs
 
 
 class Run(Protocol):
@@ -50,13 +51,17 @@ class Run(Protocol):
 
     def _prefill_chunk(self, limit: int) -> bool: ...
     def _schedule(self, events: list[Event]) -> object | None: ...
-    def _complete(self, batch: object, logits: torch.Tensor, force: dict[int, int] | None) -> list[Event]: ...
+    def _complete(self, batch: object, logits: torch.Tensor, force: dict[int, int] | None,
+                  greedy: list[int] | None = None) -> list[Event]: ...
     def _stop(self, reason: str) -> list[Event]: ...
     def _release(self) -> None: ...
 
-#: "auto": the native kernel plan where available, else the PyTorch plan; "torch": always the
-#: PyTorch plan; "reference": the dense oracle (tests, debugging).
-ATTENTION_PATHS = ("auto", "torch", "reference")
+#: "auto": the native kernel plan on CPU and the Triton plan on a CUDA GPU where available,
+#: else the PyTorch plan; "torch": always the PyTorch plan; "triton": always the Triton plan
+#: (on CPU under Triton's interpreter: tests); "reference": the dense oracle (tests, debugging).
+ATTENTION_PATHS = ("auto", "torch", "triton", "reference")
+#: rows per model call off the native CPU path (a GPU is not limited by the native kernels)
+GPU_MAX_ROWS = 1024
 PREFILL_CHUNK = 512
 #: Shorter shared prefixes are not worth a block of their own.
 MIN_PREFIX = 16
@@ -111,12 +116,14 @@ class Batch:
     ``reproducible`` (default): runs share a model call only on the native kernel plan, whose
     rows do not affect each other; on any other plan (the PyTorch fallback, a GPU, the
     reference) each run gets a call of its own, so that no result depends on the batch.
+    ``graphs`` (default): on a CUDA device, decode passes replay CUDA graphs captured per
+    shape (no Python or launch overhead per layer); off, every pass runs eagerly.
     Thread-safe: :meth:`step`, :meth:`close` and :meth:`load` take one lock.
     """
 
     def __init__(self, model: CausalLM, attention: str = "auto", prefill_tokens: int = PREFILL_CHUNK,
                  prefix_cache_tokens: int = 1 << 16, max_kv_tokens: int | None = None,
-                 reproducible: bool = True):
+                 reproducible: bool = True, graphs: bool = True):
         if attention not in ATTENTION_PATHS:
             raise InvalidRequestError(
                 f"unknown attention path {attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
@@ -135,6 +142,8 @@ class Batch:
         self.lock = threading.RLock()
         self.rows_last_pass = 0
         self.reproducible = reproducible
+        self.graphs_enabled = graphs
+        self.graphs: PassGraphs | None = None
 
     # ------------------------------------------------------------------ runs
     def add(self, run: Run) -> None:
@@ -195,13 +204,31 @@ class Batch:
         """The attention plan for a model call of ``rows`` rows under this batch's setting."""
         if self.attention == "reference":
             return ReferencePlan
+        if self.attention == "triton":
+            return GpuPlan
         if self.attention == "auto" and KernelPlan.usable(self.store, rows):
             return KernelPlan
+        if self.attention == "auto" and self.store.device.type == "cuda" and GpuPlan.usable(self.store):
+            return GpuPlan
         return FastPlan
 
-    def forward(self, ids: list[int], groups: list[QueryGroup], logit_rows: list[int]) -> torch.Tensor:
-        """One model call over ``ids`` (slots already reserved); logits of ``logit_rows``."""
-        plan = self.plan_class(len(ids))(self.store, self.rope, groups)
+    @property
+    def max_rows(self) -> int:
+        """Rows per model call when runs are packed together."""
+        return kernels.MAX_ROWS if self.store.device.type == "cpu" else GPU_MAX_ROWS
+
+    def forward(self, ids: list[int], groups: list[QueryGroup], logit_rows: list[int],
+                decode: bool = False) -> torch.Tensor:
+        """One model call over ``ids`` (slots already reserved); logits of ``logit_rows``.
+        A decode pass on the Triton plan on a CUDA device replays a CUDA graph of its shape
+        (:class:`~hogwild.core.graphs.PassGraphs`; ``graphs=False`` turns that off)."""
+        cls = self.plan_class(len(ids))
+        if (decode and cls is GpuPlan and self.graphs_enabled and self.store.device.type == "cuda"
+                and len(ids) <= GRAPH_MAX_ROWS):
+            if self.graphs is None:
+                self.graphs = PassGraphs(self.model, self.store, self.rope)
+            return self.graphs.run(ids, groups, logit_rows)
+        plan = cls(self.store, self.rope, groups)
         device = self.model.device
         return self.model(torch.tensor(ids, device=device), plan, torch.tensor(logit_rows, device=device))
 
@@ -241,27 +268,32 @@ class Batch:
                     if ids:
                         segments.append((run, ids, groups, rows))
             logits_of: dict[Run, list[torch.Tensor]] = {run: [] for run, _, _ in scheduled}
+            # every row's greedy token, read back once per model call rather than once per
+            # run (each read waits for the device)
+            greedy_of: dict[Run, list[int]] = {run: [] for run, _, _ in scheduled}
             for pack in self._packs(segments):
                 ids, groups, rows = [], [], []
                 for _, seg_ids, seg_groups, seg_rows in pack:
                     rows += [len(ids) + x for x in seg_rows]
                     ids += seg_ids
                     groups += seg_groups
-                logits = self.forward(ids, groups, rows)
+                logits = self.forward(ids, groups, rows, decode=True)
+                picks = logits.argmax(-1).tolist()
                 at = 0
                 for run, _, _, seg_rows in pack:
                     logits_of[run].append(logits[at : at + len(seg_rows)])
+                    greedy_of[run] += picks[at : at + len(seg_rows)]
                     at += len(seg_rows)
             for run, b, events in scheduled:
                 parts = logits_of[run]
-                mine = torch.cat(parts) if parts else torch.empty(0)
-                out[run] = events + run._complete(b, mine, (force or {}).get(run))
+                mine = torch.cat(parts) if len(parts) > 1 else parts[0] if parts else torch.empty(0)
+                out[run] = events + run._complete(b, mine, (force or {}).get(run), greedy_of[run])
             return out
 
     def _packs(self, segments: list) -> list[list]:
         """Group segments of rows into model calls of at most the native row limit, in order;
         a segment that alone exceeds it gets a call of its own."""
-        limit = kernels.MAX_ROWS
+        limit = self.max_rows
         if self.reproducible and self.plan_class(1) is not KernelPlan:
             return [[seg] for seg in segments]
         packs: list[list] = []

@@ -113,10 +113,12 @@ def group(run: Run, branch: Branch) -> QueryGroup | None:
     return QueryGroup(view, [branch.block] * len(branch.pending), locals_, caps)
 
 
-def accept(run: Run, branch: Branch, logits: Any) -> None:
-    """Take the branch's greedy token; end it on a stop id, its rule, or its budget."""
+def accept(run: Run, branch: Branch, logits: Any, token: int | None = None) -> None:
+    """Take the branch's greedy token (``token``, when the caller has read it already); end
+    it on a stop id, its rule, or its budget."""
     branch.logits = logits
-    token = int(logits.argmax())
+    if token is None:
+        token = int(logits.argmax())
     if token in run.script.stop_ids:
         close(run, branch, "eos")
         return

@@ -149,6 +149,8 @@ class Run(PromptStorage, RunReadout):
         self.passes = 0
         self.logits: list[torch.Tensor | None] = [None] * n
         self.tokens_since_check_in = 0  # generated tokens (all workers) since the last check-in
+        # the protocol's per-run view of finished steps (redirecting headers), if it has one
+        self.step_observer = script.step_observer() if script.step_observer is not None else None
 
     @property
     def needs_pass(self) -> bool:
@@ -270,8 +272,10 @@ class Run(PromptStorage, RunReadout):
             reading.append(b)
         return PassBatch(ids, groups, readers, rows, active, main, reading, split)
 
-    def _complete(self, batch: PassBatch, logits: torch.Tensor, force: dict[int, int] | None) -> list[Event]:
-        """Everything after the model call: fold, sample, accept (main run and branches)."""
+    def _complete(self, batch: PassBatch, logits: torch.Tensor, force: dict[int, int] | None,
+                  greedy: list[int] | None = None) -> list[Event]:
+        """Everything after the model call: fold, sample, accept (main run and branches).
+        ``greedy``: each row's argmax, when the caller has read them already."""
         for w in batch.active:
             w.pending = []
         self._fold_history()
@@ -279,13 +283,13 @@ class Run(PromptStorage, RunReadout):
         n = len(batch.readers)
         if batch.main:
             self.passes += 1
-            chosen = self._sample(batch.readers, logits[:n], force)
+            chosen = self._sample(batch.readers, logits[:n], force, None if greedy is None else greedy[:n])
             for w, token in zip(batch.readers, chosen):
                 events += self._accept(w, token)
             if all(w.done for w in self.workers):
                 events += self._stop("eos")
-        for b, row in zip(batch.branches, logits[n:]):
-            branches.accept(self, b, row)
+        for i, (b, row) in enumerate(zip(batch.branches, logits[n:])):
+            branches.accept(self, b, row, None if greedy is None else greedy[n + i])
         return events
 
     def _fold_history(self) -> None:
@@ -295,10 +299,11 @@ class Run(PromptStorage, RunReadout):
             self.block_ids[self.history] += self.block_ids.pop(block)
         self.history_pending = []
 
-    def _sample(self, readers: list[WorkerState], logits: torch.Tensor, force: dict[int, int] | None) -> list[int]:
+    def _sample(self, readers: list[WorkerState], logits: torch.Tensor, force: dict[int, int] | None,
+                greedy: list[int] | None = None) -> list[int]:
         for w, row in zip(readers, logits):
             self.logits[w.index] = row
-        chosen = self.sampler.sample(logits, [w.index for w in readers])
+        chosen = self.sampler.sample(logits, [w.index for w in readers], greedy=greedy)
         out = [int(t) for t in chosen]
         if force:
             out = [force.get(w.index, t) for w, t in zip(readers, out)]
@@ -382,14 +387,21 @@ class Run(PromptStorage, RunReadout):
         self.history_pending.append(w.block)
         w.block = self._new_block(64)
         w.step += 1
+        written = w.generated
         w.step_ids, w.generated = [], []
         w.decoder.reset()
+        # the protocol sees every finished step (its own text only, no header) and may
+        # replace the next header, e.g. to redirect a worker that repeated a step
+        redirect = self.step_observer(w.index, w.step, self._text(written)) if self.step_observer else None
         if w.done:
             return events
-        check_in = self.script.check_in_due(self.tokens_since_check_in)
-        if check_in:
-            self.tokens_since_check_in = 0
-        header = list(self.script.header_ids(w.index, w.step, check_in))
+        if redirect:  # a check-in that is due waits for the next plain header
+            header = list(redirect)
+        else:
+            check_in = self.script.check_in_due(self.tokens_since_check_in)
+            if check_in:
+                self.tokens_since_check_in = 0
+            header = list(self.script.header_ids(w.index, w.step, check_in))
         if header:
             w.pending.append((w.block, header))
             events.append(HeaderEvent(self.passes, w.index, self._record(w, header)))

@@ -41,6 +41,8 @@ class Snapshot:
     history: list[tuple[int, str]]  # (worker, step text) in completion order
     current: list[tuple[int, str]]  # (worker, unfinished step text)
     generated_tokens: list[int] = field(default_factory=list)
+    history_tokens: list[int] = field(default_factory=list)  # tokens of each history step
+    current_tokens: list[int] = field(default_factory=list)  # tokens of each unfinished step
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ class RunReadout:
             history=[(w, text(ids)) for w, ids in self.history_order],
             current=[(w.index, text(w.step_ids)) for w in self.workers if w.step_ids and not w.done],
             generated_tokens=[w.generated_count for w in self.workers],
+            history_tokens=[len(ids) for _, ids in self.history_order],
+            current_tokens=[len(w.step_ids) for w in self.workers if w.step_ids and not w.done],
         )
 
     def worker_ids(self, worker: int) -> tuple[int, ...]:

@@ -35,10 +35,11 @@ class Sampler:
                 g.manual_seed(base * 1009 + w)
                 self.generators.append(g)
 
-    def sample(self, logits: torch.Tensor, workers: list[int]) -> list[int]:
-        """``logits`` [rows, vocab] fp32, one row per entry of ``workers``."""
+    def sample(self, logits: torch.Tensor, workers: list[int], greedy: list[int] | None = None) -> list[int]:
+        """``logits`` [rows, vocab] fp32, one row per entry of ``workers``. ``greedy``: the
+        rows' argmax when the caller has it already (one device read per model call)."""
         if self.settings.temperature == 0:
-            return logits.argmax(-1).tolist()
+            return list(greedy) if greedy is not None else logits.argmax(-1).tolist()
         probs = torch.softmax(logits / self.settings.temperature, dim=-1)
         if self.settings.top_p < 1:
             sorted_p, order = probs.sort(-1, descending=True)

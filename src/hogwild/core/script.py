@@ -41,6 +41,13 @@ class Script:
                   follows it, ending inside an open box; None = no forced answers.
     forced_marker: the constant block that closes each unfinished step in a forced answer's
                   view of the team's transcript (None: nothing closes them).
+    step_observer: None, or a factory called once per run; what it returns is called with
+                  ``(worker, number of its next step, generated text of the step it just
+                  finished)`` for every finished step, in completion order (a worker's last
+                  step too), and returns the ids that open that worker's next step in place
+                  of ``header_ids`` (e.g. a redirect after a repeated step), or None for the
+                  usual header. A protocol keeps per-run state (the steps seen so far) in
+                  the object the factory makes.
     """
 
     prompt_ids: Sequence[int]
@@ -54,6 +61,7 @@ class Script:
     shared_prefix: int | Sequence[int] = 0
     forced_suffix: Callable[[bool], Sequence[int]] | None = None
     forced_marker: str | None = None
+    step_observer: Callable[[], Callable[[int, int, str], Sequence[int] | None]] | None = None
 
     @property
     def num_workers(self) -> int:

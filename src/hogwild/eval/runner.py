@@ -54,6 +54,7 @@ class EvalConfig:
     forced_tokens: int = 32
     check_in_every: int = 1024
     few_shot: bool | None = None
+    redirect_loops: bool = True
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
@@ -136,7 +137,8 @@ def unit_seed(config: EvalConfig, unit: Unit) -> int:
 def make_unit_strategy(unit: Unit, config: EvalConfig):
     return make_strategy(unit.strategy, unit.workers, temperature=config.temperature, top_p=config.top_p,
                          forced_tokens=config.forced_tokens, check_in_every=config.check_in_every,
-                         few_shot=config.few_shot, seed=unit_seed(config, unit))
+                         few_shot=config.few_shot, redirect_loops=config.redirect_loops,
+                         seed=unit_seed(config, unit))
 
 
 def unit_record(unit: Unit, out: Any, wall: float) -> dict:
@@ -145,7 +147,8 @@ def unit_record(unit: Unit, out: Any, wall: float) -> dict:
     for r in out.results:
         score = score_answer(r.answer, unit.task.answer)
         row = {"budget": r.budget, "answer": r.answer, "score": score, "correct": score == 1.0,
-               "forced": r.forced, "passes": r.passes, "tokens": r.tokens, "wall_s": r.wall_s}
+               "forced": r.forced, "copied": r.copied, "passes": r.passes, "tokens": r.tokens,
+               "wall_s": r.wall_s}
         if r.votes is not None:
             row["votes"] = r.votes
         results.append(row)
@@ -153,7 +156,8 @@ def unit_record(unit: Unit, out: Any, wall: float) -> dict:
         "task": unit.task.id, "strategy": unit.strategy, "workers": unit.workers,
         "k": unit.task.k, "gold": unit.task.answer, "passes": out.passes,
         "stop_reason": out.stop_reason, "wall_s": round(wall, 3), "timings": out.timings,
-        "results": results, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": results, "analytics": out.analytics,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -307,10 +311,7 @@ def evaluate(
             bar.__exit__(None, None, None)
     ids = {t.id for t in tasks}
     mine = [r for r in records if r["task"] in ids]
-    rows = rep.summarize(mine)
-    rep.write_summary(out, rows, config.to_json(), len({r["task"] for r in mine}))
-    rep.plot(rows, out / rep.PLOT)
+    rows = rep.write_all(out, mine, config.to_json(), console)
     if console is not None:
-        console.print(rep.table(rows))
-        console.print(f"results: {results_path}\nsummary: {out / rep.SUMMARY}\nplot:    {out / rep.PLOT}")
+        console.print(f"results: {results_path}")
     return rows

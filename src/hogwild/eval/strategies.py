@@ -17,10 +17,30 @@ do not count towards passes.
 - ``hogwild-<layout>`` for every collaborative layout in the registry
   (:func:`hogwild.core.layouts.collaborative_layouts`: combined, interleaved, contiguous, and
   any registered one): N collaborating workers with the protocol; the last answer in
-  completion order, else the forced answer.
+  completion order, else the forced answer. For a bundle, when no step gives all k
+  answers, single answers labelled with their question ("Problem 2: ... \\boxed{7}") are
+  put in question order (:func:`hogwild.answers.lists.answers_by_question`), else the last
+  k boxes in completion order are read.
+- ``hogwild-orchestrated`` (orchestrator-workers, combined layout): the first worker writes
+  an assignment, one line per worker, and the others follow it (the protocol's
+  ``orchestrated`` pattern); answers as ``hogwild-combined``. The analytics record the
+  assignments parsed from the text.
+- ``hogwild-verified`` (evaluator-optimizer, combined layout): the last worker checks the
+  others' results and alone writes the final answer (the ``verified`` pattern). The answer
+  is the checker's last boxed answer (its confirmation or its correction); the run stops
+  when the checker has answered; a solver's box alone does neither. Without one, the forced
+  answer, whose text says the checker gives it.
 
 Stop rules: single/early-stop/hogwild stop at the first complete answer (for a bundle of
-k questions, a box with k answers); independent stops when every worker has answered.
+k questions, a box with k answers); independent stops when every worker has answered;
+hogwild-verified when the checker has. An answer copied from the prompt
+(:class:`hogwild.answers.CopyGuard`: a number of the examples or instructions that the
+problem does not contain) is not an answer for a stop rule, so it never ends a run; the
+hogwild strategies read the last answer that is not copied, and a copied one only when
+there is no other.
+
+Every strategy run also yields its teamwork analytics (:mod:`hogwild.analytics`), read from
+the final state of the run, and per budget whether the answer is copied.
 """
 
 from __future__ import annotations
@@ -28,9 +48,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..answers import answers_equal
+from .. import analytics as teamwork
+from ..answers import CopyGuard, answers_equal
+from ..answers.lists import answers_by_question
 from ..core.events import RunStats, Snapshot
-from ..core.layouts import collaborative_layouts
+from ..core.layouts import collaborative_layouts, get_layout
 from ..core.sampling import Sampling
 from ..core.script import Script
 from ..driver import Driver, Handle, Outcome, Scheduler
@@ -52,6 +74,7 @@ class BudgetResult:
     tokens: list[int]
     wall_s: float
     votes: list[str | None] | None = None  # independent: each worker's answer
+    copied: bool = False  # the answer is copied from the prompt (CopyGuard)
 
 
 @dataclass
@@ -60,6 +83,7 @@ class StrategyRun:
     passes: int
     stop_reason: str
     timings: dict[str, float] = field(default_factory=dict)
+    analytics: dict | None = None  # teamwork analytics of the final state (hogwild.analytics)
 
 
 def majority_vote(answers: Sequence[str | None], equal=answers_equal) -> str | None:
@@ -96,18 +120,33 @@ def bundle_vote(answers: Sequence[str | None], k: int) -> str | None:
     return SEPARATOR.join(out) if any(out) else None
 
 
-class AnswerStop:
-    """A strategy's stop rule: a worker has answered once its text gives all k answers."""
+def problem_texts(task: Task) -> str | tuple[str, ...]:
+    """What counts as the problem for the copy guard: a bundle's questions, else the question."""
+    return task.parts if task.parts else task.question
 
-    def __init__(self, strategy: Strategy, task: Task):
-        self.strategy, self.task = strategy, task
+
+def copy_guard(prompt_text: str, task: Task) -> CopyGuard:
+    return CopyGuard(prompt_text, problem_texts(task))
+
+
+def is_copied(guard: CopyGuard, answer: str | None, k: int) -> bool:
+    return guard.copied(answer, split_answers(answer) if k > 1 and answer is not None else None)
+
+
+class AnswerStop:
+    """A strategy's stop rule: a worker has answered once its text gives all k answers, and
+    the answer is not copied from the prompt (``guard``)."""
+
+    def __init__(self, strategy: Strategy, task: Task, guard: CopyGuard | None = None):
+        self.strategy, self.task, self.guard = strategy, task, guard
         self.answered: dict[int, str] = {}
 
     def observe(self, worker: int, text: str) -> None:
         if worker not in self.answered:
             found = answer_from_text(text, self.task.k)
             if is_complete(found, self.task.k):
-                self.answered[worker] = found
+                if self.guard is None or not is_copied(self.guard, found, self.task.k):
+                    self.answered[worker] = found
 
     def done(self, stats: RunStats) -> bool:
         return self.strategy.should_stop(stats, self.answered)
@@ -122,12 +161,18 @@ class Strategy:
 
     def __init__(self, workers: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None, forced_tokens: int = 32, check_in_every: int = 1024,
-                 few_shot: bool | None = None):
+                 few_shot: bool | None = None, redirect_loops: bool = True):
         self.workers = workers if self.multi_worker else 1
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.forced_tokens = forced_tokens
         self.check_in_every, self.few_shot = check_in_every, few_shot
+        self.redirect_loops = redirect_loops
         self.protocol: Protocol | PlainProtocol = PlainProtocol(self.workers)
+
+    def names(self) -> list[str]:
+        """The workers' names (the protocol's; plain workers are "Worker 1", ...)."""
+        names = getattr(self.protocol, "worker_names", None)
+        return list(names) if names else [f"Worker {i + 1}" for i in range(self.workers)]
 
     # -- hooks ---------------------------------------------------------------------------
     def script(self, loaded, task: Task) -> Script:
@@ -161,9 +206,11 @@ class Strategy:
         budgets = sorted({int(b) for b in budgets})
         if not budgets or budgets[0] < 1:
             raise ValueError(f"budgets must be positive integers (got {budgets})")
-        return self.driver(loaded, scheduler).submit(
-            self.script(loaded, task), budgets[-1], AnswerStop(self, task), budgets, budgets,
-            lambda snap: self.forced_requests(task, snap))
+        driver = self.driver(loaded, scheduler)
+        script = self.script(loaded, task)
+        guard = copy_guard(driver.decode(script.prompt_ids), task)
+        return driver.submit(script, budgets[-1], AnswerStop(self, task, guard), budgets, budgets,
+                             lambda snap: self.forced_requests(task, snap))
 
     def decode(self, loaded, task: Task, budgets: Sequence[int]) -> Outcome:
         """Run the engine once up to the largest budget, with snapshots at every budget."""
@@ -172,16 +219,30 @@ class Strategy:
     def answers(self, loaded, task: Task, decoded: Outcome) -> StrategyRun:
         """Answers at every budget from a decoded run (its forced answers included)."""
         results, memo = [], {}
+        guard = copy_guard(decoded.prompt_text, task)
         for b in decoded.requested:
             snap, wall = decoded.at(b)
             if id(snap) not in memo:
                 memo[id(snap)] = self.answer_at(task, snap, decoded)
             answer, forced, votes = memo[id(snap)]
             results.append(BudgetResult(b, answer, forced, snap.passes, list(snap.generated_tokens),
-                                        round(wall, 3), votes))
+                                        round(wall, 3), votes, is_copied(guard, answer, task.k)))
         timings = {k: round(v, 3) for k, v in decoded.timings.items()}
         timings["total_s"] = round(sum(timings.values()), 3)
-        return StrategyRun(results, decoded.passes, decoded.stop_reason, timings)
+        return StrategyRun(results, decoded.passes, decoded.stop_reason, timings,
+                           self.analytics(loaded, task, decoded, results[-1].answer if results else None))
+
+    def analytics(self, loaded, task: Task, decoded: Outcome, answer: str | None) -> dict:
+        """Teamwork analytics of the run's final state (:mod:`hogwild.analytics`)."""
+        tok = loaded.tokenizer
+
+        def count(text: str) -> int:
+            return len(tok.encode(text, add_special_tokens=False))
+
+        return teamwork.from_snapshot(
+            decoded.final, self.names(), problem_texts(task), steps=get_layout(self.layout).steps,
+            answer=answer, gold=task.answer, k=task.k, guard=copy_guard(decoded.prompt_text, task),
+            count_tokens=count)
 
     def run(self, loaded, task: Task, budgets: Sequence[int], seed: int | None = None) -> StrategyRun:
         """Decode once and read the answers at every budget."""
@@ -250,39 +311,92 @@ class Hogwild(Strategy):
     """N collaborating workers in one of the engine's layouts, with the protocol's prompt."""
 
     multi_worker = True
+    pattern = "team"
 
     def __init__(self, layout: str, **kwargs):
         super().__init__(**kwargs)
         self.layout = layout
         self.name = f"hogwild-{layout}"
-        self.protocol = Protocol(num_workers=self.workers, layout=layout,
-                                 check_in_every=self.check_in_every, few_shot=self.few_shot)
+        self.protocol = Protocol(num_workers=self.workers, layout=layout, pattern=self.pattern,
+                                 check_in_every=self.check_in_every, few_shot=self.few_shot,
+                                 redirect_loops=self.redirect_loops)
 
-    @staticmethod
-    def given(task: Task, snap: Snapshot) -> str | None:
-        """The team's complete answer in ``snap``: the last one in completion order."""
+    def answerers(self) -> set[int] | None:
+        """The workers whose boxes are the team's answer (None: everyone's)."""
+        return None
+
+    def given(self, task: Task, snap: Snapshot, guard: CopyGuard | None = None) -> str | None:
+        """The team's complete answer in ``snap``: the last one in completion order (of the
+        :meth:`answerers`); with a ``guard``, the last one that is not copied, if any."""
         if snap.history:
-            texts = [t for _, t in snap.history] + [t for _, t in snap.current]
+            steps = list(snap.history) + list(snap.current)
         else:  # layouts without steps: each worker's whole text, in worker order
-            texts = list(snap.workers)
+            steps = list(enumerate(snap.workers))
+        allowed = self.answerers()
+        texts = [t for w, t in steps if allowed is None or w in allowed]
         candidates = [answer_from_text(text, task.k) for text in reversed(texts)]
-        if task.k > 1:  # answers spread over several steps or workers
+        if task.k > 1:  # answers spread over several steps or workers: by question, else in order
+            candidates.append(answers_by_question(texts, task.k))
             candidates.append(answer_from_text("\n\n".join(texts), task.k))
-        return next((c for c in candidates if is_complete(c, task.k)), None)
+        complete = [c for c in candidates if is_complete(c, task.k)]
+        if guard is not None:
+            complete = [c for c in complete if not is_copied(guard, c, task.k)] or complete
+        return complete[0] if complete else None
 
     def forced_requests(self, task, snap):
         return [None] if self.given(task, snap) is None else []
 
     def answer_at(self, task, snap, outcome):
-        found = self.given(task, snap)
+        found = self.given(task, snap, copy_guard(outcome.prompt_text, task))
         if found is not None:
             return found, False, None
         return _forced_answer(outcome, snap, None), True, None
 
 
+class Orchestrated(Hogwild):
+    """Orchestrator-workers on the shared cache: the first worker writes an assignment, one
+    line per worker ("Bob: problem 2"), that the others follow (protocol pattern
+    ``orchestrated``, combined layout). Answers as :class:`Hogwild`."""
+
+    pattern = "orchestrated"
+
+    def __init__(self, **kwargs):
+        super().__init__("combined", **kwargs)
+        self.name = "hogwild-orchestrated"
+
+
+class Verified(Hogwild):
+    """Evaluator-optimizer on the shared cache: the last worker checks the others' results
+    and alone writes the final answer, confirming or correcting them (protocol pattern
+    ``verified``, combined layout). Only the checker's answer counts and stops the run."""
+
+    pattern = "verified"
+
+    def __init__(self, **kwargs):
+        super().__init__("combined", **kwargs)
+        self.name = "hogwild-verified"
+
+    @property
+    def checker(self) -> int:
+        return self.workers - 1
+
+    def answerers(self) -> set[int]:
+        return {self.checker}
+
+    def should_stop(self, stats, answered):
+        return self.checker in answered
+
+
+#: Strategies with a collaboration pattern of their own (on the combined layout).
+PATTERN_STRATEGIES = {"hogwild-orchestrated": Orchestrated, "hogwild-verified": Verified}
+
+
 def strategy_names() -> list[str]:
-    """Every strategy name: the baselines and ``hogwild-<layout>`` per collaborative layout."""
-    return ["single", "early-stop", "independent"] + [f"hogwild-{l}" for l in collaborative_layouts()]
+    """Every strategy name: the baselines, ``hogwild-<layout>`` per collaborative layout, and
+    the pattern strategies."""
+    layouts = [f"hogwild-{l}" for l in collaborative_layouts()]
+    return ["single", "early-stop", "independent"] + layouts + [
+        n for n in PATTERN_STRATEGIES if n not in layouts]
 
 
 def make_strategy(name: str, workers: int = 1, **kwargs) -> Strategy:
@@ -293,6 +407,8 @@ def make_strategy(name: str, workers: int = 1, **kwargs) -> Strategy:
         return EarlyStop(workers=1, **kwargs)
     if name == "independent":
         return Independent(workers=workers, **kwargs)
+    if name in PATTERN_STRATEGIES:
+        return PATTERN_STRATEGIES[name](workers=workers, **kwargs)
     if name.startswith("hogwild-") and name[len("hogwild-"):] in collaborative_layouts():
         return Hogwild(name[len("hogwild-"):], workers=workers, **kwargs)
     raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(strategy_names())}")

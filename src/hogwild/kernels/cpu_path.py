@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.llama import MLP, CausalLM, RMSNorm
+from ..models.llama import MLP, CausalLM, RMSNorm, replace_modules
 from . import build, ops
 from .layers import KernelLinear, KernelRMSNorm, PackedLinear, can_pack
 from .native import NativeDecoder
@@ -31,8 +31,8 @@ def prepare_for_cpu(model: CausalLM) -> CausalLM:
     if model.device.type != "cpu":
         return model
     if build.available() and model.dtype in (torch.float32, torch.bfloat16):
-        _replace(model, nn.Linear, KernelLinear)
-        _replace(model, RMSNorm, KernelRMSNorm)
+        replace_modules(model, nn.Linear, KernelLinear)
+        replace_modules(model, RMSNorm, KernelRMSNorm)
         for module in model.modules():
             if isinstance(module, MLP) and isinstance(module.gate_up_proj, KernelLinear):
                 module.act_mul = ops.silu_mul  # fp32 contiguous in, as KernelLinear returns
@@ -40,13 +40,5 @@ def prepare_for_cpu(model: CausalLM) -> CausalLM:
         if model.model.layers and model.model.layers[0].self_attn.qkv_proj is not None:
             model.stack = NativeDecoder(model)
     elif can_pack(model.dtype, model.device):
-        _replace(model, nn.Linear, PackedLinear)
+        replace_modules(model, nn.Linear, PackedLinear)
     return model
-
-
-def _replace(model: nn.Module, kind: type[nn.Module], make: type[nn.Module]) -> None:
-    """Replace every submodule of exactly type ``kind`` by ``make(submodule)``."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is kind:
-                setattr(module, name, make(child))

@@ -126,11 +126,21 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def replace_modules(model: nn.Module, kind: type[nn.Module], make: Callable[[nn.Module], nn.Module]) -> None:
+    """Replace every submodule of exactly type ``kind`` by ``make(submodule)`` (backends)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is kind:
+                setattr(module, name, make(child))
+
+
 def _concat_linears(*linears: nn.Linear) -> nn.Linear:
     first = linears[0]
     out = sum(l.out_features for l in linears)
-    fused = nn.Linear(first.in_features, out, bias=first.bias is not None)
-    fused = fused.to(device=first.weight.device, dtype=first.weight.dtype)
+    # made on the meta device, then given uninitialised memory where the weights live: no
+    # full-size fp32 init on the CPU (minutes for a 32B model), no second copy
+    fused = nn.Linear(first.in_features, out, bias=first.bias is not None, device="meta",
+                      dtype=first.weight.dtype).to_empty(device=first.weight.device)
     with torch.no_grad():
         fused.weight.copy_(torch.cat([l.weight for l in linears]))
         if first.bias is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from .config import ModelConfig
 
 #: Short name -> architecture. ``tiny`` is for tests and smoke runs; the others are the sizes
-#: of real checkpoints (SmolLM2-135M, Qwen2.5-0.5B, Qwen2.5-7B).
+#: of real checkpoints (SmolLM2-135M, Qwen2.5-0.5B, Qwen2.5-7B, Qwen2.5-32B / QwQ-32B).
 SHAPES: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
@@ -34,6 +34,11 @@ SHAPES: dict[str, ModelConfig] = {
     "qwen2.5-7b": ModelConfig(
         model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
         num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, rms_eps=1e-6,
+        rope_theta=1000000.0, max_positions=32768, tie_embeddings=False, qkv_bias=True,
+    ),
+    "qwen2.5-32b": ModelConfig(  # also QwQ-32B's shape
+        model_type="qwen2", vocab_size=152064, hidden_size=5120, intermediate_size=27648,
+        num_layers=64, num_heads=40, num_kv_heads=8, head_dim=128, rms_eps=1e-5,
         rope_theta=1000000.0, max_positions=32768, tie_embeddings=False, qkv_bias=True,
     ),
 }

@@ -4,6 +4,7 @@
   headers, the "unfinished" marker, check-in question, openings, forced-answer lines, the
   plain chain-of-thought instruction, one view description per layout name).
 * :mod:`.step_end`: when a worker's step is finished.
+* :mod:`.loops`: whether a step repeats an earlier one (pure text functions).
 * :mod:`.chat`: chat-template glue (rendering, BOS, end-of-turn ids).
 * :mod:`.team`: :class:`Protocol`, N named workers, rendered into a
   :class:`hogwild.core.script.Script`.
@@ -13,7 +14,8 @@
 from .chat import render_chat, stop_ids
 from .plain import PlainProtocol
 from .step_end import LIST_STEP_CHARS, is_step_end
-from .team import FEW_SHOT_MIN_CONTEXT, Protocol
+from .loops import RepeatTracker, loop_rate, step_body
+from .team import FEW_SHOT_MIN_CONTEXT, PATTERNS, Protocol
 from .texts import (
     CHECK_IN_TEXT,
     DEFAULT_NAMES,
@@ -25,6 +27,6 @@ from .texts import (
 
 __all__ = [
     "CHECK_IN_TEXT", "DEFAULT_NAMES", "FEW_SHOT_MIN_CONTEXT", "FORCED_ANSWER_LEAD",
-    "LIST_STEP_CHARS", "OTHERS_HEADER_TEXT", "OWN_HEADER_TEXT", "PlainProtocol", "Protocol",
-    "UNFINISHED_TEXT", "is_step_end", "render_chat", "stop_ids",
+    "LIST_STEP_CHARS", "OTHERS_HEADER_TEXT", "OWN_HEADER_TEXT", "PATTERNS", "PlainProtocol", "Protocol",
+    "RepeatTracker", "UNFINISHED_TEXT", "is_step_end", "loop_rate", "render_chat", "step_body", "stop_ids",
 ]

@@ -3,6 +3,16 @@
 :meth:`Protocol.script` renders the wording of :mod:`.texts` through the model's chat
 template and tokenizes it into a :class:`hogwild.core.script.Script`, the only thing the
 engine sees.
+
+Two rules look at the finished steps while a run goes on (the Script's ``step_observer``,
+one per run): a worker whose step repeats an earlier step (:mod:`.loops`) opens its next
+step with a redirect instead of the bare header; and in the ``verified`` pattern, the
+checker's next step after a solver's boxed result opens with "... I check it".
+
+Patterns (``pattern``): ``team`` (everyone plans and splits the work), ``orchestrated``
+(the first worker writes an assignment, one line per worker, and the others follow it;
+their second step opens with "my part, as Alice assigned it") and ``verified`` (the last
+worker checks the others' results and alone writes the final answer).
 """
 
 from __future__ import annotations
@@ -12,14 +22,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..answers import extract_boxed
 from ..core import layouts
 from ..core.script import Script
 from ..errors import InvalidRequestError
 from .chat import encoder, prefix_ends, render_chat, stop_ids, thinking_open, with_bos
+from .loops import Repeat, RepeatTracker
 from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
 from .texts import (
     CHECK_IN,
     CHECK_IN_TEXT,
+    CHECK_RESULT,
     CHECK_IN_TEXT_SOLO,
     DEFAULT_NAMES,
     EXAMPLE_MOD_2,
@@ -29,16 +42,27 @@ from .texts import (
     EXAMPLE_SHOP_3,
     EXAMPLE_SHOP_PROBLEM,
     FEW_SHOT_INTRO,
+    FOLLOW_ASSIGNMENT,
     FORCED_ANSWER_LEAD,
     FORCED_ANSWER_TEXT,
     FORCED_ANSWER_TEXT_SOLO,
+    FORCED_ANSWER_TEXT_VERIFIED,
     OPENINGS_OTHERS,
+    OPENING_CHECKER,
     OPENING_LEAD,
+    OPENING_ORCHESTRATED,
+    OPENING_ORCHESTRATOR,
     OPENING_SOLO,
+    OPENING_SOLVER,
     OTHERS_HEADER_TEXT,
     OTHERS_TITLE,
     OWN_HEADER_TEXT,
     OWN_TITLE,
+    PATTERN_ORCHESTRATED,
+    PATTERN_VERIFIED,
+    REDIRECT_OTHER,
+    REDIRECT_OWN,
+    REDIRECT_SOLO,
     STEP_HEADER,
     SYSTEM_SOLO,
     SYSTEM_TEAM,
@@ -55,6 +79,9 @@ from .texts import (
 #: few_shot=None (auto) uses the examples only when the model's context is at least this
 #: long and the prompt with examples takes at most half of it.
 FEW_SHOT_MIN_CONTEXT = 4096
+
+#: The collaboration patterns (:attr:`Protocol.pattern`).
+PATTERNS = ("team", "orchestrated", "verified")
 
 
 @dataclass
@@ -73,6 +100,10 @@ class Protocol:
                     auto (make sure the assistant turn starts inside an open ``<think>``),
                     True = same, False = leave the template's generation prompt as it is.
     list_step_chars: see :func:`is_step_end`.
+    pattern:        "team" (default), "orchestrated" or "verified" (module docstring); the
+                    last two need at least two workers.
+    redirect_loops: open the next step of a worker whose step repeated an earlier step
+                    (:mod:`hogwild.protocol.loops`) with a redirect instead of the bare header.
     """
 
     num_workers: int = 2
@@ -82,6 +113,8 @@ class Protocol:
     layout: str = "combined"
     thinking: bool | None = None
     list_step_chars: int = LIST_STEP_CHARS
+    pattern: str = "team"
+    redirect_loops: bool = True
     worker_names: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +140,12 @@ class Protocol:
             if len(set(names)) != len(names):
                 raise InvalidRequestError(f"Worker names must differ: {', '.join(names)}.")
         self.worker_names = names
+        if self.pattern not in PATTERNS:
+            raise InvalidRequestError(
+                f"Unknown collaboration pattern {self.pattern!r}; use {', '.join(PATTERNS)}.")
+        if self.pattern != "team" and self.num_workers < 2:
+            raise InvalidRequestError(
+                f"The {self.pattern} pattern needs at least two workers, got {self.num_workers}.")
 
     # ------------------------------------------------------------------ texts
 
@@ -121,16 +160,52 @@ class Protocol:
             text += CHECK_IN_TEXT_SOLO if self.solo else CHECK_IN_TEXT
         return text
 
+    @property
+    def checker(self) -> int | None:
+        """The worker who checks the others' results (the ``verified`` pattern: the last)."""
+        return self.num_workers - 1 if self.pattern == "verified" else None
+
+    def header_text(self, worker: int, step: int, check_in: bool = False) -> str:
+        """The text that opens a later step in a run: the step header, with the check-in
+        question or, in the ``orchestrated`` pattern, the "my part" line of step 2."""
+        text = self.step_header(worker, step, check_in)
+        if self.pattern == "orchestrated" and worker != 0 and step == 2 and not check_in:
+            text += fill(FOLLOW_ASSIGNMENT, lead=self.worker_names[0])
+        return text
+
+    def redirect_header(self, worker: int, step: int, repeat: Repeat) -> str:
+        """The header of ``worker``'s next step after it repeated an earlier step."""
+        text = self.step_header(worker, step)
+        if self.solo:
+            return text + REDIRECT_SOLO
+        if repeat.own(worker):
+            return text + REDIRECT_OWN
+        return text + fill(REDIRECT_OTHER, other=self.worker_names[repeat.worker])
+
+    def check_header(self, step: int, solver: int) -> str:
+        """The header of the checker's next step after ``solver`` stated a boxed result."""
+        assert self.checker is not None
+        return self.step_header(self.checker, step) + fill(CHECK_RESULT, solver=self.worker_names[solver])
+
     def opening(self, worker: int) -> str:
         """The first step's opening text of ``worker`` (header included)."""
         header = self.step_header(worker, 1)
-        me = self.worker_names[worker]
+        me, lead = self.worker_names[worker], self.worker_names[0]
         if self.solo:
             return f"{header} {OPENING_SOLO}"
+        if self.pattern == "orchestrated":
+            template = OPENING_ORCHESTRATOR if worker == 0 else OPENING_ORCHESTRATED
+            return f"{header} {fill(template, me=me, lead=lead)}"
+        if self.pattern == "verified":
+            checker = self.worker_names[-1]
+            if worker == self.checker:
+                return f"{header} {fill(OPENING_CHECKER, me=me)}"
+            if self.num_workers == 2:  # the only solver
+                return f"{header} {fill(OPENING_SOLVER, me=me, checker=checker)}"
         if worker == 0:
             return f"{header} {fill(OPENING_LEAD, me=me)}"
         template = OPENINGS_OTHERS[(worker - 1) % len(OPENINGS_OTHERS)]
-        return f"{header} {fill(template, me=me, lead=self.worker_names[0])}"
+        return f"{header} {fill(template, me=me, lead=lead)}"
 
     @property
     def constant_texts(self) -> dict[str, str]:
@@ -152,8 +227,14 @@ class Protocol:
         if self.solo:
             return fill(SYSTEM_SOLO, me=self.worker_names[0], example_header=example_header)
         count = NUMBER_WORDS.get(self.num_workers, str(self.num_workers))
-        return fill(SYSTEM_TEAM, count=count, names=join_names(self.worker_names),
-                     example_header=example_header, view=self._view_description())
+        text = fill(SYSTEM_TEAM, count=count, names=join_names(self.worker_names),
+                    example_header=example_header, view=self._view_description())
+        if self.pattern == "orchestrated":
+            text += "\n\n" + fill(PATTERN_ORCHESTRATED, lead=self.worker_names[0])
+        elif self.pattern == "verified":
+            text += "\n\n" + fill(PATTERN_VERIFIED, checker=self.worker_names[-1],
+                                   solvers=join_names(self.worker_names[:-1]))
+        return text
 
     def few_shot_text(self) -> str:
         """Worked examples of collaboration, with this protocol's names and headers."""
@@ -249,7 +330,7 @@ class Protocol:
         def header_ids(worker: int, step: int, check_in: bool = False) -> tuple[int, ...]:
             if not 0 <= worker < len(names):
                 raise IndexError(f"worker {worker} out of range (0..{len(names) - 1})")
-            return tuple(encode(self.step_header(worker, step, bool(check_in))))
+            return tuple(encode(self.header_text(worker, step, bool(check_in))))
 
         limit = self.list_step_chars
 
@@ -274,7 +355,35 @@ class Protocol:
             forced_marker=layouts.UNFINISHED,
             check_in_every=self.check_in_every,
             stop_ids=stop_ids(tokenizer),
+            step_observer=self._step_observer(encode),
         )
+
+    def _step_observer(self, encode: Any) -> Any:
+        """The Script's ``step_observer`` factory (None when no rule needs the steps)."""
+        if not self.redirect_loops and self.checker is None:
+            return None
+        protocol = self
+
+        def make() -> Any:
+            tracker = RepeatTracker()
+            unchecked: list[int] = []  # solvers with a boxed result since the checker's last step
+
+            def observe(worker: int, next_step: int, text: str) -> list[int] | None:
+                repeat = tracker.add(worker, text)
+                checker = protocol.checker
+                if checker is not None and worker != checker and extract_boxed(text) is not None:
+                    unchecked.append(worker)
+                if protocol.redirect_loops and repeat is not None:
+                    return encode(protocol.redirect_header(worker, next_step, repeat))
+                if worker == checker and unchecked:
+                    solver = unchecked[-1]
+                    unchecked.clear()
+                    return encode(protocol.check_header(next_step, solver))
+                return None
+
+            return observe
+
+        return make
 
     def is_step_end(self, text: str) -> bool:
         return is_step_end(text, self.list_step_chars)
@@ -307,7 +416,10 @@ class Protocol:
         """What follows the transcript in a forced answer: "time is up", the open thinking
         section closed, and the answer lead ending inside an open box."""
         suffix = "" if ends_newline else "\n\n"
-        suffix += FORCED_ANSWER_TEXT_SOLO if self.solo else FORCED_ANSWER_TEXT
+        if self.checker is not None:
+            suffix += fill(FORCED_ANSWER_TEXT_VERIFIED, checker=self.worker_names[self.checker])
+        else:
+            suffix += FORCED_ANSWER_TEXT_SOLO if self.solo else FORCED_ANSWER_TEXT
         if thinking:
             suffix += "\n</think>"
         return suffix + "\n\n" + FORCED_ANSWER_LEAD

@@ -11,6 +11,11 @@ continue with a space-less word token, which it rarely sees in training. Without
 model writes " Let me ..." with its usual tokens. Decoded text reads the same.
 
 "{...}" fields are filled by :func:`fill` (not str.format, so LaTeX braces need no escaping).
+
+Nothing to copy: no text here shows a filled box or a placeholder a model could paste into
+its box. The examples state their results in words ("the change is 23 dollars"), and the
+format lines say where the answer goes (``\\boxed{}``, empty) without showing one
+(tests/test_protocol.py checks every text).
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ EXAMPLE_SHOP_2 = [
     (1, "Agreed, I take the notebooks: 3 * 5 = 15 dollars."),
     (0, "Pens: 4 * 3 = 12 dollars. With {w1}'s 15 dollars the total is 27 dollars."),
     (1, "Checking {w0}'s total: 12 + 15 = 27, correct. The change is 50 - 27 = 23 dollars."),
-    (0, "I agree with {w1}. The final answer is \\boxed{23}."),
+    (0, "I agree with {w1}: Mia gets 23 dollars in change. That is our final answer."),
 ]
 EXAMPLE_SHOP_3 = [
     (0, "Plan: the pens and the notebooks can be priced separately. I take the pens, "
@@ -122,7 +127,7 @@ EXAMPLE_SHOP_3 = [
     (0, "Pens: 4 * 3 = 12 dollars."),
     (2, "Checking: 4 * 3 = 12 and 3 * 5 = 15, both correct. The total is 27, so the change "
         "is 50 - 27 = 23 dollars."),
-    (1, "I agree with {w2}. The final answer is \\boxed{23}."),
+    (1, "I agree with {w2}: the change is 23 dollars, and that is our final answer."),
 ]
 EXAMPLE_MOD_PROBLEM = "What is the remainder when 2^10 + 3^5 is divided by 7?"
 EXAMPLE_MOD_2 = [
@@ -132,7 +137,8 @@ EXAMPLE_MOD_2 = [
         "so its remainder is 5."),
     (0, "2^3 = 8 leaves 1, so 2^10 = (2^3)^3 * 2 leaves 2. With {w1}'s 5 the sum leaves "
         "2 + 5 = 7, which leaves remainder 0."),
-    (1, "Check: 1024 + 243 = 1267 = 7 * 181, remainder 0. The final answer is \\boxed{0}."),
+    (1, "Check: 1024 + 243 = 1267 = 7 * 181, remainder 0. So our final answer is that the "
+        "remainder is 0."),
 ]
 EXAMPLE_MOD_3 = [
     (0, "I will find the remainder of 2^10."),
@@ -142,8 +148,8 @@ EXAMPLE_MOD_3 = [
         "directly: 1024 + 243 = 1267."),
     (0, "2^3 = 8 leaves 1, so 2^10 = (2^3)^3 * 2 leaves 2. With {w2}'s 5 the sum leaves "
         "2 + 5 = 7, which leaves remainder 0."),
-    (1, "Check: 1267 = 7 * 181, remainder 0, the same as {w0}'s result. The final answer is "
-        "\\boxed{0}."),
+    (1, "Check: 1267 = 7 * 181, remainder 0, the same as {w0}'s result. Our final answer: the "
+        "remainder is 0."),
 ]
 
 # First steps. Worker 0 proposes a plan; the others start in different directions.
@@ -157,6 +163,48 @@ OPENINGS_OTHERS = (
     "Hi, I'm {me}. I will take a part nobody has claimed yet, namely",
     "Hi, I'm {me}. I will check the others' numbers as they appear, starting with",
 )
+
+# A worker whose finished step repeats an earlier step (its own or another worker's; see
+# hogwild.protocol.loops) gets one of these after the header of its next step, instead of
+# the usual bare header or a check-in.
+REDIRECT_OWN = (" I notice that my last step repeated one of my earlier steps. Instead of "
+                "writing it again, I move on to the next thing nobody has done yet:")
+REDIRECT_OTHER = (" I notice that my last step repeated what {other} had already written. "
+                  "Instead of repeating it, I take a part nobody has done yet:")
+REDIRECT_SOLO = (" I notice that my last step repeated an earlier one. Instead of writing it "
+                 "again, the next new thing to do is:")
+
+# Agent patterns on the shared cache (strategies hogwild-orchestrated and hogwild-verified).
+# Each adds one paragraph to the team's system prompt and changes some openings and headers.
+#
+# Orchestrator-workers: the first worker writes the assignment, the others follow it.
+PATTERN_ORCHESTRATED = """\
+Roles in this team: {lead} is the coordinator. In the first step, {lead} writes the \
+assignment: one line for each worker, starting with the worker's name and a colon, followed by \
+that worker's part (a sub-question, a case, one of the listed problems, or checking). Everyone \
+else follows {lead}'s assignment: work on your own part and do not start a part that is \
+assigned to someone else. When your part is done, say so and help where it is needed."""
+OPENING_ORCHESTRATOR = "Hi, I'm {me}. Here is the assignment, one line for each of us:"
+OPENING_ORCHESTRATED = ("Hi, I'm {me}. While {lead} writes the assignment, I list the facts "
+                        "the problem gives:")
+# Opens the second step of every worker but the coordinator.
+FOLLOW_ASSIGNMENT = " Now I work on my part, as {lead} assigned it:"
+
+# Evaluator-optimizer: one worker checks the others' results; only it writes the final answer.
+PATTERN_VERIFIED = """\
+Roles in this team: {checker} is the checker; {solvers} solve the problem. Each time a solver \
+states a result, {checker} checks it by redoing the calculation in another way, and then \
+says either that the result is confirmed or what the correct value is. The final answer needs \
+{checker}'s check: only {checker} writes it within \\boxed{}, after confirming or correcting \
+the solvers' result."""
+OPENING_CHECKER = ("Hi, I'm {me}, the checker. I will check every result the others state. "
+                   "While they start, I work out what the problem asks and how to check it:")
+OPENING_SOLVER = ("Hi, I'm {me}. I work out the solution and {checker} checks my results. "
+                  "First, what the problem asks:")
+# Opens the checker's next step after a solver has written a boxed result.
+CHECK_RESULT = " {solver} has stated a result. I check it by redoing the calculation:"
+FORCED_ANSWER_TEXT_VERIFIED = ("Time is up: we must stop here. {checker} gives the final "
+                               "answer now, confirmed or corrected.")
 
 FORCED_ANSWER_TEXT = "Time is up: we must stop here and give one answer now."
 FORCED_ANSWER_TEXT_SOLO = "Time is up: I must stop here and give my answer now."
