@@ -11,6 +11,7 @@ tile of rows, for the rows of every run that see it (a shared prompt among them)
 
 from __future__ import annotations
 
+import array
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,19 +89,25 @@ def describe_pass(store: KVStore, groups: Sequence[QueryGroup], target_items: in
     g = c.num_heads // c.num_kv_heads
     per_tile = max(1, gpu.BLOCK_M // g)
     expanded = pass_pairs(store, groups)
-    by_block: dict[int, list[tuple[int, int, int]]] = {}
+    by_block: dict[int, tuple[list[int], list[int], list[int]]] = {}  # block -> rows, deltas, visible
     for r, b, d, visible in expanded.pairs:
-        by_block.setdefault(b, []).append((r, d, visible))
-    pair_row, pair_delta, pair_vis = [], [], []
+        entry = by_block.get(b)
+        if entry is None:
+            entry = by_block[b] = ([], [], [])
+        entry[0].append(r)
+        entry[1].append(d)
+        entry[2].append(visible)
+    pair_row: list[int] = []
+    pair_delta: list[int] = []
+    pair_vis: list[int] = []
     tiles = []  # (block, first pair, pairs, most visible keys)
-    for b, pairs in by_block.items():
-        for i in range(0, len(pairs), per_tile):
-            tile = pairs[i : i + per_tile]
-            tiles.append((b, len(pair_row), len(tile), max(v for _, _, v in tile)))
-            for r, d, v in tile:
-                pair_row.append(r)
-                pair_delta.append(d)
-                pair_vis.append(v)
+    for b, (rs, ds, vs) in by_block.items():
+        for i in range(0, len(rs), per_tile):
+            j = i + per_tile
+            tiles.append((b, len(pair_row), len(rs[i:j]), max(vs[i:j])))
+            pair_row += rs[i:j]
+            pair_delta += ds[i:j]
+            pair_vis += vs[i:j]
     if chunk is None:
         work = sum(t[3] for t in tiles)
         chunk = -(-work // max(1, target_items))
@@ -113,9 +120,9 @@ def describe_pass(store: KVStore, groups: Sequence[QueryGroup], target_items: in
         for lo in range(0, most, chunk):
             hi = min(most, lo + chunk)
             items += [start, lo, hi, first, n, num_parts]
-            for i in range(n):
-                if pair_vis[first + i] > lo:  # a pair that sees none of the chunk adds nothing
-                    parts_of_row[pair_row[first + i]].append(num_parts + i)
+            for i, (r, v) in enumerate(zip(pair_row[first : first + n], pair_vis[first : first + n])):
+                if v > lo:  # a pair that sees none of the chunk adds nothing
+                    parts_of_row[r].append(num_parts + i)
             num_parts += n
     row_ptr, part_idx = [0], []
     for parts in parts_of_row:
@@ -123,6 +130,12 @@ def describe_pass(store: KVStore, groups: Sequence[QueryGroup], target_items: in
         row_ptr.append(len(part_idx))
     return PassTable(expanded.slots, expanded.k_locals, pair_row, pair_delta, pair_vis, items,
                      row_ptr, part_idx, num_parts)
+
+
+def int32_tensor(values: list[int]) -> torch.Tensor:
+    """A CPU int32 tensor of ``values``, built through a C array: ``torch.tensor`` on a list
+    of ten thousand ints (a big pass's table) costs most of a millisecond per pass."""
+    return torch.frombuffer(array.array("i", values), dtype=torch.int32) if values else torch.zeros(0, dtype=torch.int32)
 
 
 _SMS: dict[int, int] = {}
@@ -147,7 +160,7 @@ class GpuPlan:
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup], scale: float | None = None,
                  chunk: int | None = None):
         table = describe_pass(store, groups, target_items(store), chunk)
-        buffer = torch.tensor(table.pack(), dtype=torch.int32, device=store.device)
+        buffer = int32_tensor(table.pack()).to(store.device)
         self.bind(store, rope, buffer, table.shape, scale)
 
     @classmethod
