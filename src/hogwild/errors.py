@@ -24,3 +24,7 @@ class UnsupportedArchitectureError(ModelLoadError):
 
 class InvalidRequestError(HogwildError):
     """Bad run parameters: empty problem, N = 0, unknown layout, prompt too long, ..."""
+
+
+class ContextLengthError(InvalidRequestError):
+    """A prompt that does not fit in the model's context."""

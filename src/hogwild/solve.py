@@ -1,7 +1,10 @@
 """The high-level API: one problem in, a stream of events and a final result out.
 
 problem -> protocol (text, ids) -> driver (engine passes, stop rule, forced answer) ->
-events -> :class:`SolveResult`. Used by the CLI; it does no I/O itself.
+events -> :class:`SolveResult`. Used by the CLI and the server; it does no I/O itself.
+:func:`start_solve` submits a problem and returns a :class:`Solving` at once (events,
+cancel, result), for callers that run many problems through one scheduler;
+:func:`solve_stream` and :func:`solve` are built on it.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from .answers import AnswerAgreement, extract_boxed
+from .core.engine import Run
 from .core.events import Event, RunStats, Snapshot
 from .core.layouts import get_layout
 from .core.sampling import Sampling
-from .driver import Driver
+from .core.script import Script
+from .driver import Driver, Handle, Scheduler, StopRule
 from .errors import InvalidRequestError
 from .models.loading import LoadedModel
 from .protocol import Protocol
@@ -113,38 +118,62 @@ class AgreementStop:
         return self.answer is not None
 
 
-def solve_stream(
-    loaded: LoadedModel, problem: str, settings: SolveSettings | None = None,
-    snapshot_at: Sequence[int] = (),
-) -> Iterator[Event | ResultEvent]:
-    """Run the workers on ``problem``; yield engine events, then one :class:`ResultEvent`."""
-    settings = settings or SolveSettings()
-    settings.validate()
-    protocol = make_protocol(settings)
-    script = protocol.script(problem, loaded.tokenizer, loaded.context_length)
-    driver = Driver(loaded, settings.layout, settings.sampling, settings.forced_tokens)
-    stop = AgreementStop(settings)
+class EitherStop:
+    """Stops when either of two stop rules says so (both see every observation)."""
 
-    def forced(snap: Snapshot) -> list[int | None]:
-        unanswered = stop.answer is None and last_answer(snap) is None
-        return [None] if settings.forced_answer and unanswered else []
+    def __init__(self, first: StopRule, second: StopRule):
+        self.first, self.second = first, second
 
-    handle = driver.submit(script, settings.max_passes, stop, snapshot_at=snapshot_at, forced=forced,
-                           keep_views=True)
-    yield from handle.events()
-    outcome = handle.result()
-    snap = outcome.final
-    answer = stop.answer or last_answer(snap)
-    forced_answer = outcome.forced_at(snap) if answer is None else None
-    if forced_answer is not None:
-        answer = forced_answer.answer
-    t = outcome.timings
-    yield ResultEvent(
-        SolveResult(
-            problem=problem,
-            model=loaded.name,
+    def observe(self, worker: int, text: str) -> None:
+        self.first.observe(worker, text)
+        self.second.observe(worker, text)
+
+    def done(self, stats: RunStats) -> bool:
+        return self.first.done(stats) or self.second.done(stats)
+
+
+class Solving:
+    """A submitted problem: follow its events, cancel it, read its :class:`SolveResult`.
+
+    Made by :func:`start_solve`; :func:`solve_stream` is its events followed by its result.
+    """
+
+    def __init__(self, loaded: LoadedModel, problem: str, settings: SolveSettings, protocol: Protocol,
+                 script: Script, stop: AgreementStop, handle: Handle):
+        self.loaded, self.problem, self.settings, self.protocol = loaded, problem, settings, protocol
+        self.script, self.stop, self.handle = script, stop, handle
+
+    @property
+    def run(self) -> Run:
+        return self.handle.drive.run
+
+    def events(self) -> Iterator[Event]:
+        """The run's events as they happen; ends when the run and its forced answer are done."""
+        return self.handle.events()
+
+    def cancel(self) -> bool:
+        """Stop the run (its blocks are freed by the next pass); False if it had already ended."""
+        try:
+            self.handle.cancel()
+        except InvalidRequestError:
+            return False
+        return True
+
+    def result(self) -> SolveResult:
+        """Wait for the run to end; its result (InvalidRequestError if it was cancelled)."""
+        outcome = self.handle.result()
+        settings, stop = self.settings, self.stop
+        snap = outcome.final
+        answer = stop.answer or last_answer(snap)
+        forced_answer = outcome.forced_at(snap) if answer is None else None
+        if forced_answer is not None:
+            answer = forced_answer.answer
+        t = outcome.timings
+        return SolveResult(
+            problem=self.problem,
+            model=self.loaded.name,
             settings=asdict(settings),
-            names=list(protocol.worker_names),
+            names=list(self.protocol.worker_names),
             answer=answer,
             forced=forced_answer is not None,
             passes=outcome.passes,
@@ -164,7 +193,41 @@ def solve_stream(
                 "passes_per_s": outcome.passes / t["decode_s"] if t["decode_s"] > 0 else 0.0,
             },
         )
-    )
+
+
+def start_solve(
+    loaded: LoadedModel, problem: str, settings: SolveSettings | None = None,
+    snapshot_at: Sequence[int] = (), scheduler: Scheduler | None = None,
+    also_stop: StopRule | None = None, keep_views: bool = True,
+) -> Solving:
+    """Submit ``problem`` to ``scheduler`` (default: the model's shared one) and return at
+    once. ``also_stop``: a second stop rule besides the answer rule (e.g. a server's stop
+    strings)."""
+    settings = settings or SolveSettings()
+    settings.validate()
+    protocol = make_protocol(settings)
+    script = protocol.script(problem, loaded.tokenizer, loaded.context_length)
+    driver = Driver(loaded, settings.layout, settings.sampling, settings.forced_tokens, scheduler=scheduler)
+    stop = AgreementStop(settings)
+
+    def forced(snap: Snapshot) -> list[int | None]:
+        unanswered = stop.answer is None and last_answer(snap) is None
+        return [None] if settings.forced_answer and unanswered else []
+
+    rule: StopRule = stop if also_stop is None else EitherStop(stop, also_stop)
+    handle = driver.submit(script, settings.max_passes, rule, snapshot_at=snapshot_at, forced=forced,
+                           keep_views=keep_views)
+    return Solving(loaded, problem, settings, protocol, script, stop, handle)
+
+
+def solve_stream(
+    loaded: LoadedModel, problem: str, settings: SolveSettings | None = None,
+    snapshot_at: Sequence[int] = (),
+) -> Iterator[Event | ResultEvent]:
+    """Run the workers on ``problem``; yield engine events, then one :class:`ResultEvent`."""
+    solving = start_solve(loaded, problem, settings, snapshot_at)
+    yield from solving.events()
+    yield ResultEvent(solving.result())
 
 
 def solve(loaded: LoadedModel, problem: str, settings: SolveSettings | None = None) -> SolveResult:

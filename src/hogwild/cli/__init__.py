@@ -1,4 +1,4 @@
-"""The ``hogwild`` command line: ``solve``, ``show``, ``models``, ``eval``, ``report``, ``bench``.
+"""The ``hogwild`` command line: ``solve``, ``show``, ``models``, ``eval``, ``report``, ``bench``, ``serve``.
 
 Adding a command is one decorated function in a module of this package (imported below)::
 
@@ -11,7 +11,7 @@ Heavy imports (torch, the model code) happen inside commands so that ``hogwild -
 ``hogwild show`` stay fast.
 """
 
-from . import solve, tools  # noqa: F401 - importing a command module registers its commands
+from . import serve, solve, tools  # noqa: F401 - importing a command module registers its commands
 from .app import EXIT_INTERRUPTED, EXIT_USER_ERROR, app, main, print_error
 from .solve import SAVE_FORMAT, load_saved
 

@@ -25,7 +25,7 @@ from typing import Any
 from ..answers import extract_boxed
 from ..core import layouts
 from ..core.script import Script
-from ..errors import InvalidRequestError
+from ..errors import ContextLengthError, InvalidRequestError
 from .chat import encoder, prefix_ends, render_chat, stop_ids, thinking_open, with_bos
 from .loops import Repeat, RepeatTracker
 from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
@@ -319,7 +319,7 @@ class Protocol:
             prompt_ids = prompt_ids or prompt_for(False)
         needed = len(prompt_ids) + start_view
         if needed > context_length:
-            raise InvalidRequestError(
+            raise ContextLengthError(
                 f"The prompt is {len(prompt_ids)} tokens long ({needed} with the workers' "
                 f"first lines), but the model's context length is {context_length} tokens. "
                 f"Shorten the problem, use fewer workers, or use a model with a longer context.")
