@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hogwild.analytics import (Step, analyze, check_in_answer, from_saved, parse_assignments,
-                               question_refs, steps_from_texts, summary_rows)
+                               steps_from_texts, summary_rows)
 from hogwild.answers import CopyGuard
+from hogwild.answers.lists import question_refs
 from hogwild.cli import app
 from hogwild.eval import report as rep
 from hogwild.protocol import Protocol

@@ -26,8 +26,6 @@ branches (:mod:`hogwild.core.branch`), decoded in its passes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-
 import torch
 
 from ..errors import InvalidRequestError
@@ -36,6 +34,7 @@ from . import branch as branches
 from .attention import QueryGroup
 from .batch import Batch
 from .branch import Branch
+from .pass_batch import PassBatch
 from .cache import PoolFullError
 from .prompt import PromptStorage
 from .readout import RunReadout
@@ -45,20 +44,6 @@ from .sampling import Sampler, Sampling
 from .script import Script
 from .textstream import IncrementalDecoder
 from .worker import WorkerState
-
-
-@dataclass
-class PassBatch:
-    """What one pass feeds: token ids (rows), their query groups, and who reads logits."""
-
-    ids: list[int]
-    groups: list[QueryGroup]
-    readers: list[WorkerState]  # workers that get a token this pass, in worker order
-    logit_rows: list[int]  # per reader, then per branch: the row whose logits it reads
-    active: list[WorkerState]  # workers whose pending tokens are fed
-    main: bool = True  # False: the run has stopped and only its branches (and leftovers) run
-    branches: list[Branch] = field(default_factory=list)  # branches reading a row this pass
-    split: tuple[int, int, int] = (0, 0, 0)  # (ids, groups, logit rows) of the run's own part
 
 
 class Engine:

@@ -1,49 +1,4 @@
-"""Teamwork analytics: how the workers of one run worked together, from its text alone.
-
-Computed from a saved run (``hogwild solve --save``: :func:`from_saved`), a snapshot of a
-run (:func:`from_snapshot`), or any list of steps (:func:`analyze`). Evaluation writes them
-per unit into ``results.jsonl`` and ``hogwild report`` pools them per strategy
-(:mod:`hogwild.eval.report`); ``hogwild show RUN --analytics`` prints them for one run.
-
-A run's **steps** are, in step layouts (combined, interleaved), its finished steps in
-completion order followed by the unfinished ones; the analysis is then *ordered*: "earlier"
-means earlier in completion order. In layouts without steps (contiguous, independent, a
-plain chain of thought) each worker's text is cut into paragraphs at blank lines; nothing
-tells how the workers' paragraphs interleave in time, so "earlier" means earlier in the same
-worker's text, and another worker's text counts as a whole. Every measure reads what the
-model wrote (:func:`hogwild.protocol.loops.step_body`: without step headers, openings,
-check-in questions or redirects).
-
-Measures (word trigrams as in :mod:`hogwild.protocol.loops`):
-
-- **redundancy**: the share of a step's distinct trigrams already written by another worker
-  (ordered: in an earlier step; otherwise anywhere in its text), pooled over steps
-  (``ngrams_repeated / ngrams``); per worker too. None with one worker.
-- **cross-references**: steps that name another worker, or use a number that another worker
-  wrote first and the problem does not contain (ordered runs only for numbers).
-- **loops**: steps that repeat an earlier step (:mod:`hogwild.protocol.loops`; in unordered
-  runs only the worker's own earlier paragraphs count); ``loop_rate = loops / steps``.
-- **check-ins**: steps opened by the check-in question; the answer (yes, no, other), and
-  after "yes" whether the worker **changed course**: the text that follows the answer (the
-  rest of that step, or the worker's next step when the rest is shorter than three words)
-  has less than half of its trigrams in what was written before the check-in.
-- **copied**: whether the final answer is copied from the prompt
-  (:class:`hogwild.answers.CopyGuard`).
-- **first correct answer**: tokens each worker had written when the first correct answer
-  appeared (needs the gold answer and token counts; with no gold the target is the run's
-  final answer). Ordered: up to and including the first step whose box gives it (k answers
-  for a bundle, all correct). Unordered: per worker, its tokens up to its own first correct
-  answer; ``total`` is then the smallest of these (workers write in lock-step).
-- **division of labour** (bundles of k > 1 questions): which worker first answered each
-  question. A box with k answers answers all of them; a box with one answer answers the
-  question the step last names ("problem 2", "question 2", "#2") before it, else, given
-  the gold answers, the one question whose gold it equals. ``split`` is true when two or
-  more workers answered first.
-- **assignments**: lines of the first worker's first two steps that give a worker a part
-  ("Bob: problem 2", "Bob takes the notebooks"; :func:`parse_assignments`); for bundles the
-  problem numbers each part names, and ``followed``: the share of assigned questions first
-  answered by their assignee.
-"""
+"""The measures of teamwork analytics over a list of steps (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -52,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .answers import CopyGuard, all_boxes, answers_equal, numbers_in
-from .answers.lists import answer_from_text, labelled_answers, question_refs, split_answers
-from .protocol import texts
-from .protocol.loops import MIN_WORDS, ngrams, repeats, step_body, words
+from ..answers import CopyGuard, all_boxes, answers_equal, numbers_in
+from ..answers.lists import answer_from_text, labelled_answers, question_refs, split_answers
+from ..protocol import texts
+from ..protocol.loops import MIN_WORDS, ngrams, repeats, step_body, words
 
 #: after "yes", the following text changed course when less than this share of its
 #: trigrams was written before the check-in
@@ -332,90 +287,3 @@ def _division(steps: Sequence[Step], k: int, gold: Any, ordered: bool, name: dic
         out["first_answer"] = first
         out["split"] = len({f for f in first if f is not None}) > 1
     return out
-
-
-# --------------------------------------------------------------------------- adapters
-
-def steps_from_texts(workers: Sequence[str]) -> list[Step]:
-    """Each worker's whole text cut into paragraphs at blank lines (unordered runs)."""
-    out = []
-    for w, text in enumerate(workers):
-        for para in re.split(r"\n\s*\n", text or ""):
-            if para.strip():
-                out.append(Step(w, para))
-    return out
-
-
-def ordered_steps(history: Sequence[tuple[int, str]], unfinished: Sequence[tuple[int, str]] = (),
-                  history_tokens: Sequence[int] = (), unfinished_tokens: Sequence[int] = ()) -> list[Step]:
-    """Finished steps in completion order, then the unfinished ones, with their token counts
-    where known (lists as long as the steps)."""
-    def counts(values: Sequence[int], n: int) -> list[int | None]:
-        return list(values) if len(values) == n else [None] * n
-
-    steps = [Step(int(w), str(t), c) for (w, t), c in zip(history, counts(history_tokens, len(history)))]
-    steps += [Step(int(w), str(t), c) for (w, t), c in zip(unfinished, counts(unfinished_tokens, len(unfinished)))]
-    return [s for s in steps if s.text.strip()]
-
-
-def from_snapshot(snapshot: Any, names: Sequence[str], problem: str | Sequence[str], *, steps: bool = True,
-                  **kwargs: Any) -> dict[str, Any]:
-    """The analytics of a :class:`hogwild.core.events.Snapshot`; ``steps``: whether the
-    run's layout cuts work into steps (else its texts are read paragraph by paragraph)."""
-    if steps:
-        found = ordered_steps(snapshot.history, snapshot.current, snapshot.history_tokens, snapshot.current_tokens)
-        return analyze(found, names, problem, ordered=True, **kwargs)
-    return analyze(steps_from_texts(snapshot.workers), names, problem, ordered=False, **kwargs)
-
-
-def from_saved(data: dict[str, Any], steps: bool = True) -> dict[str, Any]:
-    """The analytics of a run saved by ``hogwild solve --save`` (a loaded JSON object).
-    Without gold, "first correct" means the first appearance of the run's final answer;
-    ``copied`` is None for files saved without their prompt."""
-    prompt = data.get("prompt")
-    guard = CopyGuard(prompt, data["problem"]) if prompt else None
-    names = list(data["names"])
-    if steps:
-        found = ordered_steps(data["history"], data.get("unfinished") or [], data.get("history_tokens") or [],
-                              data.get("unfinished_tokens") or [])
-        return analyze(found, names, data["problem"], ordered=True, answer=data.get("answer"), guard=guard)
-    return analyze(steps_from_texts(data["workers"]), names, data["problem"], ordered=False,
-                   answer=data.get("answer"), guard=guard)
-
-
-def summary_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) lines for a terminal."""
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.0f}%"
-
-    rows = [
-        ("steps", f"{a['steps']}" + ("" if a["ordered"] else " (paragraphs; no step order across workers)")),
-        ("redundancy", f"{pct(a['redundancy'])} of trigrams already written by another worker"),
-        ("cross-references", f"{a['cross_refs']} steps ({pct(a['cross_ref_rate'])}): "
-                             f"{a['cross_ref_names']} name another worker, {a['cross_ref_results']} use "
-                             f"another's result"),
-        ("loops", f"{a['loops']} steps repeat an earlier step (loop rate {pct(a['loop_rate'])})"),
-    ]
-    c = a["check_ins"]
-    rows.append(("check-ins", f"{c['asked']} asked: {c['yes']} yes ({c['changed_after_yes']} changed course), "
-                              f"{c['no']} no, {c['other']} other"))
-    rows.append(("copied answer", "unknown" if a["copied"] is None else ("yes" if a["copied"] else "no")))
-    fc = a["first_correct"]
-    if fc is None:
-        rows.append(("tokens before the answer", "unknown"))
-    elif not fc["reached"]:
-        rows.append(("tokens before the answer", "never reached"))
-    else:
-        each = ", ".join(f"{w} {n if n is not None else '-'}" for w, n in fc["tokens"].items())
-        rows.append(("tokens before the answer", f"{fc['total']} ({each})"))
-    for who, p in a["per_worker"].items():
-        rows.append((f"  {who}", f"{p['steps']} steps, redundancy {pct(p['redundancy'])}, "
-                                 f"{p['cross_refs']} cross-references, {p['loops']} loops"
-                                 + (f", {p['tokens']} tokens" if p["tokens"] is not None else "")))
-    if "first_answer" in a.get("division", {}):
-        d = a["division"]
-        rows.append(("first answers", ", ".join(f"problem {i + 1}: {w or '-'}" for i, w in enumerate(d["first_answer"]))))
-    if "assignments" in a:
-        parts = "; ".join(f"{w}: {p}" for w, p in a["assignments"]["parts"].items())
-        rows.append(("assignments", parts))
-    return rows
