@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import pytest
 
+from hogwild.answers.voting import majority_vote
 from hogwild.driver import Drive, Driver, ForcedAnswer
 from hogwild.eval import strategies as st
 from hogwild.eval.bundles import answer_from_text
@@ -107,7 +108,7 @@ def test_independent_forces_each_worker_at_small_budget(default_model, monkeypat
     out = strategy.run(default_model, TASK, [2])
     (r,) = out.results
     assert r.forced and len(r.votes) == 2 and r.passes == 2 and r.tokens == [2, 2]
-    assert r.answer == st.majority_vote(r.votes)
+    assert r.answer == majority_vote(r.votes)
     assert all(answer_from_text(t) is None for t in snaps[0].workers)
 
 

@@ -15,7 +15,7 @@ from hogwild.eval.bundles import (answer_from_text, bundle_question, is_complete
                                   score_answer, split_answers)
 from hogwild.eval.datasets import DatasetError, Task, load_tasks
 from hogwild.eval.runner import EvalConfig, check_config
-from hogwild.eval.strategies import bundle_vote, majority_vote
+from hogwild.answers.voting import bundle_vote, majority_vote
 
 
 # --------------------------------------------------------------------------- voting

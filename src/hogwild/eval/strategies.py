@@ -12,7 +12,7 @@ do not count towards passes.
 - ``early-stop``: the same run; at a budget without an answer, the forced answer.
 - ``independent``: N workers on the plain prompt in the ``independent`` layout (no
   cross-visibility, same batched passes); each worker's own answer, else its own forced
-  answer; combined by :func:`majority_vote`. Greedy decoding would make N copies of one
+  answer; combined by :func:`hogwild.answers.voting.majority_vote`. Greedy decoding would make N copies of one
   answer, so this strategy samples (``temperature``, default 0.7 when the run is greedy).
 - ``hogwild-<layout>`` for every collaborative layout in the registry
   (:func:`hogwild.core.layouts.collaborative_layouts`: combined, interleaved, contiguous, and
@@ -49,15 +49,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import analytics as teamwork
-from ..answers import CopyGuard, answers_equal
+from ..answers import CopyGuard
 from ..answers.lists import answers_by_question
+from ..answers.voting import bundle_vote
 from ..core.events import RunStats, Snapshot
 from ..core.layouts import collaborative_layouts, get_layout
 from ..core.sampling import Sampling
 from ..core.script import Script
 from ..driver import Driver, Handle, Outcome, Scheduler
 from ..protocol import PlainProtocol, Protocol
-from .bundles import SEPARATOR, answer_from_text, is_complete, split_answers
+from .bundles import answer_from_text, is_complete, split_answers
 from .datasets import Task
 
 INDEPENDENT_TEMPERATURE = 0.7
@@ -84,40 +85,6 @@ class StrategyRun:
     stop_reason: str
     timings: dict[str, float] = field(default_factory=dict)
     analytics: dict | None = None  # teamwork analytics of the final state (hogwild.analytics)
-
-
-def majority_vote(answers: Sequence[str | None], equal=answers_equal) -> str | None:
-    """The most common answer, grouping equivalent ones (``equal``); None answers abstain.
-
-    Ties go to the group whose first member came earliest (lowest worker index); the
-    group's first member is returned as its representative.
-    """
-    groups: list[list[str]] = []
-    for ans in answers:
-        if ans is None or not str(ans).strip():
-            continue
-        for group in groups:
-            if equal(group[0], ans):
-                group.append(ans)
-                break
-        else:
-            groups.append([ans])
-    if not groups:
-        return None
-    best = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
-    return groups[best][0]
-
-
-def bundle_vote(answers: Sequence[str | None], k: int) -> str | None:
-    """Majority vote per question for a bundle (questions are independent of each other)."""
-    if k == 1:
-        return majority_vote(answers)
-    split = [split_answers(a) for a in answers]
-    out = []
-    for i in range(k):
-        winner = majority_vote([parts[i] if len(parts) > i else None for parts in split])
-        out.append(winner if winner is not None else "")
-    return SEPARATOR.join(out) if any(out) else None
 
 
 def problem_texts(task: Task) -> str | tuple[str, ...]:

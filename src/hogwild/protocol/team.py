@@ -22,57 +22,23 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ..answers import extract_boxed
 from ..core import layouts
 from ..core.script import Script
 from ..errors import ContextLengthError, InvalidRequestError
 from .chat import encoder, prefix_ends, render_chat, stop_ids, thinking_open, with_bos
-from .loops import Repeat, RepeatTracker
+from .loops import Repeat
+from .observer import step_observer
 from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
 from .texts import (
-    CHECK_IN,
-    CHECK_IN_TEXT,
-    CHECK_RESULT,
-    CHECK_IN_TEXT_SOLO,
-    DEFAULT_NAMES,
-    EXAMPLE_MOD_2,
-    EXAMPLE_MOD_3,
-    EXAMPLE_MOD_PROBLEM,
-    EXAMPLE_SHOP_2,
-    EXAMPLE_SHOP_3,
-    EXAMPLE_SHOP_PROBLEM,
-    FEW_SHOT_INTRO,
-    FOLLOW_ASSIGNMENT,
-    FORCED_ANSWER_LEAD,
-    FORCED_ANSWER_TEXT,
-    FORCED_ANSWER_TEXT_SOLO,
-    FORCED_ANSWER_TEXT_VERIFIED,
-    OPENINGS_OTHERS,
-    OPENING_CHECKER,
-    OPENING_LEAD,
-    OPENING_ORCHESTRATED,
-    OPENING_ORCHESTRATOR,
-    OPENING_SOLO,
-    OPENING_SOLVER,
-    OTHERS_HEADER_TEXT,
-    OTHERS_TITLE,
-    OWN_HEADER_TEXT,
-    OWN_TITLE,
-    PATTERN_ORCHESTRATED,
-    PATTERN_VERIFIED,
-    REDIRECT_OTHER,
-    REDIRECT_OWN,
-    REDIRECT_SOLO,
-    STEP_HEADER,
-    SYSTEM_SOLO,
-    SYSTEM_TEAM,
-    UNFINISHED_TEXT,
-    UNFINISHED_WORD,
-    USER_TEXT,
-    VIEW_DESCRIPTIONS,
-    VIEW_OTHER,
-    NUMBER_WORDS,
-    fill,
+    CHECK_IN, CHECK_IN_TEXT, CHECK_RESULT, CHECK_IN_TEXT_SOLO, DEFAULT_NAMES, EXAMPLE_MOD_2,
+    EXAMPLE_MOD_3, EXAMPLE_MOD_PROBLEM, EXAMPLE_SHOP_2, EXAMPLE_SHOP_3,
+    EXAMPLE_SHOP_PROBLEM, FEW_SHOT_INTRO, FOLLOW_ASSIGNMENT, FORCED_ANSWER_LEAD,
+    FORCED_ANSWER_TEXT, FORCED_ANSWER_TEXT_SOLO, FORCED_ANSWER_TEXT_VERIFIED,
+    OPENINGS_OTHERS, OPENING_CHECKER, OPENING_LEAD, OPENING_ORCHESTRATED,
+    OPENING_ORCHESTRATOR, OPENING_SOLO, OPENING_SOLVER, OTHERS_HEADER_TEXT, OTHERS_TITLE,
+    OWN_HEADER_TEXT, OWN_TITLE, PATTERN_ORCHESTRATED, PATTERN_VERIFIED, REDIRECT_OTHER,
+    REDIRECT_OWN, REDIRECT_SOLO, STEP_HEADER, SYSTEM_SOLO, SYSTEM_TEAM, UNFINISHED_TEXT,
+    UNFINISHED_WORD, USER_TEXT, VIEW_DESCRIPTIONS, VIEW_OTHER, NUMBER_WORDS, fill,
     join_names,
 )
 
@@ -355,35 +321,8 @@ class Protocol:
             forced_marker=layouts.UNFINISHED,
             check_in_every=self.check_in_every,
             stop_ids=stop_ids(tokenizer),
-            step_observer=self._step_observer(encode),
+            step_observer=step_observer(self, encode),
         )
-
-    def _step_observer(self, encode: Any) -> Any:
-        """The Script's ``step_observer`` factory (None when no rule needs the steps)."""
-        if not self.redirect_loops and self.checker is None:
-            return None
-        protocol = self
-
-        def make() -> Any:
-            tracker = RepeatTracker()
-            unchecked: list[int] = []  # solvers with a boxed result since the checker's last step
-
-            def observe(worker: int, next_step: int, text: str) -> list[int] | None:
-                repeat = tracker.add(worker, text)
-                checker = protocol.checker
-                if checker is not None and worker != checker and extract_boxed(text) is not None:
-                    unchecked.append(worker)
-                if protocol.redirect_loops and repeat is not None:
-                    return encode(protocol.redirect_header(worker, next_step, repeat))
-                if worker == checker and unchecked:
-                    solver = unchecked[-1]
-                    unchecked.clear()
-                    return encode(protocol.check_header(next_step, solver))
-                return None
-
-            return observe
-
-        return make
 
     def is_step_end(self, text: str) -> bool:
         return is_step_end(text, self.list_step_chars)
