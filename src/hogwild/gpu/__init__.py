@@ -24,6 +24,8 @@ import torch
 BLOCK_M = 64
 #: keys per inner iteration of the attention kernel
 BLOCK_N = 64
+#: ints per work item in a pass table: block start, lo, hi, first pair, pairs, first partial
+ITEM_FIELDS = 6
 #: head sizes the kernel takes (it pads the head to a power of two internally)
 MAX_HEAD_DIM = 256
 
@@ -55,4 +57,4 @@ def supports(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
 
 from .layers import TritonRMSNorm, prepare_for_gpu  # noqa: E402  (after available())
 
-__all__ = ["TritonRMSNorm", "prepare_for_gpu", "BLOCK_M", "BLOCK_N", "MAX_HEAD_DIM", "available", "interpreting", "supports", "triton_installed"]
+__all__ = ["TritonRMSNorm", "prepare_for_gpu", "BLOCK_M", "BLOCK_N", "ITEM_FIELDS", "MAX_HEAD_DIM", "available", "interpreting", "supports", "triton_installed"]

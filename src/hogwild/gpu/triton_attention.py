@@ -25,7 +25,6 @@ import triton.language as tl
 
 from . import BLOCK_M, BLOCK_N
 
-ITEM_FIELDS = 6
 LOG2E = 1.4426950408889634
 
 
@@ -37,7 +36,7 @@ def _attend_items(Q, K, V, O, LSE, ITEMS, PAIR_ROW, DELTA, VIS, INV_FREQ,
                   BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     item = tl.program_id(0)
     kvh = tl.program_id(1)
-    meta = ITEMS + item * 6
+    meta = ITEMS + item * 6  # ITEM_FIELDS (hogwild.gpu) ints per item
     start = tl.load(meta)
     lo = tl.load(meta + 1)
     hi = tl.load(meta + 2)

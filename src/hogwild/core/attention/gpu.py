@@ -38,7 +38,7 @@ class PassShape:
 
     @property
     def length(self) -> int:
-        return 2 * self.rows + 3 * self.pairs + 6 * self.items + (self.rows + 1) + self.parts
+        return 2 * self.rows + 3 * self.pairs + gpu.ITEM_FIELDS * self.items + (self.rows + 1) + self.parts
 
 
 @dataclass
@@ -54,14 +54,14 @@ class PassTable:
     pair_row: list[int]
     pair_delta: list[int]
     pair_vis: list[int]
-    items: list[int]  # 6 ints per item
+    items: list[int]  # gpu.ITEM_FIELDS ints per item
     row_ptr: list[int]
     part_idx: list[int]
     num_parts: int
 
     @property
     def shape(self) -> PassShape:
-        return PassShape(len(self.slots), len(self.pair_row), len(self.items) // 6, self.num_parts)
+        return PassShape(len(self.slots), len(self.pair_row), len(self.items) // gpu.ITEM_FIELDS, self.num_parts)
 
     def pack(self, shape: PassShape | None = None) -> list[int]:
         """The table as one int32 list, each section padded to ``shape`` (default: its own).
@@ -74,7 +74,7 @@ class PassTable:
         pad_p = shape.pairs - own.pairs
         return (self.slots + self.k_pos
                 + self.pair_row + [0] * pad_p + self.pair_delta + [0] * pad_p + self.pair_vis + [0] * pad_p
-                + self.items + [0] * (6 * (shape.items - own.items))
+                + self.items + [0] * (gpu.ITEM_FIELDS * (shape.items - own.items))
                 + self.row_ptr + self.part_idx + [0] * (shape.parts - len(self.part_idx)))
 
 
@@ -176,7 +176,7 @@ class GpuPlan:
              scale: float | None) -> None:
         self.store, self.rope, self.shape = store, rope, shape
         self.scale = scale if scale is not None else 1.0 / math.sqrt(store.config.head_dim)
-        sizes = [shape.rows, shape.rows, shape.pairs, shape.pairs, shape.pairs, 6 * shape.items,
+        sizes = [shape.rows, shape.rows, shape.pairs, shape.pairs, shape.pairs, gpu.ITEM_FIELDS * shape.items,
                  shape.rows + 1, shape.parts]
         (self.slots, self.k_pos, self.pair_row, self.pair_delta, self.visible, self.items,
          self.row_ptr, self.part_idx) = buffer[: shape.length].split(sizes)
