@@ -4,7 +4,10 @@ Times ``hw_linear`` over the four projections of one decoder layer (fused q/k/v,
 gate/up, down) for M = 1, 4, 16, 64, 128 rows, fp32 and bf16 weights, with two threads. The
 "before" kernel is the committed one (``git show HEAD:src/hogwild/kernels/hogwild_cpu.c``),
 the "after" kernel is this checkout's; both are compiled here into a temporary directory with
-the flags of :mod:`hogwild.kernels.build`, so the numbers compare the code, not the build.
+the flags of :mod:`hogwild.kernels.build`, so the numbers compare the code, not the build. Each
+library picks its instruction set at run time as the engine's does (AVX-512 where the CPU has
+it and the code has such a path; ``--isa avx2`` pins "after" to AVX2, for the same code on
+both sets).
 torch's ``F.linear`` (MKL; a bf16 weight converted to fp32 per call, as ``KernelLinear`` does
 above ``MAX_ROWS``) is timed alongside for reference.
 
@@ -74,6 +77,18 @@ def compile_library(source: str, out_dir: Path, name: str) -> ctypes.CDLL:
     lib.hw_linear.restype = I  # void before the change: the value is then ignored
     lib.hw_linear.argtypes = [P, P, I, P, P, I, I, I, I, I]
     return lib
+
+
+def pin_isa(lib: ctypes.CDLL, name: str) -> str:
+    """Pin the library's instruction set (``hw_isa``) and return the one in effect."""
+    names = {1: "avx2", 2: "avx512"}
+    if not hasattr(lib, "hw_isa"):  # a kernel from before the run-time choice: AVX2 only
+        return "avx2"
+    lib.hw_isa.restype, lib.hw_isa.argtypes = ctypes.c_int, [ctypes.c_int]
+    request = {"auto": 0, "avx2": 1, "avx512": 2}[name]
+    if lib.hw_isa(request) < 0:
+        raise SystemExit(f"this CPU cannot run the {name} kernels")
+    return names[lib.hw_isa(-1)]
 
 
 class Clock:
@@ -160,6 +175,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.15, help="least time per round (best of 3 rounds)")
     ap.add_argument("--no-before", action="store_true", help="skip the committed kernel")
     ap.add_argument("--no-torch", action="store_true", help="skip torch's F.linear")
+    ap.add_argument("--isa", choices=["auto", "avx2", "avx512"], default="auto",
+                    help="instruction set of the after kernel (hw_isa; auto: the best the CPU has)")
     ap.add_argument("--out", type=Path, help="folder to write kernel_rows.json into")
     args = ap.parse_args()
 
@@ -172,8 +189,9 @@ def main() -> None:
                                  capture_output=True, text=True, check=True).stdout
             libs["before"] = compile_library(old, Path(tmp), "before")
         libs["after"] = compile_library(build.SOURCE.read_text(), Path(tmp), "after")
+        isa = pin_isa(libs["after"], args.isa)
         load_before = os.getloadavg()[0]
-        print(f"hw_linear, {args.threads} threads: ms for one layer's four projections (qkv, o, gate_up, down; "
+        print(f"hw_linear, {args.threads} threads, after on {isa}: ms for one layer's four projections (qkv, o, gate_up, down; "
               f"one call each), GB/s of weights read, GFLOP/s (load average {load_before:.2f}: other work "
               f"on the machine slows OpenMP calls by whole scheduler slices)")
         print(HEADER)
@@ -189,7 +207,7 @@ def main() -> None:
         print(f"{r['model']:<14} {r['dtype']:<9} {r['rows']:>4}  {calls}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"threads": args.threads, "flags": build.FLAGS, "torch": torch.__version__,
+        meta = {"threads": args.threads, "flags": build.FLAGS, "torch": torch.__version__, "after_isa": isa,
                 "load_average": [load_before, os.getloadavg()[0]],
                 "shapes": {m: layer_linears(*SHAPES[m]) for m in SHAPES}}
         (args.out / "kernel_rows.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

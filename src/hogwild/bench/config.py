@@ -31,6 +31,23 @@ def bench_dtype(name: str) -> torch.dtype:
     return parse_dtype(name.strip())
 
 
+def bench_weights(name: str) -> tuple[str, torch.dtype]:
+    """One entry of ``--weights`` (``--dtypes`` is its old name): the label its rows carry
+    and the dtype activations and the transformers baseline use.
+
+    Float entries keep their dtype names (``float32``, ``bfloat16``: result files stay
+    comparable); a quantized one (``native``, ``q4_k``, ...) is labelled by its name and
+    computes in fp32 (the transformers baseline reads the same file's fp32 weights)."""
+    from ..quant.plan import FLOAT_WEIGHTS, parse_weights
+
+    setting = parse_weights(name.strip())
+    if setting in FLOAT_WEIGHTS:
+        return dtype_name(FLOAT_WEIGHTS[setting]), FLOAT_WEIGHTS[setting]
+    if setting == "auto":
+        raise InvalidRequestError("--weights: name each format (auto is not a bench setting)")
+    return setting, torch.float32
+
+
 def log(console: Any, text: str) -> None:
     """A progress line (dim) on ``console``; nothing without one (library use, tests)."""
     if console is not None:
@@ -51,6 +68,8 @@ class BenchConfig:
     attention: str = "auto"  # the engine's attention path (auto, torch, triton)
     graphs: bool = True  # CUDA graphs for decode passes (on a CUDA device)
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096])
+    #: the weight settings timed, one group each (``--weights``; ``--dtypes`` is its old name):
+    #: float dtypes or quantized formats (``native``, ``q8_0``, ``q4_k``, ``mxfp4``, ``nvfp4``)
     dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
     passes: int = 8  # timed passes per variant per round
     rounds: int = 3  # round-robin repeats
@@ -93,7 +112,9 @@ class BenchConfig:
         if self.threads < 1:
             raise InvalidRequestError(f"--threads must be at least 1 (got {self.threads})")
         for d in self.dtypes:
-            bench_dtype(d)
+            label, _ = bench_weights(d)
+            if label not in ("float32", "bfloat16", "float16") and (self.random_weights or self.device != "cpu"):
+                raise InvalidRequestError(f"--weights {label}: quantized weights need a real model on the CPU")
         if self.random_weights and (self.shape or self.model) not in SHAPES:
             raise InvalidRequestError(
                 f"--config {self.shape!r}: unknown shape; choose one of {', '.join(SHAPES)}"

@@ -145,7 +145,12 @@ def weight_bytes_read(model: CausalLM) -> int:
     (then it is the output projection; an untied table is read a few rows at a time).
     Counted from the config, since packed linear layers hold no plain parameters."""
     element = torch.empty((), dtype=model.dtype).element_size()
-    return model.config.weight_params_read() * element
+    total = model.config.weight_params_read() * element
+    for module in model.modules():  # quantized linears (hogwild.kernels.QuantLinear): their blocks' bytes
+        q = getattr(module, "qweight", None)
+        if q is not None and hasattr(q, "nbytes"):
+            total += q.nbytes - q.n * q.k * element
+    return total
 
 
 def matmul_params(model: CausalLM) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .. import kernels
-from .config import FORMAT, VERSION, BenchConfig, bench_dtype, dtype_name, log
+from .config import FORMAT, VERSION, BenchConfig, bench_weights, dtype_name, log
 from .measure import (
     available_memory, compute_rate, floor, measure_bandwidth, median, memory_now, peak_memory,
     peak_rss_bytes, profile_passes, sync, weight_bytes_read,
@@ -76,9 +76,9 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
     profile_c = min(cfg.contexts, key=lambda c: abs(c - cfg.profile_context))
     model_name = None
     for dname in cfg.dtypes:
-        dtype = bench_dtype(dname)
+        label, dtype = bench_weights(dname)
         rate = compute_rate(device, dtype, cfg.matmul_size, hardware["matmul_flops_per_s"], console)
-        models = load_models(cfg, dtype, device)
+        models = load_models(cfg, dtype, device, weights=dname)
         model_name = models.name
         wbytes = weight_bytes_read(models.ours)
         for context in cfg.contexts:
@@ -86,14 +86,14 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                 log(console, f"skipping context {context}: beyond the model's {models.config.max_positions} positions")
                 continue
             variants = _set_up(cfg, models, context, device, skipped, console)
-            log(console, f"{dtype_name(dtype)} context {context}: {len(variants)} variants set up; timing")
+            log(console, f"{label} context {context}: {len(variants)} variants set up; timing")
             bandwidths = _time_rounds(cfg, variants, device)
             peak = peak_memory(device)
             for v in variants:
                 s = v.stats()
                 sec = median(v.times)
                 results.append(dict(
-                    impl=v.impl, workers=v.workers, runs=v.runs, context=context, dtype=dtype_name(dtype),
+                    impl=v.impl, workers=v.workers, runs=v.runs, context=context, dtype=label,
                     ms_per_pass=sec * 1e3, ms_min=min(v.times) * 1e3, ms_max=max(v.times) * 1e3,
                     samples=len(v.times), tokens_per_s=s["rows"] / sec, passes_per_s=1 / sec,
                     rows_per_pass=s["rows_per_pass"], model_calls=s["model_calls"],
@@ -106,8 +106,8 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
             if cfg.profile and profile is None and context == profile_c:
                 target = next(v for v in variants
                               if v.impl.startswith("ours") and (v.workers, v.runs) == (profile_n, profile_r))
-                log(console, f"profiling ours N={profile_n} R={profile_r} context {context} {dtype_name(dtype)}")
-                profile = dict(workers=profile_n, runs=profile_r, context=context, dtype=dtype_name(dtype),
+                log(console, f"profiling ours N={profile_n} R={profile_r} context {context} {label}")
+                profile = dict(workers=profile_n, runs=profile_r, context=context, dtype=label,
                                **profile_passes(target.step, max(2, min(cfg.passes, 5)), device))
             for v in variants:
                 v.close()

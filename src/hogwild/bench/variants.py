@@ -64,8 +64,11 @@ def random_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int
     return model.eval()
 
 
-def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> Models:
-    """Our model plus (if cfg.transformers) the transformers model with the same weights."""
+def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device, weights: str | None = None) -> Models:
+    """Our model plus (if cfg.transformers) the transformers model with the same weights.
+
+    ``weights``: the ``--weights`` entry for our model (default: ``dtype``); a quantized
+    one keeps ``dtype`` (fp32) for activations and the transformers baseline."""
     if cfg.random_weights:
         shape = cfg.shape or cfg.model
         ours = random_model(shape, dtype, device, cfg.seed)
@@ -84,7 +87,7 @@ def load_models(cfg: BenchConfig, dtype: torch.dtype, device: torch.device) -> M
         kernels.prepare_for_cpu(ours.fuse_projections())
         prepare_for_gpu(ours)
         return Models(f"{shape} (random weights)", ours.config, ours, hf, "random")
-    loaded = load_model(cfg.model, dtype=dtype, device=device)  # the product path (CPU kernels)
+    loaded = load_model(cfg.model, weights=weights or dtype, device=device)  # the product path (CPU kernels)
     hf = None
     if cfg.transformers:
         from transformers import AutoModelForCausalLM

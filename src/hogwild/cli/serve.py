@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..models.registry import DEFAULT_MODEL
+from ..quant.plan import WEIGHTS_HELP, cli_setting
 from .app import _default_device, app
 
 
@@ -26,7 +27,8 @@ def serve(
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Largest request body; larger is 413."),
     shutdown_grace: float = typer.Option(
         10.0, "--shutdown-grace", help="On SIGINT/SIGTERM: seconds runs may finish before they are cancelled."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Deprecated: the old name of --weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
@@ -41,7 +43,7 @@ def serve(
     if threads is not None and threads < 1:
         raise InvalidRequestError(f"--threads must be at least 1 (got {threads})")
     config = ServeConfig(
-        model=model, dtype=dtype, device=device or _default_device(), workers=workers, max_workers=max_workers,
+        model=model, dtype=cli_setting(weights, dtype), device=device or _default_device(), workers=workers, max_workers=max_workers,
         max_running=max_running, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
         default_max_tokens=default_max_tokens, max_body_bytes=max_body_bytes, api_key=api_key,
         shutdown_grace=shutdown_grace, threads=threads,

@@ -11,6 +11,8 @@ whatever other rows (of its run, or of other runs batched with it) share the pas
 - :mod:`.build`: compiling, caching and loading the library; :func:`available`, :func:`status`.
 - :mod:`.ops`: the kernels as checked PyTorch functions, and :data:`MAX_ROWS`.
 - :mod:`.layers`: drop-in replacements for the model's linears and norms.
+- :mod:`.qlinear`: :class:`QuantLinear`, a linear computing with a quantized weight as stored
+  (``hogwild_quant.c``: the ggml block formats of :mod:`hogwild.quant`).
 - :mod:`.native`: :class:`NativeDecoder`, all layers of a pass in one call.
 - :mod:`.cpu_path`: :func:`prepare_for_cpu`, which puts the above into a loaded model.
 
@@ -22,6 +24,7 @@ from .build import ENV, available, library, reset, status
 from .cpu_path import prepare_for_cpu
 from .layers import KernelLinear, KernelRMSNorm, PackedLinear, can_pack
 from .native import NativeDecoder, NativePass, NativePassSource
+from .qlinear import QuantLinear, format_supported, qlinear
 from .ops import (
     MAX_GROUP,
     MAX_HEAD_DIM,
@@ -37,7 +40,7 @@ from .ops import (
 
 __all__ = [
     "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
-    "NativePass", "NativePassSource", "PackedLinear", "attend", "available", "can_pack", "library",
-    "linear", "prepare_for_cpu", "reset", "rmsnorm", "silu_mul", "span", "status", "store_kv",
-    "supports_attention",
+    "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "available", "can_pack",
+    "format_supported", "library", "linear", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
+    "span", "status", "store_kv", "supports_attention",
 ]

@@ -1,9 +1,11 @@
 """Building and loading the native kernel library: compiled once per machine, on first use.
 
-The C source is compiled with the system C compiler into ``$HOGWILD_CACHE/kernels`` under a
-name keyed by the source, the compiler and the flags, so an edit or a new compiler builds a
-new library and an unchanged one is reused. The modules that call into the library declare
-the C signatures of the functions they use (:func:`declare`); they are set on every library
+The C sources (:data:`SOURCES`: the decode kernels and the quantized-weight kernels) are
+compiled with the system C compiler into one library in ``$HOGWILD_CACHE/kernels``: each
+source into an object keyed by its text, the compiler and the flags, then the objects linked
+under a name keyed by theirs. An edit or a new compiler builds anew what it changes (an edit
+to one source recompiles that source only) and an unchanged library is reused. The modules
+that call into the library declare the C signatures of the functions they use (:func:`declare`); they are set on every library
 object this module loads, since ctypes would otherwise pass pointers as 32-bit ints.
 
 Nothing depends on the library: without a C compiler, on a CPU without AVX2/FMA, or with
@@ -28,11 +30,15 @@ from ..paths import cache_dir
 log = logging.getLogger(__name__)
 
 ENV = "HOGWILD_KERNELS"  # "0" turns the native kernels off
-SOURCE = Path(__file__).with_name("hogwild_cpu.c")
+SOURCE = Path(__file__).with_name("hogwild_cpu.c")  # the decode kernels (bench/kernel_rows.py builds it alone)
+#: every C file of the library, compiled in one command into one shared object
+SOURCES = [SOURCE, Path(__file__).with_name("hogwild_quant.c")]
 #: -ffp-contract=off: no a * b + c fused behind the code's back, so the same C expression
 #: rounds the same wherever it is inlined (the kernels are batch invariant; FMAs they want
 #: are written as intrinsics or fmaf)
-FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
+#: -mf16c: half-precision block scales (ggml formats) convert in one instruction; every CPU
+#: with AVX2 and FMA has F16C
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=gnu11"]
 
 #: C function name -> (restype, argtypes), filled by :func:`declare`
 Signatures = dict[str, tuple[Any, list[Any]]]
@@ -68,21 +74,34 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _build(compiler: str) -> Path:
-    """Compile the source into the cache (once per source, compiler and flags)."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *FLAGS]).encode()).hexdigest()[:16]
-    out_dir = cache_dir() / "kernels"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"hogwild_cpu-{key}.so"
-    if target.exists():
-        return target
-    tmp = out_dir / f".hogwild_cpu-{key}.{os.getpid()}.so"
-    proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+def _atomic(target: Path, command: list[str], compiler: str) -> None:
+    """Run ``command`` (which writes the path it is given last) into ``target`` atomically:
+    concurrent builders never see a half-written file."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    proc = subprocess.run([*command, str(tmp)], capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
-    os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
+    os.replace(tmp, target)
+
+
+def _build(compiler: str) -> Path:
+    """Compile the sources into the cache (each once per text, compiler and flags) and link."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    out_dir = cache_dir() / "kernels"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compile_flags = [f for f in FLAGS if f != "-shared"]
+    keys = []
+    for src in SOURCES:
+        key = hashlib.sha256("\0".join([src.name, src.read_text(), compiler, version, *FLAGS]).encode()).hexdigest()[:16]
+        obj = out_dir / f"{src.stem}-{key}.o"
+        if not obj.exists():
+            _atomic(obj, [compiler, *compile_flags, "-c", str(src), "-o"], compiler)
+        keys.append((obj, key))
+    key = hashlib.sha256("\0".join(k for _, k in keys).encode()).hexdigest()[:16]
+    target = out_dir / f"hogwild_cpu-{key}.so"
+    if not target.exists():
+        _atomic(target, [compiler, *FLAGS, *(str(obj) for obj, _ in keys), "-lm", "-o"], compiler)
     return target
 
 

@@ -16,15 +16,17 @@ from ..models.llama import MLP, CausalLM, RMSNorm, replace_modules
 from . import build, ops
 from .layers import KernelLinear, KernelRMSNorm, PackedLinear, can_pack
 from .native import NativeDecoder
+from .qlinear import QuantLinear
 
 
 def prepare_for_cpu(model: CausalLM) -> CausalLM:
     """Swap in the fastest CPU inference path available and return the same model.
 
-    With the native kernels: every linear becomes a :class:`KernelLinear`, norms and the SiLU
-    gate use their kernels, and activations flow in fp32 whatever the weight dtype (fp32 or
-    bf16 weights, "weight-only" bf16); a model with fused projections also gets the one-call
-    :class:`NativeDecoder`. Without them, fp32 linears are prepacked for oneDNN
+    With the native kernels: every plain linear becomes a :class:`KernelLinear` (linears a
+    loader already made :class:`QuantLinear`, weights kept in a block format, stay), norms
+    and the SiLU gate use their kernels, and activations flow in fp32 whatever the weight
+    format (fp32, bf16 or quantized: "weight-only"); the model also gets the one-call
+    :class:`NativeDecoder` (q/k/v and gate/up fused or not). Without them, fp32 linears are prepacked for oneDNN
     (:class:`PackedLinear`). Results differ from the plain modules by fp32 rounding only.
     A no-op off CPU. Copy the model before, not after: the decoder holds raw pointers.
     """
@@ -34,10 +36,10 @@ def prepare_for_cpu(model: CausalLM) -> CausalLM:
         replace_modules(model, nn.Linear, KernelLinear)
         replace_modules(model, RMSNorm, KernelRMSNorm)
         for module in model.modules():
-            if isinstance(module, MLP) and isinstance(module.gate_up_proj, KernelLinear):
+            if isinstance(module, MLP) and isinstance(module.gate_up_proj, (KernelLinear, QuantLinear)):
                 module.act_mul = ops.silu_mul  # fp32 contiguous in, as KernelLinear returns
         model.activation_dtype = torch.float32
-        if model.model.layers and model.model.layers[0].self_attn.qkv_proj is not None:
+        if model.model.layers:
             model.stack = NativeDecoder(model)
     elif can_pack(model.dtype, model.device):
         replace_modules(model, nn.Linear, PackedLinear)

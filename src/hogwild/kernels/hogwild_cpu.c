@@ -1,4 +1,5 @@
-/* hogwild CPU kernels for decode passes, AVX2 + FMA: a few rows per pass for one run, up to
+/* hogwild CPU kernels for decode passes, AVX2 + FMA, with AVX-512 paths chosen at run time on
+ * CPUs that have it (hw_isa): a few rows per pass for one run, up to
  * hogwild.kernels.MAX_ROWS (128) when a batched engine advances many runs in one call.
  *
  * Why: a decode pass is memory-bound, but on CPUs without native bf16 PyTorch's bf16 matmul
@@ -94,7 +95,9 @@ static inline __m256 exp8_nonpositive(__m256 x) {
 
 /* y [M, N] (+)= x [M, K] @ w [N, K]^T + b, with every output element computed in one fixed
  * order whatever M is, wherever its row sits in the call and however many threads run
- * (batch invariance: a row's result never depends on the other rows of the pass):
+ * (batch invariance: a row's result never depends on the other rows of the pass). The
+ * order belongs to the instruction set the kernels run on (isa_now: AVX-512 where the CPU
+ * has it, see lin5_tile for its order; else AVX2), never to the batch. On AVX2:
  *
  *   acc (8 lanes) = sum over k8 = 0, 8, .. < K8 of w[n, k8:k8+8] * x[m, k8:k8+8], one FMA
  *                   per step, k ascending (K8 = K rounded down to a multiple of 8);
@@ -128,7 +131,10 @@ typedef struct {
     const char *w;
     const float *b;
     float *y;
-    int M, N, K, K8, accumulate;
+    int M, N, K;
+    int Kv; /* keys the vector steps cover (K8 on AVX2); the rest is the scalar tail */
+    int accumulate;
+    const float *xv; /* x in the order the vector steps read it (x itself but for AVX-512 bf16) */
 } LinJob;
 
 /* 8 weights as fp32; ES (2: bf16, 4: fp32) is a compile-time constant where it is used */
@@ -178,7 +184,7 @@ static inline __attribute__((always_inline)) void lin_tile(const LinJob *j, int 
         float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
         for (int c = 0; c < NR; c++) {
             float t = s[c];
-            for (int k = j->K8; k < j->K; k++) t = fmaf(xr[i][k], lin_w1(wr[c], k, es), t);
+            for (int k = j->Kv; k < j->K; k++) t = fmaf(xr[i][k], lin_w1(wr[c], k, es), t);
             if (j->b) t += j->b[n0 + c];
             yr[c] = j->accumulate ? yr[c] + t : t;
         }
@@ -207,9 +213,194 @@ static inline __attribute__((always_inline)) void lin_tile(const LinJob *j, int 
 DEFINE_LIN_TILES(lin_tiles_f32, 4)
 DEFINE_LIN_TILES(lin_tiles_bf16, 2)
 
+/* AVX-512 tiles, for CPUs that have AVX-512F/BW/VL/DQ (chosen at run time by hw_linear,
+ * see isa_now; compiled for those instructions per function, so the library builds with the
+ * AVX2 flags and runs on AVX2-only CPUs). 32 vector registers of 16 lanes: tiles of up to
+ * 8 rows x 3 columns (24 accumulators) for 8 rows or more, 4 x 6 for 4-7 rows, 1-3 x 8
+ * below; K blocks keep a row tile's x in L1 (LIN5_X_FLOATS). Measured on a Xeon with two
+ * 512-bit FMA units: 1.2-1.4x the AVX2 tiles over a pass's projections at 16 rows
+ * (bench/pass_parts.py; docs/results/bench-cpu/README.md).
+ * The reduction order, fixed per element as on AVX2, is:
+ *
+ *   fp32 weights: acc (16 lanes) = sum over k16 = 0, 16, .. < K16 of w[n, k16:k16+16] *
+ *                 x[m, k16:k16+16], one FMA per step, k ascending (K16 = K rounded down to a
+ *                 multiple of 16);
+ *   bf16 weights: acc (16 lanes) = sum over k32 = 0, 32, .. < K32, ascending, of first
+ *                 w[n, k32 + 2l] * x[m, k32 + 2l] then w[n, k32 + 2l + 1] * x[m, k32 + 2l + 1]
+ *                 in lane l (one FMA each; K32 = K rounded down to a multiple of 32). 32 bf16
+ *                 weights (one load) give their even elements as fp32 by a shift and their
+ *                 odd ones by a mask; x is reordered to match once per call (lin_even_odd);
+ *   then s = sum of the 8 lane pairs (lane l + lane l + 8) by reduce8's tree, the K % 16
+ *   (K % 32) tail by fmaf in ascending k, the bias, the accumulation into y, as on AVX2. */
+#define HW_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define LIN5_MR_MAX 8
+#define LIN5_NR_MAX 8
+#define LIN5_ACC 24 /* accumulators of the largest tile: 8 x 3, 4 x 6, 3 x 8 */
+#define LIN5_X_FLOATS 6144 /* floats of x per row tile and K block (24 KiB, stays in L1) */
+
+/* v, held in a register: without this GCC folds the load into each of the NR FMAs that use
+ * it (a memory operand each), and the tile runs short of load bandwidth. */
+static inline __attribute__((always_inline)) HW_AVX512 __m512 lin5_reg(__m512 v) {
+    __asm__("" : "+v"(v));
+    return v;
+}
+
+static inline __attribute__((always_inline)) HW_AVX512 void lin5_tile(const LinJob *j, int es, int MR, int NR,
+                                                                      int m0, int n0, int k0, int k1, float *park,
+                                                                      int ld, int first, int last, const char *pf) {
+    __m512 a[LIN5_ACC]; /* a[i * NR + c]: a flat array the compiler keeps in registers */
+    const float *xr[LIN5_MR_MAX];
+    const char *wr[LIN5_NR_MAX];
+    const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+    for (int i = 0; i < MR; i++) xr[i] = j->xv + (size_t)(m0 + i) * j->K;
+    for (int c = 0; c < NR; c++) wr[c] = j->w + (size_t)(n0 + c) * j->K * es;
+    for (int i = 0; i < MR; i++)
+        for (int c = 0; c < NR; c++)
+            a[i * NR + c] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(park + (size_t)i * ld + c * 16);
+    if (es == 4) {
+        for (int k = k0; k < k1; k += 16) {
+            __m512 wv[LIN5_NR_MAX];
+            for (int c = 0; c < NR; c++) wv[c] = _mm512_loadu_ps((const float *)wr[c] + k);
+            if (pf)
+                for (int c = 0; c < NR; c++) _mm_prefetch(pf + ((size_t)c * j->K + k) * 4, _MM_HINT_T0);
+            for (int i = 0; i < MR; i++) {
+                __m512 xv = lin5_reg(_mm512_loadu_ps(xr[i] + k));
+                for (int c = 0; c < NR; c++) a[i * NR + c] = _mm512_fmadd_ps(wv[c], xv, a[i * NR + c]);
+            }
+        }
+    } else {
+        for (int k = k0; k < k1; k += 32) {
+            __m512 wv[LIN5_NR_MAX];
+            if (pf)
+                for (int c = 0; c < NR; c++) _mm_prefetch(pf + ((size_t)c * j->K + k) * 2, _MM_HINT_T0);
+            for (int c = 0; c < NR; c++)
+                wv[c] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(wr[c] + (size_t)k * 2), 16));
+            for (int i = 0; i < MR; i++) {
+                __m512 xv = lin5_reg(_mm512_loadu_ps(xr[i] + k));
+                for (int c = 0; c < NR; c++) a[i * NR + c] = _mm512_fmadd_ps(wv[c], xv, a[i * NR + c]);
+            }
+            for (int c = 0; c < NR; c++)
+                wv[c] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(wr[c] + (size_t)k * 2), odd));
+            for (int i = 0; i < MR; i++) {
+                __m512 xv = lin5_reg(_mm512_loadu_ps(xr[i] + k + 16));
+                for (int c = 0; c < NR; c++) a[i * NR + c] = _mm512_fmadd_ps(wv[c], xv, a[i * NR + c]);
+            }
+        }
+    }
+    if (!last) {
+        for (int i = 0; i < MR; i++)
+            for (int c = 0; c < NR; c++) _mm512_storeu_ps(park + (size_t)i * ld + c * 16, a[i * NR + c]);
+        return;
+    }
+    /* reduce8 sums each of its 8 inputs by the same tree whichever inputs share the call, so
+     * the tile's accumulators go through it 8 at a time (3 calls for 24), not a row at a time */
+    const __m256 z = _mm256_setzero_ps();
+    float s[LIN5_ACC];
+    for (int e0 = 0; e0 < MR * NR; e0 += 8) {
+        __m256 v[8];
+        for (int e = 0; e < 8; e++)
+            v[e] = e0 + e < MR * NR ? _mm256_add_ps(_mm512_castps512_ps256(a[e0 + e]), _mm512_extractf32x8_ps(a[e0 + e], 1))
+                                    : z;
+        __m256 r = reduce8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+        if (e0 + 8 <= LIN5_ACC) _mm256_storeu_ps(s + e0, r);
+    }
+    for (int i = 0; i < MR; i++) {
+        const float *xo = j->x + (size_t)(m0 + i) * j->K;
+        float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
+        for (int c = 0; c < NR; c++) {
+            float t = s[i * NR + c];
+            for (int k = j->Kv; k < j->K; k++) t = fmaf(xo[k], lin_w1(wr[c], k, es), t);
+            if (j->b) t += j->b[n0 + c];
+            yr[c] = j->accumulate ? yr[c] + t : t;
+        }
+    }
+}
+
+#define LIN5_T(MR, NR) \
+    case MR * 16 + NR: lin5_tile(j, es, MR, NR, m0, n0, k0, k1, park, ld, first, last, pf); return;
+#define DEFINE_LIN5_TILES(NAME, ES)                                                                   \
+    static HW_AVX512 void NAME##_any(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1,  \
+                                     float *park, int ld, int first, int last, const char *pf) {      \
+        lin5_tile(j, ES, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);                          \
+    }                                                                                                 \
+    static HW_AVX512 void NAME(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, \
+                               int ld, int first, int last, const char *pf) {                         \
+        const int es = ES;                                                                            \
+        switch (mr * 16 + nr) {                                                                       \
+            LIN5_T(8, 3) LIN5_T(7, 3) LIN5_T(6, 3) LIN5_T(5, 3) LIN5_T(4, 3) LIN5_T(3, 3) LIN5_T(2, 3)  \
+            LIN5_T(1, 3) LIN5_T(4, 6) LIN5_T(3, 6) LIN5_T(2, 6) LIN5_T(1, 6) LIN5_T(3, 8) LIN5_T(2, 8)  \
+            LIN5_T(1, 8)                                                                              \
+        default: NAME##_any(j, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);                    \
+        }                                                                                             \
+    }
+DEFINE_LIN5_TILES(lin5_tiles_f32, 4)
+DEFINE_LIN5_TILES(lin5_tiles_bf16, 2)
+
+/* x in the order lin5_tile's bf16 steps read it: per 32 keys below K32, the 16 even-indexed
+ * values, then the 16 odd-indexed ones; the tail as it is. */
+static HW_AVX512 void lin_even_odd(const float *x, float *out, int M, int K, int K32) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * K;
+        float *o = out + (size_t)m * K;
+        int k = 0;
+        for (; k < K32; k += 32) {
+            __m512 lo = _mm512_loadu_ps(xr + k), hi = _mm512_loadu_ps(xr + k + 16);
+            _mm512_storeu_ps(o + k, _mm512_permutex2var_ps(lo, even, hi));
+            _mm512_storeu_ps(o + k + 16, _mm512_permutex2var_ps(lo, odd, hi));
+        }
+        for (; k < K; k++) o[k] = xr[k];
+    }
+}
+
 /* Micro-panel width for a call of M rows: 12 accumulators where rows allow (4 x 3 tiles),
  * wider panels for 1-3 rows so each weight vector still feeds enough FMAs. */
 static inline int lin_panel_width(int M) { return M >= 4 ? 3 : M == 3 ? 4 : M == 2 ? 4 : 8; }
+
+/* The same on AVX-512 (32 registers): 8 x 3 or 4 x 6 tiles, 8 columns for 1-3 rows. */
+static inline int lin5_panel_width(int M) { return M >= 8 ? 3 : M >= 4 ? 6 : 8; }
+
+/* Which instruction set the linear and attention kernels use: 1 AVX2 + FMA, 2 AVX-512
+ * (F, BW, VL, DQ). The best this CPU and OS support unless hw_isa chose otherwise. A row's
+ * bits depend on this choice (the reduction orders differ), never on the batch. */
+static int isa_forced = 0;
+
+static int cpu_avx512(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    }
+    return known;
+}
+
+/* HOGWILD_KERNEL_ISA=avx2 in the environment pins AVX2 from the first call on (benchmarks
+ * compare the two sets on the whole engine that way); hw_isa overrides it. */
+static int isa_env(void) {
+    static int known = -1;
+    if (known < 0) {
+        const char *e = getenv("HOGWILD_KERNEL_ISA");
+        known = e && strcmp(e, "avx2") == 0 ? 1 : 0;
+    }
+    return known;
+}
+
+static inline int isa_now(void) { return isa_forced ? isa_forced : isa_env() ? 1 : cpu_avx512() ? 2 : 1; }
+
+/* request 1 (AVX2) or 2 (AVX-512) pins the kernels to that set, 0 goes back to the default
+ * (the best supported, or what HOGWILD_KERNEL_ISA says), a negative value only asks. Returns the set in effect, or -1 (nothing changed)
+ * when the CPU lacks the requested one. For tests and benchmarks; not thread safe against
+ * concurrent kernel calls. */
+int hw_isa(int request) {
+    if (request == 2 && !cpu_avx512()) return -1;
+    if (request >= 0 && request <= 2) isa_forced = request;
+    return isa_now();
+}
+
+typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, int ld,
+                         int first, int last, const char *pf);
 
 /* y [M, N] = x [M, K] @ w[N, K]^T + b (fp32 x, y, b; w fp32 or bf16). With accumulate,
  * y += instead of y = (a residual connection without another pass over y). y must not
@@ -218,23 +409,37 @@ static inline int lin_panel_width(int M) { return M >= 4 ? 3 : M == 3 ? 4 : M ==
 int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N, int K,
               int accumulate, int threads) {
     if (M <= 0 || N <= 0) return 0;
-    LinJob job = {x, (const char *)w, b, y, M, N, K, K & ~7, accumulate};
-    const LinJob *j = &job;
+    int wide = isa_now() == 2;
     int es = w_bf16 ? 2 : 4;
-    int nr = lin_panel_width(M);
-    /* K blocks of equal size (multiples of 8), as few as keep M x kc floats of x within
-     * LIN_X_FLOATS, but at least 128 keys each */
-    int K8 = job.K8, kc = K8, kblocks = 1;
-    if ((int64_t)M * K8 > LIN_X_FLOATS) {
-        int most = (LIN_X_FLOATS / M) & ~7;
+    int lanes = wide ? 16 : 8;          /* floats per accumulator */
+    int step = wide ? 64 / es : 8;      /* keys per vector step */
+    int mr_max = wide ? (M >= 8 ? 8 : 4) : LIN_MR;
+    int nr = wide ? lin5_panel_width(M) : lin_panel_width(M);
+    LinTiles tiles = wide ? (es == 2 ? lin5_tiles_bf16 : lin5_tiles_f32) : (es == 2 ? lin_tiles_bf16 : lin_tiles_f32);
+    LinJob job = {x, (const char *)w, b, y, M, N, K, K / step * step, accumulate, x};
+    const LinJob *j = &job;
+    float *xeo = NULL;
+    if (wide && es == 2 && job.Kv > 0) {
+        xeo = (float *)malloc(sizeof(float) * (size_t)M * K);
+        if (!xeo) return -1;
+        lin_even_odd(x, xeo, M, K, job.Kv);
+        job.xv = xeo;
+    }
+    /* K blocks of equal size (multiples of step), as few as keep M x kc floats of x within
+     * LIN_X_FLOATS (AVX2), or the x of one row tile within LIN5_X_FLOATS (AVX-512: its tiles
+     * are fast enough that x must come from L1, not L2), but at least 128 keys each */
+    int Kv = job.Kv, kc = Kv, kblocks = 1;
+    int most = wide ? LIN5_X_FLOATS / (M < mr_max ? M : mr_max) / step * step
+                    : (int64_t)M * Kv > LIN_X_FLOATS ? (LIN_X_FLOATS / M) / step * step : Kv;
+    if (Kv > most) {
         if (most < 128) most = 128;
-        kblocks = (K8 + most - 1) / most;
-        kc = ((K8 + kblocks - 1) / kblocks + 7) & ~7;
-        kblocks = (K8 + kc - 1) / kc;
+        kblocks = (Kv + most - 1) / most;
+        kc = ((Kv + kblocks - 1) / kblocks + step - 1) / step * step;
+        kblocks = (Kv + kc - 1) / kc;
     }
     int panels = (N + nr - 1) / nr;
-    int group = LIN_W_BYTES / ((kc > 8 ? kc : 8) * es * nr); /* panels per column group */
-    if (kblocks > 1 && group > LIN_PARK_FLOATS / (M * nr * 8)) group = LIN_PARK_FLOATS / (M * nr * 8);
+    int group = LIN_W_BYTES / ((kc > step ? kc : step) * es * nr); /* panels per column group */
+    if (kblocks > 1 && group > LIN_PARK_FLOATS / (M * nr * lanes)) group = LIN_PARK_FLOATS / (M * nr * lanes);
     if (group < 1) group = 1;
     if (group > panels) group = panels;
     int failed = 0;
@@ -244,7 +449,7 @@ int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *
         int p0 = (int)((int64_t)panels * t / nt), p1 = (int)((int64_t)panels * (t + 1) / nt);
         float *park = NULL;
         if (kblocks > 1 && p1 > p0) {
-            park = (float *)malloc(sizeof(float) * (size_t)M * group * nr * 8);
+            park = (float *)malloc(sizeof(float) * (size_t)M * group * nr * lanes);
             if (!park) {
 #pragma omp atomic write
                 failed = 1;
@@ -253,22 +458,19 @@ int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *
         if (kblocks == 1 || park) {
             for (int g0 = p0; g0 < p1; g0 += group) {
                 int g1 = g0 + group < p1 ? g0 + group : p1;
-                int ld = (g1 - g0) * nr * 8;
+                int ld = (g1 - g0) * nr * lanes;
                 for (int kb = 0; kb < kblocks; kb++) {
-                    int k0 = kb * kc, k1 = k0 + kc < K8 ? k0 + kc : K8;
-                    for (int m0 = 0; m0 < M; m0 += LIN_MR) {
-                        int mr = M - m0 < LIN_MR ? M - m0 : LIN_MR;
+                    int k0 = kb * kc, k1 = k0 + kc < Kv ? k0 + kc : Kv;
+                    for (int m0 = 0; m0 < M; m0 += mr_max) {
+                        int mr = M - m0 < mr_max ? M - m0 : mr_max;
                         for (int p = g0; p < g1; p++) {
                             int n0 = p * nr, cols = N - n0 < nr ? N - n0 : nr;
-                            float *pk = park ? park + (size_t)m0 * ld + (size_t)(p - g0) * nr * 8 : NULL;
+                            float *pk = park ? park + (size_t)m0 * ld + (size_t)(p - g0) * nr * lanes : NULL;
                             /* the first row tile fetches the next panel's weights ahead: rows of a
                              * short panel are too short for the hardware prefetcher to find */
                             const char *pf = m0 == 0 && p + 1 < p1 && n0 + 2 * nr <= N
                                                  ? j->w + (size_t)(n0 + nr) * K * es : NULL;
-                            if (es == 2)
-                                lin_tiles_bf16(j, mr, cols, m0, n0, k0, k1, pk, ld, kb == 0, kb == kblocks - 1, pf);
-                            else
-                                lin_tiles_f32(j, mr, cols, m0, n0, k0, k1, pk, ld, kb == 0, kb == kblocks - 1, pf);
+                            tiles(j, mr, cols, m0, n0, k0, k1, pk, ld, kb == 0, kb == kblocks - 1, pf);
                         }
                     }
                 }
@@ -276,6 +478,7 @@ int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *
         }
         free(park);
     }
+    free(xeo);
     return failed ? -1 : 0;
 }
 
@@ -521,6 +724,169 @@ static inline __attribute__((always_inline)) void pv_block_bf16(float *acc, cons
     }
 }
 
+/* AVX-512 loops of attend_group, for head_dim a multiple of 32 on CPUs with AVX-512 (see
+ * isa_now). bf16 keys and values are read in place as on AVX2 but per 32 values ("eo32
+ * order": per 32 lanes, 16 even then 16 odd), queries and accumulators kept in that order.
+ *
+ * Scores come in blocks of 16 dot products (4 queries x 4 keys; 2 x 8 and 1 x 16 for the
+ * queries left over) of 16-lane accumulators (per lane, d ascending; bf16: the even then the
+ * odd element of each pair), finished together by reduce16, whose tree sums each input the
+ * same way whatever the other 15 are. Blocks at the end of a chunk repeat its last key,
+ * computed and thrown away, so every score goes through the same code. Values: per key, acc = fma(p, v, acc) per element,
+ * after acc *= corr, as on AVX2. */
+
+/* [sum(a[0]), ..., sum(a[15])]: per input, lanes l and l + 2 paired, then those pairs
+ * paired within each 128-bit block, then blocks 0 + 1 and 2 + 3, then the two halves. */
+static inline __attribute__((always_inline)) HW_AVX512 __m512 reduce16(const __m512 *a) {
+    __m512 s[8], t[4], w[2];
+    for (int p = 0; p < 8; p++)
+        s[p] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * p], a[2 * p + 1]), _mm512_unpackhi_ps(a[2 * p], a[2 * p + 1]));
+    for (int q = 0; q < 4; q++) {
+        __m512d x = _mm512_castps_pd(s[2 * q]), y = _mm512_castps_pd(s[2 * q + 1]);
+        t[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int r = 0; r < 2; r++)
+        w[r] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * r], t[2 * r + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * r], t[2 * r + 1], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xdd));
+}
+
+/* Scores of queries q[0..QB-1] (rows of D floats, eo32 order when bf16) against keys
+ * k[0..KB-1] (pool rows), QB x KB = 16: lane i * KB + j = q[i] . k[j]. */
+static inline __attribute__((always_inline)) HW_AVX512 __m512 scores5_block(const float *const *q,
+                                                                            const void *const *k, int D, int bf16,
+                                                                            int QB, int KB) {
+    __m512 a[16];
+    for (int e = 0; e < 16; e++) a[e] = _mm512_setzero_ps();
+    if (bf16) {
+        const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+        for (int d = 0; d < D; d += 32) {
+            __m512 qe[4], qo[4];
+            for (int i = 0; i < QB; i++) {
+                qe[i] = _mm512_loadu_ps(q[i] + d);
+                qo[i] = _mm512_loadu_ps(q[i] + d + 16);
+            }
+            for (int j = 0; j < KB; j++) {
+                __m512i raw = _mm512_loadu_si512((const uint16_t *)k[j] + d);
+                __m512 ke = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+                __m512 ko = _mm512_castsi512_ps(_mm512_and_si512(raw, odd));
+                for (int i = 0; i < QB; i++)
+                    a[i * KB + j] = _mm512_fmadd_ps(qo[i], ko, _mm512_fmadd_ps(qe[i], ke, a[i * KB + j]));
+            }
+        }
+    } else {
+        for (int d = 0; d < D; d += 16) {
+            __m512 qv[4];
+            for (int i = 0; i < QB; i++) qv[i] = _mm512_loadu_ps(q[i] + d);
+            for (int j = 0; j < KB; j++) {
+                __m512 kv = _mm512_loadu_ps((const float *)k[j] + d);
+                for (int i = 0; i < QB; i++) a[i * KB + j] = _mm512_fmadd_ps(qv[i], kv, a[i * KB + j]);
+            }
+        }
+    }
+    return reduce16(a);
+}
+
+/* Scores of queries q0 .. q0 + QB - 1 (rows of qr) against n keys from kb, KB keys a block,
+ * into rows of sc (stride CHUNK; the last block of a row also fills up to KB - 1 lanes past
+ * n, inside the row, which nothing reads). */
+static inline __attribute__((always_inline)) HW_AVX512 void scores5_rows(const float *qr, int q0, const void *kb,
+                                                                         int n, int D, int bf16, float *sc, int QB,
+                                                                         int KB) {
+    size_t es = bf16 ? 2 : 4;
+    const float *q[4];
+    for (int i = 0; i < QB; i++) q[i] = qr + (size_t)(q0 + i) * D;
+    for (int j0 = 0; j0 < n; j0 += KB) {
+        const void *k[16];
+        for (int j = 0; j < KB; j++) k[j] = (const char *)kb + (size_t)(j0 + j < n ? j0 + j : n - 1) * D * es;
+        float s[16];
+        _mm512_storeu_ps(s, scores5_block(q, k, D, bf16, QB, KB));
+        for (int i = 0; i < QB; i++) memcpy(sc + (q0 + i) * CHUNK + j0, s + i * KB, KB * sizeof(float));
+    }
+}
+
+/* Scores of nq queries (rows of qr) against n keys from kb (pool rows of D elements) into
+ * rows of sc: 4 x 4 blocks, then 2 x 8 and 1 x 16 for the queries left, so no query slot is
+ * wasted (the block shape never changes a score: reduce16 sums each input alike). */
+static HW_AVX512 void scores5_chunk(const float *qr, int nq, const void *kb, int n, int D, int bf16, float *sc) {
+    int q0 = 0;
+    for (; q0 + 4 <= nq; q0 += 4) scores5_rows(qr, q0, kb, n, D, bf16, sc, 4, 4);
+    for (; q0 + 2 <= nq; q0 += 2) scores5_rows(qr, q0, kb, n, D, bf16, sc, 2, 8);
+    for (; q0 < nq; q0++) scores5_rows(qr, q0, kb, n, D, bf16, sc, 1, 16);
+}
+
+/* acc[i] = acc[i] * corr[i] + sum_j p[i][j] v[j] for QB queries and 16 * DV lanes from d:
+ * QB x DV accumulators stay in registers across the chunk's keys. */
+static inline __attribute__((always_inline)) HW_AVX512 void pv5_block(float *acc, const float *corr, const float *p,
+                                                                      const void *vb, int bf16, int n, int D, int d,
+                                                                      int QB, int DV) {
+    __m512 a[4][4];
+    const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+    for (int i = 0; i < QB; i++) {
+        __m512 c = _mm512_set1_ps(corr[i]);
+        for (int v = 0; v < DV; v++) a[i][v] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)i * D + d + 16 * v), c);
+    }
+    for (int j = 0; j < n; j++) {
+        __m512 vv[4];
+        if (bf16) {
+            const uint16_t *vr = (const uint16_t *)vb + (size_t)j * D + d;
+            for (int v = 0; v < DV; v += 2) {
+                __m512i raw = _mm512_loadu_si512(vr + 16 * v);
+                vv[v] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+                vv[v + 1] = _mm512_castsi512_ps(_mm512_and_si512(raw, odd));
+            }
+        } else {
+            for (int v = 0; v < DV; v++) vv[v] = _mm512_loadu_ps((const float *)vb + (size_t)j * D + d + 16 * v);
+        }
+        for (int i = 0; i < QB; i++) {
+            __m512 w = _mm512_set1_ps(p[i * CHUNK + j]);
+            for (int v = 0; v < DV; v++) a[i][v] = _mm512_fmadd_ps(w, vv[v], a[i][v]);
+        }
+    }
+    for (int i = 0; i < QB; i++)
+        for (int v = 0; v < DV; v++) _mm512_storeu_ps(acc + (size_t)i * D + d + 16 * v, a[i][v]);
+}
+
+#define PV5_CASE(QB, DV) \
+    case QB * 8 + DV: pv5_block(acc, corr + q0, p, vb, bf16, n, D, d, QB, DV); break;
+
+/* The values of a chunk: nq queries (rows of acc, stride D; weights in rows of p, stride
+ * CHUNK), n values from vb. */
+static HW_AVX512 void pv5_chunk(float *accb, const float *corr, const float *sc, const void *vb, int bf16, int n,
+                                int nq, int D) {
+    for (int q0 = 0; q0 < nq; q0 += 4) {
+        int qb = nq - q0 < 4 ? nq - q0 : 4;
+        float *acc = accb + (size_t)q0 * D;
+        const float *p = sc + q0 * CHUNK;
+        for (int d = 0; d < D; d += 64) {
+            int dv = D - d >= 64 ? 4 : 2; /* D % 32 == 0 */
+            switch (qb * 8 + dv) {
+                PV5_CASE(4, 4) PV5_CASE(3, 4) PV5_CASE(2, 4) PV5_CASE(1, 4)
+                PV5_CASE(4, 2) PV5_CASE(3, 2) PV5_CASE(2, 2) PV5_CASE(1, 2)
+            }
+        }
+    }
+}
+
+static inline void to_eo32(float *row, int D) {
+    float tmp[32];
+    for (int d = 0; d < D; d += 32) {
+        for (int j = 0; j < 16; j++) {
+            tmp[j] = row[d + 2 * j];
+            tmp[16 + j] = row[d + 2 * j + 1];
+        }
+        memcpy(row + d, tmp, sizeof(tmp));
+    }
+}
+
+static inline void from_eo32(const float *src, float *dst, int D) {
+    for (int d = 0; d < D; d += 32)
+        for (int j = 0; j < 16; j++) {
+            dst[d + 2 * j] = src[d + j];
+            dst[d + 2 * j + 1] = src[d + 16 + j];
+        }
+}
+
 /* A group of units reading the same keys (e.g. the prompt, seen by every row), for one KV
  * head: members x G query vectors against keys [slot, slot + count). Each key and value row
  * is read (and converted from bf16) once for all of them. Writes every member's unnormalised
@@ -534,13 +900,17 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     float ms[MAX_Q], ls[MAX_Q], corr[MAX_Q];
     int nq = nm * G;
     int eo = bf16 && D % 16 == 0; /* bf16 read in place (see eo_split) */
+    int wide = isa_now() == 2 && D % 32 == 0; /* the AVX-512 loops (scores5_chunk, pv5_chunk; eo32 order) */
     for (int i = 0; i < nm; i++) {
         const Unit *u = &list[members[i].unit];
         const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
         for (int g = 0; g < G; g++) {
             float *row = qr + (size_t)(i * G + g) * D;
             rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, row, D, scale);
-            if (eo) to_eo(row, D);
+            if (eo && wide)
+                to_eo32(row, D);
+            else if (eo)
+                to_eo(row, D);
         }
     }
     for (int qi = 0; qi < nq; qi++) {
@@ -558,7 +928,10 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
         const uint16_t *kb16 = (const uint16_t *)kbase + at, *vb16 = (const uint16_t *)vbase + at;
         const float *kc = eo ? NULL : rows_f32(kbase, at, n, D, bf16, kbuf);
         const float *vc = eo ? NULL : rows_f32(vbase, at, n, D, bf16, vbuf);
-        /* scores: two queries x four keys at a time */
+        /* scores: two queries x four keys at a time (AVX-512: four x four) */
+        if (wide)
+            scores5_chunk(qr, nq, eo ? (const void *)kb16 : (const void *)kc, n, D, bf16, sc);
+        else
         for (int qi = 0; qi < nq; qi += 2) {
             int q1i = qi + 1 < nq ? qi + 1 : qi;
             const float *q0 = qr + (size_t)qi * D, *q1 = qr + (size_t)q1i * D;
@@ -618,7 +991,10 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
             }
             ls[qi] = ls[qi] * corr[qi] + sum;
         }
-        /* values: up to four queries x sixteen lanes per register block */
+        /* values: up to four queries x sixteen lanes per register block (AVX-512: 64 lanes) */
+        if (wide)
+            pv5_chunk(accb, corr, sc, eo ? (const void *)vb16 : (const void *)vc, bf16, n, nq, D);
+        else
         for (int q0 = 0; q0 < nq; q0 += 4) {
             int qb = nq - q0 < 4 ? nq - q0 : 4;
             float *acc = accb + (size_t)q0 * D;
@@ -656,7 +1032,9 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
             int qi = i * G + g;
             base[g] = ms[qi];
             base[G + g] = ls[qi];
-            if (eo)
+            if (eo && wide)
+                from_eo32(accb + (size_t)qi * D, base + 2 * G + (size_t)g * D, D);
+            else if (eo)
                 from_eo(accb + (size_t)qi * D, base + 2 * G + (size_t)g * D, D);
             else
                 memcpy(base + 2 * G + (size_t)g * D, accb + (size_t)qi * D, sizeof(float) * D);
@@ -689,7 +1067,10 @@ static int heads_supported(int H, int Hkv, int D) {
  * which other rows share the call or a work item, nor on where its blocks sit in the pool.
  * Units are cut from each pair's own start; every query of a work item is scored, soft-maxed
  * and accumulated on its own (the 2 x 4 score blocks and 4-query value blocks share loads,
- * not sums); a row's units are merged in its own order. */
+ * not sums; so do AVX-512's 16-score blocks, whose reduce16 sums each dot product by one
+ * tree); a row's units are merged in its own order. The dot products' order depends on the
+ * instruction set (AVX-512 for head_dim % 32 == 0 where the CPU has it, see scores5_block;
+ * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, float scale, int threads) {
@@ -781,17 +1162,45 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
 
 /* ------------------------------------------------------------------ whole decoder stack */
 
-/* Pointers to one layer's weights (as prepared by hogwild.kernels.native: fused q/k/v and
- * gate/up, weights fp32 or bf16, biases and norm weights fp32; NULL where absent). */
+/* One weight matrix [N, K] of the decoder in its own format (hogwild.kernels.native.Matrix):
+ * fmt is ggml's type id: 0 fp32, 30 bf16 (both for hw_linear), or a quantized block format
+ * of hogwild_quant.c (hw_qlinear, with its per-tensor scale and exact corrections grouped by
+ * output column: fix_start [N + 1], fix_j, fix_delta; NULL: none). b: fp32 bias or NULL. */
 typedef struct {
-    const void *qkv_w;
-    const float *qkv_b;
-    const void *o_w;
-    const float *o_b;
-    const void *gate_up_w;
-    const float *gate_up_b;
-    const void *down_w;
-    const float *down_b;
+    const void *w;
+    const float *b;
+    const int32_t *fix_start;
+    const int32_t *fix_j;
+    const float *fix_delta;
+    int fmt;
+    float scale;
+} HwMat;
+
+/* in hogwild_quant.c; weak, so that this file alone still builds and loads (bench/kernel_rows.py
+ * compiles it on its own), quantized matrices then being refused */
+int hw_qlinear(const float *x, const void *w, int fmt, float scale, const int32_t *fix_start, const int32_t *fix_j,
+               const float *fix_delta, const float *b, float *y, int M, int N, int K, int accumulate, int threads)
+    __attribute__((weak));
+
+/* y [M, N] (+)= x [M, K] @ m^T + b whatever m's format: hw_linear for fp32 and bf16, hw_qlinear
+ * for the block formats. Each is batch invariant, so the decoder is whatever the mix.
+ * Returns 0, -1 (scratch allocation failed) or -2 (a format not built in). */
+int hw_linear_any(const HwMat *m, const float *x, float *y, int M, int N, int K, int accumulate, int threads) {
+    if (m->fmt == 0 || m->fmt == 30)
+        return hw_linear(x, m->w, m->fmt == 30, m->b, y, M, N, K, accumulate, threads);
+    if (!hw_qlinear) return -2;
+    return hw_qlinear(x, m->w, m->fmt, m->scale, m->fix_start, m->fix_j, m->fix_delta, m->b, y, M, N, K, accumulate,
+                      threads);
+}
+
+/* One layer's weights (as prepared by hogwild.kernels.native). q/k/v: either fused, in
+ * qkv[0] with qkv[1].w == NULL, or three matrices (a GGUF may store v in another format than
+ * q and k); likewise gate/up. Norm weights fp32; NULL where absent. */
+typedef struct {
+    HwMat qkv[3];
+    HwMat o;
+    HwMat gate_up[2];
+    HwMat down;
     const float *ln_in;
     const float *ln_post;
     const float *q_norm; /* per-head RMSNorm of q and k (Qwen3), else NULL */
@@ -800,7 +1209,7 @@ typedef struct {
 
 typedef struct {
     int hidden, heads, kv_heads, head_dim, inter;
-    int w_bf16, kv_bf16, threads;
+    int kv_bf16, threads;
     float eps, scale;
 } Dims;
 
@@ -819,17 +1228,17 @@ typedef struct {
 /* Floats of scratch hw_decode_layers needs for `rows` rows. */
 int64_t hw_decode_scratch(const Dims *dm, int rows) {
     int64_t qd = (int64_t)dm->heads * dm->head_dim, kd = (int64_t)dm->kv_heads * dm->head_dim;
-    return (int64_t)rows * (dm->hidden + (qd + 2 * kd) + qd + kd + kd + qd + 2 * (int64_t)dm->inter + dm->inter);
+    return (int64_t)rows * (dm->hidden + (qd + 2 * kd) + qd + kd + kd + qd + 4 * (int64_t)dm->inter);
 }
 
 /* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
  * in place. Pools are [layers, kv_heads, capacity, head_dim]; layer_stride and head_stride in
  * elements. Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest
  * is allocated per call). Returns 0; -2, before touching anything, for a head layout the
- * attention kernel does not support; -1 when scratch could not be allocated (x is then
- * partly updated).
+ * attention kernel does not support; -1 when scratch could not be allocated, -2 for a weight
+ * format not built in (x is then partly updated; hogwild.kernels.native checks formats first).
  *
- * Every step is batch invariant (hw_linear, hw_attend; norms, gate and key storage are per
+ * Every step is batch invariant (hw_linear, hw_qlinear, hw_attend; norms, gate and key storage are per
  * row), so a row's output is the same bits whichever rows share the pass. */
 int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const Dims *dm, const PassInfo *ps,
                      void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, float *scratch) {
@@ -843,30 +1252,47 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     float *att = v + (size_t)R * kd;     /* [R, H, D] */
     float *gu = att + (size_t)R * qd;    /* [R, 2I] */
     float *act = gu + (size_t)R * 2 * I; /* [R, I] */
+    float *up = act + (size_t)R * I;     /* [R, I]: up, when separate from the gate */
     size_t es = dm->kv_bf16 ? 2 : 4;
     if (!heads_supported(H, Hkv, D)) return -2;
     for (int l = 0; l < num_layers; l++) {
         const LayerWeights *w = &layers[l];
+        int rc;
         hw_rmsnorm(x, w->ln_in, h, R, E, dm->eps);
-        if (hw_linear(h, w->qkv_w, dm->w_bf16, w->qkv_b, qkv, R, qkvd, E, 0, dm->threads) != 0) return -1;
-        for (int r = 0; r < R; r++) {
-            const float *src = qkv + (size_t)r * qkvd;
-            memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
-            memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
-            memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
+        if (w->qkv[1].w) {
+            if ((rc = hw_linear_any(&w->qkv[0], h, q, R, qd, E, 0, dm->threads)) != 0) return rc;
+            if ((rc = hw_linear_any(&w->qkv[1], h, k, R, kd, E, 0, dm->threads)) != 0) return rc;
+            if ((rc = hw_linear_any(&w->qkv[2], h, v, R, kd, E, 0, dm->threads)) != 0) return rc;
+        } else {
+            if ((rc = hw_linear_any(&w->qkv[0], h, qkv, R, qkvd, E, 0, dm->threads)) != 0) return rc;
+            for (int r = 0; r < R; r++) {
+                const float *src = qkv + (size_t)r * qkvd;
+                memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
+                memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
+                memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
+            }
         }
         if (w->q_norm) hw_rmsnorm(q, w->q_norm, q, R * H, D, dm->eps);
         if (w->k_norm) hw_rmsnorm(k, w->k_norm, k, R * Hkv, D, dm->eps);
         char *kl = (char *)k_pool + (size_t)l * layer_stride * es, *vl = (char *)v_pool + (size_t)l * layer_stride * es;
         hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D);
-        int rc = hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
+        rc = hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
                            kl, vl, head_stride, dm->kv_bf16, dm->scale, dm->threads);
         if (rc != 0) return rc;
-        if (hw_linear(att, w->o_w, dm->w_bf16, w->o_b, x, R, E, qd, 1, dm->threads) != 0) return -1;
+        if ((rc = hw_linear_any(&w->o, att, x, R, E, qd, 1, dm->threads)) != 0) return rc;
         hw_rmsnorm(x, w->ln_post, h, R, E, dm->eps);
-        if (hw_linear(h, w->gate_up_w, dm->w_bf16, w->gate_up_b, gu, R, 2 * I, E, 0, dm->threads) != 0) return -1;
+        if (w->gate_up[1].w) { /* separate gate and up: side by side per row, as fused */
+            if ((rc = hw_linear_any(&w->gate_up[0], h, act, R, I, E, 0, dm->threads)) != 0) return rc;
+            if ((rc = hw_linear_any(&w->gate_up[1], h, up, R, I, E, 0, dm->threads)) != 0) return rc;
+            for (int r = 0; r < R; r++) {
+                memcpy(gu + (size_t)r * 2 * I, act + (size_t)r * I, sizeof(float) * I);
+                memcpy(gu + (size_t)r * 2 * I + I, up + (size_t)r * I, sizeof(float) * I);
+            }
+        } else if ((rc = hw_linear_any(&w->gate_up[0], h, gu, R, 2 * I, E, 0, dm->threads)) != 0) {
+            return rc;
+        }
         hw_silu_mul(gu, act, R, I);
-        if (hw_linear(act, w->down_w, dm->w_bf16, w->down_b, x, R, E, I, 1, dm->threads) != 0) return -1;
+        if ((rc = hw_linear_any(&w->down, act, x, R, E, I, 1, dm->threads)) != 0) return rc;
     }
     return 0;
 }

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from ..models.llama import AttentionPlan, CausalLM
 from .build import declare, library
 from .layers import KernelLinear, KernelRMSNorm
 from .ops import MAX_ROWS, check_rc, span, supports_attention, threads
+from .qlinear import QuantLinear
 
 
 @dataclass(frozen=True)
@@ -63,20 +65,33 @@ class NativePassSource(Protocol):
         ...
 
 
+class Matrix(ctypes.Structure):
+    """One weight matrix in its own format (the C side's HwMat): ``fmt`` is ggml's type id,
+    0 fp32 and 30 bf16 (hw_linear) or a block format (hw_qlinear, with ``scale`` and the
+    guard's corrections grouped by column)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("w", "b", "fix_start", "fix_j", "fix_delta")] + [
+        ("fmt", ctypes.c_int), ("scale", ctypes.c_float),
+    ]
+
+
 class LayerWeights(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p) for name in (
-        "qkv_w", "qkv_b", "o_w", "o_b", "gate_up_w", "gate_up_b", "down_w", "down_b",
-        "ln_in", "ln_post", "q_norm", "k_norm",
-    )]
+    """q/k/v fused in ``qkv[0]`` (``qkv[1].w`` NULL) or three matrices; gate/up likewise."""
+
+    _fields_ = [("qkv", Matrix * 3), ("o", Matrix), ("gate_up", Matrix * 2), ("down", Matrix)] + [
+        (name, ctypes.c_void_p) for name in ("ln_in", "ln_post", "q_norm", "k_norm")
+    ]
 
 
 class Dims(ctypes.Structure):
     _fields_ = [
         ("hidden", ctypes.c_int), ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int),
-        ("head_dim", ctypes.c_int), ("inter", ctypes.c_int), ("w_bf16", ctypes.c_int),
+        ("head_dim", ctypes.c_int), ("inter", ctypes.c_int),
         ("kv_bf16", ctypes.c_int), ("threads", ctypes.c_int), ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
     ]
+
+_FP32, _BF16 = 0, 30  # ggml's type ids of the unquantized formats
 
 
 class PassInfo(ctypes.Structure):
@@ -97,8 +112,10 @@ declare({
 
 
 class NativeDecoder:
-    """All layers of a :class:`CausalLM` whose fused projections are :class:`KernelLinear`
-    and whose norms are :class:`KernelRMSNorm`.
+    """All layers of a :class:`CausalLM` whose projections are :class:`KernelLinear` (fp32
+    or bf16 weights) or :class:`QuantLinear` (block formats), in any mix, q/k/v and gate/up
+    fused or separate (a GGUF may store v in another format than q and k), and whose norms
+    are :class:`KernelRMSNorm`.
 
     Holds raw pointers into the model's weights: build it last (``prepare_for_cpu`` does),
     and build a new one if the model's tensors are replaced or moved."""
@@ -117,32 +134,43 @@ class NativeDecoder:
             self.keep.append(t)
             return t.data_ptr()
 
+        def matrix(m: nn.Module | None) -> Matrix:
+            if isinstance(m, KernelLinear):
+                if m.weight.dtype not in (torch.float32, torch.bfloat16):
+                    raise ValueError(f"no native linear for {m.weight.dtype} weights")
+                return Matrix(hold(m.weight), hold(m.bias), None, None, None,
+                              _BF16 if m.weight.dtype == torch.bfloat16 else _FP32, 1.0)
+            if isinstance(m, QuantLinear):
+                fix = m.corrections
+                for t in (m.qweight.data, fix.start, fix.j, fix.delta):
+                    hold(t)
+                return Matrix(m.qweight.data.data_ptr(), hold(m.bias), *fix.pointers(),
+                              m.qweight.fmt.ggml_type, float(m.qweight.scale))
+            raise ValueError(f"the native decoder needs KernelLinear or QuantLinear projections, not {type(m).__name__}")
+
         table = (LayerWeights * c.num_layers)()
-        w_dtype = None
         for i, layer in enumerate(model.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-            if not all(isinstance(m, KernelLinear) for m in linears):
-                raise ValueError("the native decoder needs fused projections prepared as KernelLinear")
-            w_dtype = w_dtype or attn.qkv_proj.weight.dtype
-            if any(m.weight.dtype != w_dtype for m in linears):
-                raise ValueError("mixed weight dtypes across layers")
+            e = table[i]
+            if attn.qkv_proj is not None:
+                e.qkv[0] = matrix(attn.qkv_proj)
+            else:
+                e.qkv[0], e.qkv[1], e.qkv[2] = matrix(attn.q_proj), matrix(attn.k_proj), matrix(attn.v_proj)
+            if mlp.gate_up_proj is not None:
+                e.gate_up[0] = matrix(mlp.gate_up_proj)
+            else:
+                e.gate_up[0], e.gate_up[1] = matrix(mlp.gate_proj), matrix(mlp.up_proj)
+            e.o, e.down = matrix(attn.o_proj), matrix(mlp.down_proj)
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if c.qk_norm:
                 norms += (attn.q_norm, attn.k_norm)
             if not all(isinstance(n, KernelRMSNorm) for n in norms):
                 raise ValueError("norms are not prepared for kernels")
-            e = table[i]
-            e.qkv_w, e.qkv_b = hold(attn.qkv_proj.weight), hold(attn.qkv_proj.bias)
-            e.o_w, e.o_b = hold(attn.o_proj.weight), hold(attn.o_proj.bias)
-            e.gate_up_w, e.gate_up_b = hold(mlp.gate_up_proj.weight), hold(mlp.gate_up_proj.bias)
-            e.down_w, e.down_b = hold(mlp.down_proj.weight), hold(mlp.down_proj.bias)
             e.ln_in, e.ln_post = hold(norms[0].weight32), hold(norms[1].weight32)
             if c.qk_norm:
                 e.q_norm, e.k_norm = hold(attn.q_norm.weight32), hold(attn.k_norm.weight32)
         self.table = table
         self.num_layers = c.num_layers
-        self.w_bf16 = int(w_dtype == torch.bfloat16)
         self.config = c
         self.heads_ok = supports_attention(c.num_heads, c.num_kv_heads, c.head_dim)
 
@@ -164,7 +192,7 @@ class NativeDecoder:
         if p.k.shape[0] != self.num_layers or p.k.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError("the store does not match the model")
         dims = Dims(
-            c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, self.w_bf16,
+            c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
             int(p.k.dtype == torch.bfloat16), threads(), c.rms_eps, p.scale,
         )
         info = PassInfo(p.rows, *(t.data_ptr() for t in (

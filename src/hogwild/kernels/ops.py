@@ -25,8 +25,8 @@ from .build import declare, library, status
 #: else shares the call (batch invariance, see hogwild_cpu.c), which torch's matmul does not
 #: promise. The C code itself has no row limit. Above this, passes are prefill chunks, where
 #: FastPlan's flash attention (many queries over the same keys) beats per-row attention and,
-#: on CPUs with AVX-512, torch's matmul beats this AVX2 kernel (~1.6x at 128 fp32 rows on a
-#: Xeon with 2 threads; bench/kernel_rows.py), so the native path ends where batched
+#: on CPUs with AMX, torch's bf16 matmul far outruns this fp32-arithmetic kernel (even on its
+#: AVX-512 path; bench/kernel_rows.py, docs/bench.md), so the native path ends where batched
 #: decoding does.
 MAX_ROWS = 128
 MAX_GROUP = 16  # query heads per KV head the attention kernel supports

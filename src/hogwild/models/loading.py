@@ -12,7 +12,7 @@ weights are read. Everything a user can get wrong ends in a :class:`HogwildError
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,13 @@ class LoadedModel:
     name: str
     #: the directory the weights were read from (for a GGUF: its converted cache directory)
     source: str
+    #: the weight format the model computes with (``fp32``, ``bf16``, ``native``, ``q4_k``, ...;
+    #: set by :func:`hogwild.loader.load_model`; empty: the plain float model of this module)
+    weights: str = ""
+    #: what the weight setting did, for logs and reports (formats per matrix, fallbacks)
+    weights_note: str = ""
+    #: the super weights the guard kept exact (:class:`hogwild.quant.superweights.SuperWeight`)
+    super_weights: list[Any] = field(default_factory=list)
 
     @property
     def context_length(self) -> int:

@@ -1,0 +1,129 @@
+"""The native attention kernel (``hw_attend``) against a dense softmax, and its batch
+invariance: rows of a big pass give the same bits as alone, on every instruction set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hogwild import kernels
+
+from kernel_isa import isa, restore_threads  # noqa: F401 (fixtures used by name)
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"native kernels: {kernels.status()}")
+
+
+def _dense_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale):
+    """Per row: concatenate the (rotated-query) scores of its pairs, one softmax."""
+    rows, heads, d = q.shape
+    kv_heads = k_pool.shape[0]
+    g = heads // kv_heads
+    out = torch.empty(rows, heads, d, dtype=torch.float64)
+    half = d // 2
+    for r in range(rows):
+        scores, values = [], []
+        for p, (row, start, n) in enumerate(pairs):
+            if row != r:
+                continue
+            qr = q[r].double()
+            rotated = torch.cat((-qr[:, half:], qr[:, :half]), dim=-1)
+            qr = qr * rope_cos[p].double() + rotated * rope_sin[p].double()
+            keys = k_pool[:, start : start + n].double().repeat_interleave(g, dim=0)  # [H, n, d]
+            scores.append(torch.einsum("hd,hnd->hn", qr, keys) * scale)
+            values.append(v_pool[:, start : start + n].double().repeat_interleave(g, dim=0))
+        probs = torch.cat(scores, dim=1).softmax(dim=-1)
+        out[r] = torch.einsum("hn,hnd->hd", probs, torch.cat(values, dim=1))
+    return out
+
+
+# Rows with several pairs: a long block (split into work units) several rows share, short
+# ones, a repeat within a row, a partial view of a shared block.
+MIXED = [(0, 0, 700), (0, 900, 5), (0, 950, 1), (1, 0, 700), (1, 900, 33), (1, 900, 33), (2, 1000, 300),
+         (2, 0, 650)]
+# Nine rows seeing the same blocks: more sharing rows than one work item takes (groups split).
+SHARED = [(r, start, n) for r in range(9) for start, n in ((0, 300), (400, 7))]
+
+
+def _many_rows(rows: int = 128) -> list[tuple[int, int, int]]:
+    """A batched pass: groups of four rows (one run each) share a prompt block of their own or
+    the common one, all see a common marker, and each row has its own step block."""
+    pairs = []
+    for r in range(rows):
+        run = r // 4
+        prompt = (0, 300 + 7 * (r % 4)) if run % 2 else (1000 + 40 * (run % 4), 33 + r % 4)
+        pairs += [(r, *prompt), (r, 1290, 3), (r, 400 + 4 * r, 1 + r % 4)]
+    return pairs
+
+
+MANY = _many_rows()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72)])
+@pytest.mark.parametrize("pairs", [MIXED, SHARED, MANY], ids=["mixed", "shared", "many"])
+def test_attention_kernel(dtype, heads, kv_heads, d, pairs, isa) -> None:
+    torch.manual_seed(heads + d)
+    cap = 1500
+    k_pool = torch.randn(kv_heads, cap, d).to(dtype)
+    v_pool = torch.randn(kv_heads, cap, d).to(dtype)
+    rows = pairs[-1][0] + 1
+    q = torch.randn(rows, heads, d)
+    angles = torch.rand(len(pairs), d // 2) * 6
+    cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
+    sin = torch.cat((angles.sin(), angles.sin()), dim=-1)
+    row_start = torch.tensor([sum(1 for p in pairs if p[0] < r) for r in range(rows + 1)], dtype=torch.int32)
+    slots = torch.tensor([s for _, s, _ in pairs])
+    lens = torch.tensor([n for _, _, n in pairs], dtype=torch.int32)
+    scale = 1 / math.sqrt(d)
+    got = kernels.attend(q, row_start, slots, lens, cos, sin, k_pool, v_pool, scale, 1300)
+    want = _dense_attention(q, pairs, k_pool, v_pool, cos, sin, scale)
+    assert (got.double() - want).abs().max().item() < 1e-4
+
+
+def _attend_pairs(q, pairs, cos, sin, k_pool, v_pool, shift=0):
+    """kernels.attend over (row, start, n) pairs (rows numbered 0..), blocks moved by shift."""
+    rows = q.shape[0]
+    row_start = torch.tensor([sum(1 for p in pairs if p[0] < r) for r in range(rows + 1)], dtype=torch.int32)
+    slots = torch.tensor([s + shift for _, s, _ in pairs])
+    lens = torch.tensor([n for _, _, n in pairs], dtype=torch.int32)
+    return kernels.attend(q, row_start, slots, lens, cos, sin, k_pool, v_pool, 1 / math.sqrt(q.shape[-1]),
+                          int((slots + lens).max()))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# head_dim 64, 128 and 96 take the AVX-512 loops where the CPU has them (96: a 32-lane value block)
+@pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72), (14, 2, 20), (6, 2, 96)])
+def test_attention_is_batch_invariant(dtype, heads, kv_heads, d, restore_threads, isa) -> None:
+    """Each row of a 128-row pass (rows sharing blocks, so they are computed together in work
+    items) gives the same bits as that row alone, in any order, under any thread count, and
+    with its blocks at other places in the pool."""
+    torch.manual_seed(d + heads)
+    pairs = MANY + [(128, 0, 700), (128, 1290, 3), (128, 1290, 3), (129, 0, 299), (129, 900, 300)]
+    rows = pairs[-1][0] + 1
+    shift = 1503  # odd: every block lands at another alignment too
+    k_pool = torch.randn(kv_heads, 1500 + shift, d).to(dtype)
+    v_pool = torch.randn(kv_heads, 1500 + shift, d).to(dtype)
+    k_pool[:, shift:], v_pool[:, shift:] = k_pool[:, :1500].clone(), v_pool[:, :1500].clone()
+    q = torch.randn(rows, heads, d)
+    angles = torch.rand(len(pairs), d // 2) * 6
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+
+    def subset(order):
+        picked = [[i for i, p in enumerate(pairs) if p[0] == r] for r in order]
+        flat = [i for row in picked for i in row]
+        sub = [(new, pairs[i][1], pairs[i][2]) for new, row in enumerate(picked) for i in row]
+        return q[order], sub, cos[flat], sin[flat]
+
+    torch.set_num_threads(1)
+    alone = torch.cat([_attend_pairs(*subset([r]), k_pool, v_pool) for r in range(rows)])
+    gen = torch.Generator().manual_seed(d)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        order = torch.randperm(rows, generator=gen).tolist()
+        assert torch.equal(_attend_pairs(*subset(order), k_pool, v_pool), alone[order])
+        some = order[: rows // 3]
+        assert torch.equal(_attend_pairs(*subset(some), k_pool, v_pool, shift=shift), alone[some])
