@@ -56,6 +56,19 @@ def test_known_redundancy_cross_references_and_loops():
     assert a["copied"] is None and a["first_correct"] is None  # no guard, no target
 
 
+def test_computing_steps_are_the_ones_with_a_calculation():
+    steps = [
+        Step(0, h(0, 1, "I will calculate how many apples Alice has.")),
+        Step(1, h(1, 1, "Alice has 3 + 5 = 8 apples.")),
+        Step(0, h(0, 2, "So Bob has 2 \\times 8 apples, and I agree with Bob.")),
+        Step(1, h(1, 2, "The total is 24 apples; x = 24.")),
+        Step(0, h(0, 3, "Great, we agree on 24 apples and 8 apples.")),
+    ]
+    a = analyze(steps, NAMES, "Alice has 3 apples and buys 5 more.")
+    assert a["computing_steps"] == 3 and a["computing_rate"] == pytest.approx(3 / 5)
+    assert analyze([], NAMES)["computing_rate"] is None
+
+
 def test_a_number_from_the_problem_is_not_a_cross_reference():
     steps = [Step(0, h(0, 1, "Tom has 3 red pens here.")), Step(1, h(1, 1, "So 3 + 4 = 7 pens."))]
     a = analyze(steps, NAMES, PROBLEM)

@@ -92,7 +92,8 @@ def test_resume_after_kill_9_redoes_only_the_units_in_flight(default_model, tmp_
     out = tmp_path / "run"
     args = ["eval", "--dataset", str(data), "--strategies", "single,hogwild-combined", "--workers", "2",
             "--budgets", "24,64", "--limit", "4", "--question-field", "q", "--answer-field", "a",
-            "--id-field", "n", "--forced-tokens", "8", "--concurrency", "2", "--out", str(out)]
+            "--id-field", "n", "--forced-tokens", "8", "--concurrency", "2", "--out", str(out),
+            "--weights", "fp32"]  # the weights of default_model, which the resume below uses
     code = "import sys; from hogwild.cli import main; sys.argv = ['hogwild'] + sys.argv[1:]; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -134,3 +135,16 @@ def test_pattern_strategies_on_bundles_write_analytics_and_plots(default_model, 
     assert {t["strategy"] for t in summary["teamwork"]} == {"single", "hogwild-orchestrated", "hogwild-verified"}
     assert all("copied" in row for row in summary["rows"])
     assert (tmp_path / "out" / rep.TEAMWORK_PLOT).exists() and (tmp_path / "out" / rep.PLOT).exists()
+
+
+def test_a_directory_older_than_a_setting_resumes_only_with_the_old_behaviour(tmp_path):
+    import json
+
+    from hogwild.eval.runner import EvalConfig, check_config
+
+    old = EvalConfig(no_repeat_ngram=0).to_json()
+    del old["no_repeat_ngram"]  # written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_config(tmp_path, EvalConfig(no_repeat_ngram=0))  # the same behaviour: resumes
+    with pytest.raises(HogwildError, match="no_repeat_ngram: 0 there, 10 now"):
+        check_config(tmp_path, EvalConfig(no_repeat_ngram=10))

@@ -13,6 +13,7 @@ import hogwild.core.layouts as S
 from hogwild.answers import AnswerAgreement
 from hogwild.errors import InvalidRequestError
 from hogwild.protocol import (
+    DEFAULT_NO_REPEAT_NGRAM,
     DEFAULT_NAMES,
     OTHERS_HEADER_TEXT,
     OWN_HEADER_TEXT,
@@ -168,6 +169,15 @@ def test_long_list_step_can_end():
     text = "Plan:\n\n1. " + "word " * 300 + "done.\n\n"
     assert is_step_end(text)
     assert not is_step_end(text, list_step_chars=10_000)
+
+
+def test_short_step_continues_until_min_chars():
+    announcement = " I will compute Bob's apples first.\n\n"
+    assert is_step_end(announcement)
+    assert not is_step_end(announcement, min_chars=80)  # only an announcement: keep going
+    work = announcement + "Alice has 3 + 5 = 8 apples, so Bob has 2 * 8 = 16 apples.\n\n"
+    assert len(work.rstrip()) >= 80 and is_step_end(work, min_chars=80)
+    assert not is_step_end(work.rstrip(), min_chars=80)  # still needs the blank line
 
 
 def test_step_end_only_looks_at_the_tail():
@@ -474,3 +484,11 @@ def test_patterns_are_checked():
         Protocol(num_workers=2, pattern="committee")
     with pytest.raises(InvalidRequestError, match="at least two workers"):
         Protocol(num_workers=1, pattern="verified")
+
+
+def test_no_repeat_ngram_setting_reaches_the_script(tok):
+    assert Protocol(num_workers=2).script(PROBLEM, tok, 8192).no_repeat_ngram == DEFAULT_NO_REPEAT_NGRAM
+    assert Protocol(num_workers=2, no_repeat_ngram=8).script(PROBLEM, tok, 8192).no_repeat_ngram == 8
+    for bad in (1, -2):
+        with pytest.raises(InvalidRequestError, match="no_repeat_ngram"):
+            Protocol(num_workers=2, no_repeat_ngram=bad)

@@ -212,7 +212,7 @@ def test_extra_body_settings_and_stop_strings(main):
     out = client(main).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "What is 10 minus 3?"}], n=2, max_tokens=6,
         extra_body={"hogwild": {"workers": 3, "layout": "interleaved", "names": ["Ann", "Ben", "Cy"],
-                                "check_in_every": 4, "stop": "none", **FAST}})
+                                "check_in_every": 4, "stop": "none", "no_repeat_ngram": 6, **FAST}})
     assert len(out.choices) == 3  # hogwild.workers overrides n
     assert [c.message.reasoning_content.split("]")[0] for c in out.choices] == ["**Ann [1", "**Ben [1", "**Cy [1"]
     assert out.hogwild["workers"] == ["Ann", "Ben", "Cy"] and out.hogwild["passes"] == 6
@@ -361,6 +361,8 @@ BAD_INPUTS = [
      "unknown_field", "hogwild.wokers"),
     ("bad layout", {"messages": [{"role": "user", "content": "x"}], "hogwild": {"layout": "spiral"}}, 400,
      "invalid_value", "hogwild.layout"),
+    ("n-gram of one", {"messages": [{"role": "user", "content": "x"}], "hogwild": {"no_repeat_ngram": 1}}, 400,
+     "invalid_value", "hogwild.no_repeat_ngram"),
     ("bad temperature", {"messages": [{"role": "user", "content": "x"}], "temperature": 7}, 400, "invalid_value",
      "temperature"),
     ("empty prompt", {"prompt": ""}, 400, "empty_prompt", "prompt"),

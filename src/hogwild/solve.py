@@ -21,7 +21,7 @@ from .core.script import Script
 from .driver import Driver, Handle, Scheduler, StopRule
 from .errors import InvalidRequestError
 from .models.loading import LoadedModel
-from .protocol import Protocol
+from .protocol import DEFAULT_NO_REPEAT_NGRAM, Protocol
 
 
 @dataclass
@@ -35,6 +35,7 @@ class SolveSettings:
     check_in_every: int = 1024
     few_shot: bool | None = None  # None: on when the model's context allows
     redirect_loops: bool = True  # a worker whose step repeats an earlier one is redirected
+    no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM  # no worker writes an n-gram already in a step
     stop: str = "first"  # "first" boxed answer, "agree" (k workers agree), or "none"
     agree_k: int = 2
     forced_answer: bool = True
@@ -95,6 +96,7 @@ def make_protocol(settings: SolveSettings) -> Protocol:
         few_shot=settings.few_shot,
         layout=settings.layout,
         redirect_loops=settings.redirect_loops,
+        no_repeat_ngram=settings.no_repeat_ngram,
     )
 
 

@@ -31,7 +31,7 @@ from hogwild.eval import report as rep
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 SCREEN = ("screen-base", "screen-nofewshot", "screen-checkin128", "screen-patterns",
-          "screen-layouts", "screen-noredirect")
+          "screen-layouts", "screen-noredirect", "screen-nr10-nofewshot", "screen-nr10")
 DEFAULTS = {"few_shot": None, "check_in_every": 1024, "redirect_loops": True}
 
 
@@ -46,6 +46,8 @@ def settings_label(config: dict) -> str:
         parts.append(f"check-in {config['check_in_every']}")
     if config.get("redirect_loops", True) is not True:
         parts.append("no redirects")
+    if config.get("no_repeat_ngram", 0):  # absent: the directory predates the setting (0)
+        parts.append(f"no-repeat {config['no_repeat_ngram']}-grams")
     return ", ".join(parts)
 
 

@@ -19,8 +19,11 @@ declare -A ARGS=(
     [screen-patterns]="--strategies hogwild-orchestrated,hogwild-verified"
     [screen-layouts]="--strategies hogwild-interleaved,hogwild-contiguous"
     [screen-noredirect]="--strategies hogwild-combined --no-redirect-loops"
+    [screen-nr10-nofewshot]="--strategies hogwild-combined --no-few-shot --no-repeat-ngram 10"
+    [screen-nr10]="--strategies hogwild-combined --no-repeat-ngram 10"
 )
-ORDER=(screen-base screen-nofewshot screen-checkin128 screen-patterns screen-layouts screen-noredirect)
+ORDER=(screen-base screen-nofewshot screen-checkin128 screen-patterns screen-layouts screen-noredirect
+       screen-nr10-nofewshot screen-nr10)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
     [ -n "${ARGS[$name]+x}" ] || { echo "unknown variant $name (known: ${!ARGS[*]})"; exit 2; }

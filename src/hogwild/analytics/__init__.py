@@ -23,6 +23,11 @@ Measures (word trigrams as in :mod:`hogwild.protocol.loops`):
   wrote first and the problem does not contain (ordered runs only for numbers).
 - **loops**: steps that repeat an earlier step (:mod:`hogwild.protocol.loops`; in unordered
   runs only the worker's own earlier paragraphs count); ``loop_rate = loops / steps``.
+- **computing steps**: steps that contain a calculation (two numbers joined by an operator,
+  or "=" followed by a number; :func:`~hogwild.analytics.measures.computes`);
+  ``computing_rate = computing_steps / steps``. The other steps only talk about the work
+  (plans, announcements, agreement): a team whose rate is far below a single chain of
+  thought's talks more than it computes.
 - **check-ins**: steps opened by the check-in question; the answer (yes, no, other), and
   after "yes" whether the worker **changed course**: the text that follows the answer (the
   rest of that step, or the worker's next step when the rest is shorter than three words)

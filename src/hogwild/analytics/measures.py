@@ -17,6 +17,16 @@ from ..protocol.loops import MIN_WORDS, ngrams, repeats, step_body, words
 CHANGE_THRESHOLD = 0.5
 
 _HEADER = re.compile(r"^\s*\*\*[^*\n]{1,80}? \[\d+\]:\*\*")
+#: a calculation: two numbers joined by an operator ("3 + 5", "2 * 8", "4 \\times 12") or
+#: an equals sign followed by a number ("= 16", "= \\$24"); a step without one only talks
+#: about the work (plans, announcements, agreement)
+_CALCULATION = re.compile(
+    r"\d\s*(?:[-+*/×÷^x]|\\times|\\cdot|\\div)\s*[($\\]*\s*\d|=\s*[($\\]*\s*-?\d")
+
+
+def computes(text: str) -> bool:
+    """Does this step body contain a calculation (see :data:`_CALCULATION`)?"""
+    return _CALCULATION.search(text) is not None
 _CHECK_INS = tuple(t.strip() for t in (texts.CHECK_IN_TEXT, texts.CHECK_IN_TEXT_SOLO))
 
 
@@ -171,6 +181,7 @@ def analyze(
         if hit is not None:
             per[s.worker]["loops"] += 1
     loops = sum(h is not None for h in hits)
+    calculating = sum(computes(b) for b in bodies)
 
     out: dict[str, Any] = {
         "steps": len(steps),
@@ -184,6 +195,8 @@ def analyze(
         "cross_ref_rate": (totals["cross_refs"] / len(steps)) if multi and steps else None,
         "loops": loops,
         "loop_rate": loops / len(steps) if steps else None,
+        "computing_steps": calculating,
+        "computing_rate": calculating / len(steps) if steps else None,
         "check_ins": _check_ins(steps, bodies, grams),
         "copied": None,
         "first_correct": None,

@@ -15,6 +15,8 @@ from rich.live import Live
 from ..core.layouts import LAYOUTS
 from ..errors import InvalidRequestError
 from ..models.registry import DEFAULT_MODEL
+from ..protocol import DEFAULT_NO_REPEAT_NGRAM
+from ..quant.plan import WEIGHTS_HELP, cli_setting
 from . import render
 from .app import EXIT_INTERRUPTED, _default_device, _set_threads, _use_plain, app
 
@@ -78,7 +80,8 @@ def solve(
     layout: str = typer.Option("combined", "--layout", "-l", help=", ".join(LAYOUTS) + "."),
     max_passes: int = typer.Option(512, "--max-passes", "-b", help="Budget in forward passes."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Deprecated: the old name of --weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
@@ -92,6 +95,9 @@ def solve(
     redirect_loops: bool = typer.Option(
         True, "--redirect-loops/--no-redirect-loops", help="Redirect a worker whose step repeats an earlier step."
     ),
+    no_repeat_ngram: int = typer.Option(
+        DEFAULT_NO_REPEAT_NGRAM, "--no-repeat-ngram",
+        help="No worker writes an N-gram of tokens already written in a step (against copy loops; 0 = off)."),
     stop: str = typer.Option("first", "--stop", help="first boxed answer, agree (k workers agree) or none."),
     agree_k: int = typer.Option(2, "--agree-k", help="With --stop agree: how many workers must agree."),
     forced_answer: bool = typer.Option(
@@ -115,9 +121,10 @@ def solve(
     settings = SolveSettings(
         workers=workers, layout=layout, max_passes=max_passes, temperature=temperature, top_p=top_p,
         seed=seed, check_in_every=check_in_every, few_shot=few_shot, stop=stop, agree_k=agree_k,
-        forced_answer=forced_answer, redirect_loops=redirect_loops,
+        forced_answer=forced_answer, redirect_loops=redirect_loops, no_repeat_ngram=no_repeat_ngram,
     )
     settings.validate()  # before loading the model: bad arguments fail fast
+    weights = cli_setting(weights, dtype)
     names = _protocol_names(make_protocol(settings), workers)
     view_of = _resolve_worker(show_view, names) if show_view is not None else None
     if save is not None and save.is_dir():
@@ -130,10 +137,10 @@ def solve(
     err = Console(stderr=True, highlight=False)
     if use_plain:
         print(f"loading {model} ...", file=sys.stderr, flush=True)
-        loaded = load_model(model, dtype=dtype, device=device or _default_device())
+        loaded = load_model(model, dtype=weights, device=device or _default_device())
     else:
         with err.status(f"loading {model} ..."):
-            loaded = load_model(model, dtype=dtype, device=device or _default_device())
+            loaded = load_model(model, dtype=weights, device=device or _default_device())
     load_s = time.perf_counter() - started
 
     state = render.RunState(names, max_passes=max_passes)

@@ -11,12 +11,21 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models.registry import DEFAULT_MODEL
+from ..protocol import DEFAULT_NO_REPEAT_NGRAM
+from ..quant.plan import WEIGHTS_HELP, cli_setting
 from .app import _default_device, _int_list, _set_threads, app
 
 @app.command()
-def models() -> None:
+def models(
+    inspect: Optional[str] = typer.Option(
+        None, "--inspect", help="Load MODEL and list its super weights (and a GGUF's tensor formats)."),
+) -> None:
     """List the models that have short names, and whether each is installed."""
     from ..models.registry import list_models
+
+    if inspect is not None:
+        _inspect(inspect)
+        return
 
     table = Table(title="hogwild models", title_justify="left")
     table.add_column("name", no_wrap=True, style="bold")
@@ -34,11 +43,49 @@ def models() -> None:
     )
 
 
+def _inspect(name: str) -> None:
+    """``models --inspect``: what the super-weight guard finds, and how a GGUF stores its matrices."""
+    from ..models.loading import load_model as load_plain
+    from ..quant.plan import gguf_source
+    from ..quant.superweights import calibration_ids, find_super_weights
+
+    console = Console(highlight=False)
+    with Console(stderr=True).status(f"loading {name} ..."):
+        loaded = load_plain(name, dtype="float32")
+    gguf = gguf_source(name)
+    if gguf is not None:
+        from gguf import GGMLQuantizationType
+
+        from ..quant.gguf_file import read_file
+
+        counts: dict[str, int] = {}
+        for tensor in read_file(gguf)[1]:
+            kind = GGMLQuantizationType(tensor.ggml_type).name
+            counts[kind] = counts.get(kind, 0) + 1
+        console.print(f"{gguf.name}: " + ", ".join(f"{k} x {v}" for k, v in sorted(counts.items())))
+    if loaded.tokenizer is None:
+        console.print("no tokenizer: no calibration text, no super-weight search")
+        return
+    found = find_super_weights(loaded.model, calibration_ids(loaded.tokenizer))
+    table = Table(title=f"super weights of {name} (down_proj; calibration: 256 tokens of the shipped text)",
+                  title_justify="left")
+    for column, justify in (("layer", "right"), ("row", "right"), ("column", "right"), ("value", "right"),
+                            ("input", "right"), ("spike", "right"), ("token", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for s in found:
+        table.add_row(str(s.layer), str(s.row), str(s.col), f"{s.value:+.4f}", f"{s.activation:+.1f}",
+                      f"{s.spike:+.1f}", str(s.token))
+    console.print(table)
+    if not found:
+        console.print("no layer's down_proj output spikes: nothing for the guard to keep")
+
+
 # ---------------------------------------------------------------------------- eval, report
 
 
-@app.command("eval")
+@app.command("eval", context_settings={"allow_extra_args": True})
 def eval_(
+    ctx: typer.Context,
     dataset: str = typer.Option("gsm_symbolic", "--dataset", "-d",
                                 help="reasoning-gym generator, hub dataset (gsm8k, limo, math-500, aime) or JSON/JSONL file."),
     strategies: str = typer.Option("single,early-stop,independent,hogwild-combined", "--strategies", "-s",
@@ -46,7 +93,8 @@ def eval_(
     workers: str = typer.Option("2", "--workers", "-n", help="Worker counts for multi-worker strategies, e.g. 2,4."),
     budgets: str = typer.Option("64,128,256,512", "--budgets", "-b", help="Budgets in forward passes."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Deprecated: the old name of --weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     limit: int = typer.Option(12, "--limit", help="Number of tasks (bundles when --bundle > 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for generated datasets and sampling."),
@@ -58,6 +106,8 @@ def eval_(
     few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Hogwild few-shot examples."),
     redirect_loops: bool = typer.Option(True, "--redirect-loops/--no-redirect-loops",
                                         help="Redirect a hogwild worker whose step repeats an earlier step."),
+    no_repeat_ngram: int = typer.Option(DEFAULT_NO_REPEAT_NGRAM, "--no-repeat-ngram",
+                                        help="No hogwild worker writes an N-gram already in a step (0 = off)."),
     question_field: Optional[str] = typer.Option(None, "--question-field", help="Field of the question in a file."),
     answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Field of the answer in a file."),
     id_field: Optional[str] = typer.Option(None, "--id-field", help="Field of the id in a file."),
@@ -65,17 +115,33 @@ def eval_(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     concurrency: int = typer.Option(8, "--concurrency", help="Engine runs in flight at once, in one batch (results do not depend on it)."),
     reproducible: bool = typer.Option(True, "--reproducible/--no-reproducible", help="Only batch-invariant paths (off: runs share model calls on every path)."),
+    ray: bool = typer.Option(False, "--ray", help="--ray [ADDRESS]: spread the units over Ray actors; ADDRESS 'auto' joins the cluster of `ray start`, HOST:6379 that head node's cluster, none starts a local cluster (docs/scale-out.md)."),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: number of actors (each loads the model once)."),
+    ray_gpus_per_actor: float = typer.Option(0.0, "--ray-gpus-per-actor", help="With --ray: GPUs each actor reserves (> 0: actors run on cuda)."),
+    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="With --ray: CPUs each actor reserves."),
 ) -> None:
     """Accuracy against forward-pass budget for each strategy; resumable (see docs/eval.md)."""
+    from ..errors import InvalidRequestError
     from ..eval.runner import EvalConfig, evaluate
+
+    if len(ctx.args) > (1 if ray else 0):
+        raise InvalidRequestError(f"unexpected argument(s) {' '.join(ctx.args)} (only --ray takes an ADDRESS after it)")
 
     config = EvalConfig(
         dataset=dataset, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
         workers=_int_list(workers, "--workers"), budgets=_int_list(budgets, "--budgets"), model=model,
-        dtype=dtype, limit=limit, seed=seed, bundle=bundle, temperature=temperature, top_p=top_p,
+        dtype=_eval_weights(weights, dtype, model, device), limit=limit, seed=seed, bundle=bundle, temperature=temperature, top_p=top_p,
         forced_tokens=forced_tokens, check_in_every=check_in_every, few_shot=few_shot,
-        redirect_loops=redirect_loops, question_field=question_field, answer_field=answer_field, id_field=id_field)
+        redirect_loops=redirect_loops, no_repeat_ngram=no_repeat_ngram, question_field=question_field, answer_field=answer_field, id_field=id_field)
     _set_threads(threads)
+    if ray:
+        from ..eval.ray_runner import RayOptions, evaluate_ray
+
+        options = RayOptions(address=ctx.args[0] if ctx.args else None, actors=ray_actors,
+                             cpus_per_actor=ray_cpus_per_actor, gpus_per_actor=ray_gpus_per_actor,
+                             concurrency=concurrency, threads=threads, device=device, reproducible=reproducible)
+        evaluate_ray(config, out, options, console=Console())
+        return
     evaluate(config, out, console=Console(), device=device or _default_device(), concurrency=concurrency,
              reproducible=reproducible)
 
@@ -90,7 +156,62 @@ def report(
     build(directory, console=Console())
 
 
+def _eval_weights(weights: Optional[str], dtype: Optional[str], model: str, device: Optional[str]) -> str:
+    """The concrete weight setting an evaluation records in its config.json (``auto``
+    resolved for this model and device; float settings under their old dtype names, so a
+    directory made before ``--weights`` existed resumes)."""
+    from ..loader import decide_weights
+    from ..quant.plan import recorded_name
+
+    return recorded_name(decide_weights(cli_setting(weights, dtype), model, device or _default_device()))
+
+
+# ---------------------------------------------------------------------------- quality
+@app.command()
+def quality(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id."),
+    weights: str = typer.Option("native,q8_0,q4_k,mxfp4,nvfp4", "--weights",
+                                help="Comma list of weight formats to compare with the bf16 model."),
+    tokens: int = typer.Option(2048, "--tokens", help="Tokens of the shipped text to score."),
+    guard: str = typer.Option("both", "--guard", help="Super-weight guard for quantize-on-load formats: both, on, off."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    out: Path = typer.Option(Path("quality-out"), "--out", "-o", help="Directory for quality-<model>.json and .md."),
+) -> None:
+    """Mean KL divergence and perplexity of each weight format against the bf16 model (docs/quantization.md)."""
+    from ..errors import InvalidRequestError
+    from ..quant.plan import parse_weights
+    from ..bench.quality import measure, write
+
+    formats = [parse_weights(w) for w in weights.split(",") if w.strip()]
+    if not formats or "auto" in formats:
+        raise InvalidRequestError("--weights: name the formats to compare, e.g. native,q4_k,nvfp4")
+    if guard not in ("both", "on", "off"):
+        raise InvalidRequestError(f"--guard: both, on or off (got {guard!r})")
+    if tokens < 2:
+        raise InvalidRequestError(f"--tokens must be at least 2 (got {tokens})")
+    _set_threads(threads)
+    console = Console(highlight=False)
+    doc = measure(model, formats, tokens=tokens, guard=guard, log=lambda line: console.print(line, style="dim"))
+    path = write(doc, out)
+    console.print((out / path.name.replace(".json", ".md")).read_text())
+    console.print(f"written: {path}", style="dim")
+
+
 # ---------------------------------------------------------------------------- bench
+def _weights_list(weights: Optional[str], dtypes: Optional[str]) -> list[str]:
+    """``bench --weights`` (``--dtypes`` its old name: one list, given once)."""
+    from ..errors import InvalidRequestError
+
+    if weights is not None and dtypes is not None:
+        raise InvalidRequestError("give --weights or its old name --dtypes, not both")
+    if dtypes is not None:
+        import sys
+
+        print("note: --dtypes is deprecated; it is the old name of --weights", file=sys.stderr)
+    text = weights if weights is not None else dtypes if dtypes is not None else "float32,bfloat16"
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
 @app.command()
 def bench(
     workers: str = typer.Option("1,2,4,8", "--workers", "-n", help="Worker counts, e.g. 1,2,4,8."),
@@ -100,7 +221,10 @@ def bench(
     attention: str = typer.Option("auto", "--attention", help="Our engine's attention path: auto, torch or triton."),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA graphs for decode passes (CUDA only)."),
     contexts: str = typer.Option("256,1024,4096", "--contexts", "-c", help="Shared prompt lengths in tokens."),
-    dtypes: str = typer.Option("float32,bfloat16", "--dtypes", help="Comma list: float32, bfloat16, float16."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="Comma list of weight formats: float32, bfloat16, native, q8_0, q4_k, mxfp4, nvfp4 "
+        "(default float32,bfloat16)."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Deprecated: the old name of --weights."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Short name, local dir, .gguf file or hub id (real weights)."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Random weights at a named shape (see --config)."),
     config: Optional[str] = typer.Option(None, "--config", help="Shape for --random-weights: tiny, smollm2-135m, qwen2.5-0.5b, qwen2.5-7b, qwen2.5-32b."),
@@ -127,7 +251,7 @@ def bench(
         unique_suffix=unique_suffix, attention=attention, graphs=graphs,
         transformers_max_rows=transformers_max_rows, transformers_max_context=transformers_max_context,
         contexts=_int_list(contexts, "--contexts"),
-        dtypes=[d.strip() for d in dtypes.split(",") if d.strip()], passes=passes, rounds=rounds,
+        dtypes=_weights_list(weights, dtypes), passes=passes, rounds=rounds,
         warmup=warmup, threads=threads, device=device, transformers=transformers,
         bandwidth_mb=bandwidth_mb, matmul_size=matmul_size, profile=profile, seed=seed,
     )

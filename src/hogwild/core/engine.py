@@ -38,6 +38,7 @@ from .pass_batch import PassBatch
 from .cache import PoolFullError
 from .prompt import PromptStorage
 from .readout import RunReadout
+from .repeats import NgramBan
 from .events import Event, HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
 from .layouts import Layout, get_layout
 from .sampling import Sampler, Sampling
@@ -136,6 +137,8 @@ class Run(PromptStorage, RunReadout):
         self.tokens_since_check_in = 0  # generated tokens (all workers) since the last check-in
         # the protocol's per-run view of finished steps (redirecting headers), if it has one
         self.step_observer = script.step_observer() if script.step_observer is not None else None
+        self.ngram_ban = NgramBan(script.no_repeat_ngram) if script.no_repeat_ngram else None
+        self.sampled = engine.sampling.temperature > 0
 
     @property
     def needs_pass(self) -> bool:
@@ -288,6 +291,9 @@ class Run(PromptStorage, RunReadout):
                 greedy: list[int] | None = None) -> list[int]:
         for w, row in zip(readers, logits):
             self.logits[w.index] = row
+        if self.ngram_ban is not None:
+            logits, greedy = self.ngram_ban.apply(logits, [w.step_ids for w in readers], greedy,
+                                                  sampled=self.sampled)
         chosen = self.sampler.sample(logits, [w.index for w in readers], greedy=greedy)
         out = [int(t) for t in chosen]
         if force:
@@ -321,12 +327,8 @@ class Run(PromptStorage, RunReadout):
         for w in active:
             for block, toks in w.pending:
                 incoming[block] = incoming.get(block, 0) + len(toks)
-        for w in active:
-            view = views[w.index]
-            total = sum(self.store.length(b) + incoming.get(b, 0) for b in view)
-            if total > self.max_positions:
-                return True
-        return False
+        return any(sum(self.store.length(b) + incoming.get(b, 0) for b in views[w.index]) > self.max_positions
+                   for w in active)
 
     def _reserve(self, block: int, toks: Sequence[int]) -> None:
         self.store.reserve(block, len(toks))
@@ -340,8 +342,7 @@ class Run(PromptStorage, RunReadout):
         groups.append(QueryGroup(self.prompt_chain, [self.prompt], [n_prompt - 1]))
         ids.append(last)
         for name, block in self.constants.items():
-            toks = list(self.script.constants[name])
-            if not toks:
+            if not (toks := list(self.script.constants[name])):
                 continue
             self._reserve(block, toks)
             groups.append(QueryGroup([*self.prompt_chain, block], [block] * len(toks), list(range(len(toks)))))
@@ -357,6 +358,8 @@ class Run(PromptStorage, RunReadout):
     def _record(self, w: WorkerState, toks: Sequence[int]) -> str:
         """Append tokens to the worker's step and transcript; return their new text."""
         w.step_ids += toks
+        if self.ngram_ban is not None:
+            self.ngram_ban.add(w.step_ids, len(w.step_ids) - len(toks))
         w.all_ids += toks
         return "".join(w.decoder.push(t) for t in toks)
 

@@ -48,6 +48,9 @@ class Script:
                   of ``header_ids`` (e.g. a redirect after a repeated step), or None for the
                   usual header. A protocol keeps per-run state (the steps seen so far) in
                   the object the factory makes.
+    no_repeat_ngram: n > 0: a worker never writes a token that completes an n-gram of token
+                  ids already in a step of the run (:class:`hogwild.core.repeats.NgramBan`,
+                  against copy loops); 0 = off.
     """
 
     prompt_ids: Sequence[int]
@@ -62,6 +65,7 @@ class Script:
     forced_suffix: Callable[[bool], Sequence[int]] | None = None
     forced_marker: str | None = None
     step_observer: Callable[[], Callable[[int, int, str], Sequence[int] | None]] | None = None
+    no_repeat_ngram: int = 0
 
     @property
     def num_workers(self) -> int:

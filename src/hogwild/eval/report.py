@@ -165,6 +165,9 @@ def teamwork(records: list[dict]) -> list[dict]:
             "copy_rate": _ratio(sum(bool(r.get("copied")) for r in tops), len(tops)),
             "steps": steps,
             "loop_rate": _ratio(sum(a["loops"] for a in an), steps),
+            # older results.jsonl rows lack it: pooled over the units that have it
+            "computing_rate": _ratio(sum(a["computing_steps"] for a in an if "computing_steps" in a),
+                                     sum(a["steps"] for a in an if "computing_steps" in a)),
             "redundancy": _ratio(sum(a["ngrams_repeated"] for a in multi), sum(a["ngrams"] for a in multi)),
             "cross_ref_rate": _ratio(sum(a["cross_refs"] for a in multi), sum(a["steps"] for a in multi)),
             "check_ins": check,
@@ -222,14 +225,14 @@ def teamwork_table(team: list[dict], title: str = "teamwork (largest budget; rat
         return "-" if x is None else f"{100 * x:.0f}%"
 
     t = Table(title=title)
-    for col in ("strategy", "n", "accuracy", "copied", "loops", "redundancy", "cross-refs",
+    for col in ("strategy", "n", "accuracy", "copied", "loops", "computing", "redundancy", "cross-refs",
                 "check-ins yes/no (changed)", "tokens to correct", "split"):
         t.add_column(col, justify="left" if col == "strategy" else "right")
     for r in team:
         c = r["check_ins"]
         tokens = "-" if r["tokens_before_correct"] is None else f"{r['tokens_before_correct']:.0f}"
         t.add_row(series_name(r["strategy"], r["workers"]), str(r["n"]), pct(r["accuracy"]), pct(r["copy_rate"]),
-                  pct(r["loop_rate"]), pct(r["redundancy"]), pct(r["cross_ref_rate"]),
+                  pct(r["loop_rate"]), pct(r["computing_rate"]), pct(r["redundancy"]), pct(r["cross_ref_rate"]),
                   f"{c['yes']}/{c['no']} ({c['changed_after_yes']})", tokens, pct(r["split_share"]))
     return t
 

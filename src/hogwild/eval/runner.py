@@ -17,7 +17,7 @@ import json
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +26,16 @@ from typing import Any
 from ..core.batch import Batch
 from ..driver import Scheduler
 from ..errors import HogwildError
+from ..protocol import DEFAULT_NO_REPEAT_NGRAM
 from . import report as rep
 from .bundles import make_bundles, score_answer
 from .datasets import Task, load_tasks
 from .strategies import make_strategy, strategy_names
 
 DEFAULT_STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined")
+#: Settings added to EvalConfig later, with the value that gives the behaviour from before
+#: they existed: a config.json without them ran that way (and resumes only that way).
+BEFORE_SETTING = {"no_repeat_ngram": 0}
 #: Engine runs in flight at once (one batch; see docs/eval.md, "Concurrency").
 DEFAULT_CONCURRENCY = 8
 
@@ -55,6 +59,7 @@ class EvalConfig:
     check_in_every: int = 1024
     few_shot: bool | None = None
     redirect_loops: bool = True
+    no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
@@ -117,6 +122,8 @@ def check_config(out: Path, config: EvalConfig) -> None:
             theirs = json.loads(path.read_text())
         except (OSError, ValueError):
             raise HogwildError(f"{path} is unreadable; remove it or choose another --out") from None
+        # a setting added after the directory was made: it ran with the behaviour from before
+        theirs = {**BEFORE_SETTING, **theirs}
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
@@ -138,6 +145,7 @@ def make_unit_strategy(unit: Unit, config: EvalConfig):
     return make_strategy(unit.strategy, unit.workers, temperature=config.temperature, top_p=config.top_p,
                          forced_tokens=config.forced_tokens, check_in_every=config.check_in_every,
                          few_shot=config.few_shot, redirect_loops=config.redirect_loops,
+                         no_repeat_ngram=config.no_repeat_ngram,
                          seed=unit_seed(config, unit))
 
 
@@ -257,6 +265,72 @@ class _Progress:
         self.progress.update(self.task, advance=1, rate=rate, acc=self._acc())
 
 
+@dataclass
+class EvalRun:
+    """An output directory opened for a (resumed) evaluation: the units still to run, and the
+    records already there. The local runner and the Ray runner (:mod:`.ray_runner`) share it, so
+    both resume, write and summarise the same way."""
+
+    config: EvalConfig
+    out: Path
+    tasks: list[Task]
+    units: list[Unit]
+    todo: list[Unit]
+    records: list[dict]
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / rep.RESULTS
+
+    def progress(self, console: Any) -> _Progress:
+        """The progress bar of this run (not started)."""
+        ids = {t.id for t in self.tasks}
+        return _Progress(console, len(self.units), len(self.units) - len(self.todo),
+                         [r for r in self.records if r["task"] in ids], self.config.budgets[-1])
+
+
+def open_eval(config: EvalConfig, out: str | Path, console: Any = None) -> EvalRun:
+    """Validate the settings, create or check ``out`` (config.json), load the tasks and read
+    the finished units (a corrupt last line is cut off)."""
+    config.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_config(out, config)
+    tasks = load_eval_tasks(config)
+    if not tasks:
+        raise HogwildError(f"no tasks from {config.dataset!r} (with --bundle {config.bundle})")
+    records = rep.read_results(out / rep.RESULTS, repair=True)
+    done = {rep.unit_key(r) for r in records}
+    units = plan_units(tasks, config)
+    todo = [u for u in units if u.key not in done]
+    if console is not None and done:
+        console.print(f"resuming: {len(units) - len(todo)} of {len(units)} units already in {out / rep.RESULTS}")
+    return EvalRun(config, out, tasks, units, todo, records)
+
+
+def save_records(run: EvalRun, stream: Iterable[dict], bar: Any = None,
+                 on_unit: Callable[[dict], None] | None = None) -> None:
+    """Append each record of ``stream`` to results.jsonl (fsynced) as it comes, the only
+    writer of that file; ``bar`` (a started progress bar) and ``on_unit`` see it after."""
+    for record in stream:
+        rep.append_result(run.results_path, record)
+        run.records.append(record)
+        if bar is not None:
+            bar.update(record)
+        if on_unit is not None:
+            on_unit(record)
+
+
+def finish_eval(run: EvalRun, console: Any = None) -> list[dict]:
+    """summary.json, the plots and the tables from this run's tasks; the summary rows."""
+    ids = {t.id for t in run.tasks}
+    mine = [r for r in run.records if r["task"] in ids]
+    rows = rep.write_all(run.out, mine, run.config.to_json(), console)
+    if console is not None:
+        console.print(f"results: {run.results_path}")
+    return rows
+
+
 def evaluate(
     config: EvalConfig,
     out: str | Path,
@@ -275,43 +349,17 @@ def evaluate(
     ``concurrency``: engine runs in flight at once, in one batch. ``reproducible`` (default):
     only paths whose results do not depend on the batch (docs/low-level-api.md).
     """
-    config.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_config(out, config)
-    tasks = load_eval_tasks(config)
-    if not tasks:
-        raise HogwildError(f"no tasks from {config.dataset!r} (with --bundle {config.bundle})")
-    results_path = out / rep.RESULTS
-    records = rep.read_results(results_path, repair=True)
-    done = {rep.unit_key(r) for r in records}
-    units = plan_units(tasks, config)
-    todo = [u for u in units if u.key not in done]
-    if console is not None and done:
-        console.print(f"resuming: {len(units) - len(todo)} of {len(units)} units already in {results_path}")
-    if todo and loaded is None:
+    run = open_eval(config, out, console)
+    if run.todo and loaded is None:
         from ..loader import load_model
 
         loaded = load_model(config.model, dtype=config.dtype, device=device)
-    bar = _Progress(console, len(units), len(units) - len(todo),
-                    [r for r in records if r["task"] in {t.id for t in tasks}], config.budgets[-1]) \
-        if progress and console is not None else None
+    bar = run.progress(console) if progress and console is not None else None
     try:
         if bar is not None:
             bar.__enter__()
-        for record in run_units(loaded, todo, config, concurrency, reproducible=reproducible):
-            rep.append_result(results_path, record)
-            records.append(record)
-            if bar is not None:
-                bar.update(record)
-            if on_unit is not None:
-                on_unit(record)
+        save_records(run, run_units(loaded, run.todo, config, concurrency, reproducible=reproducible), bar, on_unit)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    ids = {t.id for t in tasks}
-    mine = [r for r in records if r["task"] in ids]
-    rows = rep.write_all(out, mine, config.to_json(), console)
-    if console is not None:
-        console.print(f"results: {results_path}")
-    return rows
+    return finish_eval(run, console)

@@ -57,7 +57,7 @@ from ..core.layouts import collaborative_layouts, get_layout
 from ..core.sampling import Sampling
 from ..core.script import Script
 from ..driver import Driver, Handle, Outcome, Scheduler
-from ..protocol import PlainProtocol, Protocol
+from ..protocol import DEFAULT_NO_REPEAT_NGRAM, PlainProtocol, Protocol
 from .bundles import answer_from_text, is_complete, split_answers
 from .datasets import Task
 
@@ -128,12 +128,13 @@ class Strategy:
 
     def __init__(self, workers: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None, forced_tokens: int = 32, check_in_every: int = 1024,
-                 few_shot: bool | None = None, redirect_loops: bool = True):
+                 few_shot: bool | None = None, redirect_loops: bool = True,
+                 no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM):
         self.workers = workers if self.multi_worker else 1
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.forced_tokens = forced_tokens
         self.check_in_every, self.few_shot = check_in_every, few_shot
-        self.redirect_loops = redirect_loops
+        self.redirect_loops, self.no_repeat_ngram = redirect_loops, no_repeat_ngram
         self.protocol: Protocol | PlainProtocol = PlainProtocol(self.workers)
 
     def names(self) -> list[str]:
@@ -286,7 +287,7 @@ class Hogwild(Strategy):
         self.name = f"hogwild-{layout}"
         self.protocol = Protocol(num_workers=self.workers, layout=layout, pattern=self.pattern,
                                  check_in_every=self.check_in_every, few_shot=self.few_shot,
-                                 redirect_loops=self.redirect_loops)
+                                 redirect_loops=self.redirect_loops, no_repeat_ngram=self.no_repeat_ngram)
 
     def answerers(self) -> set[int] | None:
         """The workers whose boxes are the team's answer (None: everyone's)."""

@@ -73,7 +73,7 @@ def _ends_sentence(body: str) -> bool:
     return True
 
 
-def is_step_end(text: str, list_step_chars: int = LIST_STEP_CHARS) -> bool:
+def is_step_end(text: str, list_step_chars: int = LIST_STEP_CHARS, min_chars: int = 0) -> bool:
     """Does the decoded text of a worker's current step end the step?
 
     A step ends when its text ends with a blank line (two newlines with only spaces or tabs
@@ -91,7 +91,9 @@ def is_step_end(text: str, list_step_chars: int = LIST_STEP_CHARS) -> bool:
       open ``\\begin{...}`` environment;
     * a paragraph that starts with a list item ("1. ...", "- ...") does not end the step,
       so a list stays together, unless the step is already ``list_step_chars`` long (a
-      safety valve so that long lists still let steps end).
+      safety valve so that long lists still let steps end);
+    * a step shorter than ``min_chars`` characters (its text without the trailing blank
+      line) does not end: its next paragraph continues it.
 
     Decimals need no special case: "3.5" does not end in a period, and "is 3." does end a
     sentence. Only the end of the text is tested, so the engine may call this after every
@@ -102,7 +104,7 @@ def is_step_end(text: str, list_step_chars: int = LIST_STEP_CHARS) -> bool:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     body = text.rstrip()
-    if text[len(body):].count("\n") < 2 or not body:
+    if text[len(body):].count("\n") < 2 or not body or len(body) < min_chars:
         return False
     if _open_block(body):
         return False

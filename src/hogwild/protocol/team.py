@@ -46,6 +46,9 @@ from .texts import (
 #: long and the prompt with examples takes at most half of it.
 FEW_SHOT_MIN_CONTEXT = 4096
 
+#: The default of :attr:`Protocol.no_repeat_ngram` (and of every setting that feeds it).
+DEFAULT_NO_REPEAT_NGRAM = 10
+
 #: The collaboration patterns (:attr:`Protocol.pattern`).
 PATTERNS = ("team", "orchestrated", "verified")
 
@@ -66,6 +69,12 @@ class Protocol:
                     auto (make sure the assistant turn starts inside an open ``<think>``),
                     True = same, False = leave the template's generation prompt as it is.
     list_step_chars: see :func:`is_step_end`.
+    min_step_chars: a step ends only once the worker has written at least this many
+                    characters in it (:func:`is_step_end`'s ``min_chars``), so a step holds
+                    work, not only an announcement of it; 0 = any length.
+    no_repeat_ngram: n > 0: no worker writes an n-gram of tokens already written in a step
+                    of the run (:mod:`hogwild.core.repeats`: breaks copy loops where they
+                    happen); 0 = off.
     pattern:        "team" (default), "orchestrated" or "verified" (module docstring); the
                     last two need at least two workers.
     redirect_loops: open the next step of a worker whose step repeated an earlier step
@@ -79,6 +88,8 @@ class Protocol:
     layout: str = "combined"
     thinking: bool | None = None
     list_step_chars: int = LIST_STEP_CHARS
+    min_step_chars: int = 0
+    no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM
     pattern: str = "team"
     redirect_loops: bool = True
     worker_names: list[str] = field(init=False, repr=False)
@@ -106,6 +117,9 @@ class Protocol:
             if len(set(names)) != len(names):
                 raise InvalidRequestError(f"Worker names must differ: {', '.join(names)}.")
         self.worker_names = names
+        if self.no_repeat_ngram is None or self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise InvalidRequestError(
+                f"no_repeat_ngram must be 0 (off) or an n-gram length of at least 2, got {self.no_repeat_ngram!r}.")
         if self.pattern not in PATTERNS:
             raise InvalidRequestError(
                 f"Unknown collaboration pattern {self.pattern!r}; use {', '.join(PATTERNS)}.")
@@ -298,10 +312,10 @@ class Protocol:
                 raise IndexError(f"worker {worker} out of range (0..{len(names) - 1})")
             return tuple(encode(self.header_text(worker, step, bool(check_in))))
 
-        limit = self.list_step_chars
+        limit, least = self.list_step_chars, self.min_step_chars
 
         def step_end(text: str) -> bool:
-            return is_step_end(text, limit)
+            return is_step_end(text, limit, least)
 
         prompt_text = texts[id(prompt_ids)]
         thinking = thinking_open(prompt_text)
@@ -322,10 +336,11 @@ class Protocol:
             check_in_every=self.check_in_every,
             stop_ids=stop_ids(tokenizer),
             step_observer=step_observer(self, encode),
+            no_repeat_ngram=self.no_repeat_ngram,
         )
 
     def is_step_end(self, text: str) -> bool:
-        return is_step_end(text, self.list_step_chars)
+        return is_step_end(text, self.list_step_chars, self.min_step_chars)
 
     # ------------------------------------------------------------------ forced answer
 

@@ -36,6 +36,7 @@ class HogwildOptions(_Strict):
     stop: Literal["first", "agree", "none"] | None = None
     agree_k: int | None = None
     redirect_loops: bool | None = None
+    no_repeat_ngram: int | None = None
     forced_answer: bool | None = None
     names: list[str] | None = None
 
@@ -245,6 +246,10 @@ def _job(kind: Literal["chat", "completion"], problem: str, request: _Common, bu
         if len(names) != workers or any(not n for n in names) or len(set(names)) != len(names):
             raise invalid(f"hogwild.names must give {workers} different, non-empty names.", "hogwild.names")
         settings.names = names
+    if options.no_repeat_ngram is not None:
+        if options.no_repeat_ngram < 0 or options.no_repeat_ngram == 1:
+            raise invalid("hogwild.no_repeat_ngram must be 0 (off) or at least 2.", "hogwild.no_repeat_ngram")
+        settings.no_repeat_ngram = options.no_repeat_ngram
     for name in ("few_shot", "stop", "redirect_loops", "forced_answer"):
         value = getattr(options, name)
         if value is not None:
