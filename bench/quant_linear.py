@@ -40,21 +40,13 @@ except ImportError:  # not installed: run from a checkout
     from hogwild import kernels
 from hogwild.kernels.qlinear import qlinear, set_mode
 from hogwild.quant.weights import FORMATS, QuantWeight
+from kernel_rows import layer_linears  # bench/kernel_rows.py: one layer's projections
 
 #: (hidden, intermediate, heads, kv_heads, head_dim)
 SHAPES = {
     "qwen2.5-1.5b": (1536, 8960, 12, 2, 128),
     "smollm2-135m": (576, 1536, 9, 3, 64),
 }
-
-
-def layer_linears(hidden: int, inter: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, tuple[int, int]]:
-    return {
-        "qkv": ((heads + 2 * kv_heads) * head_dim, hidden),
-        "o": (hidden, heads * head_dim),
-        "gate_up": (2 * inter, hidden),
-        "down": (hidden, inter),
-    }
 
 
 def random_weight(fmt: str, n: int, k: int, rng: np.random.Generator) -> QuantWeight:
