@@ -82,11 +82,7 @@ def test_results_do_not_depend_on_concurrency(default_model, tmp_path):
 
 
 def test_resume_after_kill_9_redoes_only_the_units_in_flight(default_model, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from processes import kill_after_rows
 
     data = _tasks(tmp_path, 4)
     out = tmp_path / "run"
@@ -94,20 +90,8 @@ def test_resume_after_kill_9_redoes_only_the_units_in_flight(default_model, tmp_
             "--budgets", "24,64", "--limit", "4", "--question-field", "q", "--answer-field", "a",
             "--id-field", "n", "--forced-tokens", "8", "--concurrency", "2", "--out", str(out),
             "--weights", "fp32"]  # the weights of default_model, which the resume below uses
-    code = "import sys; from hogwild.cli import main; sys.argv = ['hogwild'] + sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / rep.RESULTS
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if results.exists() and len(results.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the eval ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_rows(args, results, rows=2, wait_s=240)
     before = rep.read_results(results, repair=True)
     assert 2 <= len(before) < 8
     evaluate(EvalConfig(dataset=str(data), strategies=["single", "hogwild-combined"], workers=[2], budgets=[24, 64],

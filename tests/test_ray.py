@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -23,6 +22,7 @@ ray = pytest.importorskip("ray")
 from hogwild.eval import report as rep
 from hogwild.eval.ray_runner import RayOptions, evaluate_ray
 from hogwild.eval.runner import EvalConfig, evaluate
+from processes import CLI, kill_after_rows
 
 
 @pytest.fixture(scope="module")
@@ -117,23 +117,11 @@ def test_driver_killed_with_sigkill_resumes(cluster, deadline, tmp_path):
             "--budgets", "12,24", "--limit", "3", "--question-field", "q", "--answer-field", "a",
             "--id-field", "n", "--forced-tokens", "6", "--concurrency", "2", "--out", str(out),
             "--ray", cluster, "--ray-actors", "1"]
-    code = "import sys; from hogwild.cli import main; sys.argv = ['hogwild'] + sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / rep.RESULTS
-    try:
-        stop = time.time() + 120
-        while time.time() < stop and proc.poll() is None:
-            if results.exists() and len(results.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the eval ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_rows(args, results, rows=2, wait_s=120)
     before = rep.read_results(results, repair=True)
     assert 2 <= len(before) < 6
-    rerun = subprocess.run([sys.executable, "-c", code, *args[:-1], "2"], capture_output=True, text=True,
+    rerun = subprocess.run([sys.executable, "-c", CLI, *args[:-1], "2"], capture_output=True, text=True,
                            timeout=180, check=False)  # the same command, on 2 actors this time
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming:" in rerun.stdout
