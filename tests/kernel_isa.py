@@ -8,16 +8,16 @@ import torch
 
 from hogwild import kernels
 
-ISA_NAMES = {1: "avx2", 2: "avx512"}
+ISA_NAMES = {1: "avx2", 2: "avx512", 3: "amx"}
 
 
 def _isas() -> list[int]:
     """The instruction sets the kernels can run on this CPU (``hw_isa``): AVX2 always, AVX-512
-    where the CPU has it. Each gets the same correctness and invariance tests."""
+    and AMX where the CPU has them. Each gets the same correctness and invariance tests."""
     lib = kernels.library()
     if lib is None:
         return [1]
-    found = [1] + ([2] if lib.hw_isa(2) == 2 else [])
+    found = [1] + [i for i in (2, 3) if lib.hw_isa(i) == i]
     lib.hw_isa(0)
     return found
 

@@ -253,3 +253,11 @@ def test_pattern_strategies_decode_for_real(default_model, name):
     else:
         assert "Here is the assignment" in first[0]
         assert all("While Alice writes the assignment" in t for t in first[1:])
+
+
+def test_team_names_avoid_the_task_names() -> None:
+    """Each task gets worker names its question does not mention; the analytics use them."""
+    team = st.make_strategy("hogwild-combined", workers=2)
+    assert team.names(Task("a", "Alice and Bob share 6 pears. How many each?", "3")) == ["Carol", "Dave"]
+    assert team.names(TASK) == ["Alice", "Bob"]
+    assert st.make_strategy("independent", workers=2).names(TASK) == ["Worker 1", "Worker 2"]

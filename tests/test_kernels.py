@@ -56,12 +56,14 @@ def test_turned_off_by_environment(monkeypatch) -> None:
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 37, 128])
-@pytest.mark.parametrize("shape", [(17, 5), (96, 64), (40, 72), (33, 150), (70, 1100)])
+# (96, 64), (48, 1120): shapes the AMX path takes (rows % 16, columns % 32)
+@pytest.mark.parametrize("shape", [(17, 5), (96, 64), (40, 72), (33, 150), (70, 1100), (48, 1120)])
 def test_linear(dtype, rows, shape, isa) -> None:
     torch.manual_seed(rows)
     n, k = shape
     x, w, b = torch.randn(rows, k), torch.randn(n, k).to(dtype), torch.randn(n)
-    expected = F.linear(x.double(), w.double(), b.double())
+    xe = x.to(torch.bfloat16) if kernels.linear_rounds_input(w) else x  # the AMX path's input
+    expected = F.linear(xe.double(), w.double(), b.double())
     assert torch.allclose(kernels.linear(x, w, b).double(), expected, atol=1e-4 * math.sqrt(k))
     assert torch.allclose(kernels.linear(x, w).double(), expected - b.double(), atol=1e-4 * math.sqrt(k))
     out = torch.randn(rows, n)
@@ -75,7 +77,8 @@ def test_linear(dtype, rows, shape, isa) -> None:
 # K % 8, % 16 and % 32 tails; 4101 is cut into K blocks (AVX2 at 37+ rows, AVX-512 from 4); 576
 # (SmolLM2's hidden size) has no tail; 52 columns leave a narrower last panel for every panel
 # width (3, 4, 6, 8)
-@pytest.mark.parametrize("n,k", [(52, 37), (52, 576), (52, 4101)])
+# 48 x 576 and 64 x 4096: shapes of the AMX path (3 or 2 weight tiles per step)
+@pytest.mark.parametrize("n,k", [(52, 37), (52, 576), (52, 4101), (48, 576), (64, 4096)])
 def test_linear_is_batch_invariant(dtype, n, k, restore_threads, isa) -> None:
     """A row's output is the same bits whatever the other rows of the call, its position in
     it, the number of rows (1 .. 128: other tile shapes, K blocking) and the thread count."""
@@ -125,6 +128,23 @@ def test_instruction_set_choice() -> None:
         lib.hw_isa(0)
     for out in outs[1:]:
         assert torch.allclose(out, outs[0], atol=1e-4 * math.sqrt(300))
+    if 3 not in ISAS:
+        return
+    # AMX takes bf16 weights of fitting shapes only, and reads x as bf16: the same as the
+    # AVX-512 path given the rounded x, up to the order of the fp32 sums
+    fits, odd = torch.randn(48, 320).to(torch.bfloat16), torch.randn(40, 320).to(torch.bfloat16)
+    x = torch.randn(16, 320)
+    try:
+        assert lib.hw_isa(3) == 3
+        assert kernels.linear_rounds_input(fits) and not kernels.linear_rounds_input(odd)
+        assert not kernels.linear_rounds_input(fits.float())
+        on_tiles = kernels.linear(x, fits)
+        assert lib.hw_isa(2) == 2 and not kernels.linear_rounds_input(fits)
+        rounded_first = kernels.linear(x.to(torch.bfloat16).float(), fits)
+    finally:
+        lib.hw_isa(0)
+    assert torch.allclose(on_tiles, rounded_first, atol=1e-4 * math.sqrt(320))
+    assert not torch.allclose(on_tiles, kernels.linear(x, fits.float()), atol=1e-6)
 
 
 @needs_kernels

@@ -190,6 +190,28 @@ def test_step_end_only_looks_at_the_tail():
 
 # --------------------------------------------------------------------------- protocol texts
 
+def test_default_names_avoid_the_names_of_the_problem():
+    """A worker must not share a name with a person in the problem: the demo's Bob read
+    "Bob has twice as many apples as Alice" as a fact about himself."""
+    demo = "Alice has 3 apples and buys 5 more. Bob has twice as many apples as Alice."
+    protocol = Protocol(num_workers=2)
+    team = protocol.for_problem(demo)
+    assert team.worker_names == ["Carol", "Dave"]
+    assert protocol.worker_names == ["Alice", "Bob"]  # the protocol itself is unchanged
+    assert protocol.for_problem("What is 12*13?") is protocol
+    assert Protocol(num_workers=1).for_problem("alice's BOB and Carol").worker_names == ["Dave"]
+    assert "Carol" in team.system_text() and "Alice" not in team.system_text()
+    # explicit names are the caller's choice
+    named = Protocol(num_workers=2, names=["Alice", "Bob"])
+    assert named.for_problem(demo) is named
+    # more workers than free names: numbered workers after the free ones
+    every = " ".join(DEFAULT_NAMES)
+    assert Protocol(num_workers=2).for_problem(every).worker_names == ["Worker 1", "Worker 2"]
+    names = Protocol(num_workers=len(DEFAULT_NAMES)).for_problem("Alice and Bob").worker_names
+    assert len(set(names)) == len(names) and "Alice" not in names and names[-2:] == [
+        f"Worker {len(DEFAULT_NAMES) - 1}", f"Worker {len(DEFAULT_NAMES)}"]
+
+
 def test_names_and_validation():
     assert Protocol(num_workers=3).worker_names == ["Alice", "Bob", "Carol"]
     assert len(DEFAULT_NAMES) >= 8

@@ -268,6 +268,7 @@ def test_sixteen_concurrent_streams(main):
             for choice in c["choices"]:
                 lanes[choice["index"]] += choice["delta"].get("reasoning_content", "")
         assert lanes[0].startswith("**Alice [1]:**") and lanes[1].startswith("**Bob [1]:**")
+        assert chunks[0]["hogwild"] == {"event": "start", "workers": ["Alice", "Bob"]}
         assert chunks[-1]["hogwild"]["event"] == "done" and chunks[-1]["hogwild"]["passes"] == 8
         lanes_of.setdefault(i % 4, []).append(lanes)
     for group in lanes_of.values():  # greedy and batch-invariant: same problem, same lanes

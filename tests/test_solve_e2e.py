@@ -27,3 +27,11 @@ def test_two_workers_combined_64_passes(default_model) -> None:
     assert result.forced and result.forced_text is not None
     assert "\\boxed{" in result.forced_text
     assert result.answer is not None and result.answer.strip()
+
+
+def test_workers_are_not_named_like_the_people_of_the_problem(default_model) -> None:
+    settings = SolveSettings(workers=2, max_passes=6, few_shot=False, forced_answer=False)
+    problem = "Alice has 3 apples and buys 5 more. Bob has twice as many. How many do they have?"
+    result = [e for e in solve_stream(default_model, problem, settings)][-1].result
+    assert result.names == ["Carol", "Dave"]
+    assert "Carol" in result.prompt and "**Carol [1]:**" in result.workers[0]

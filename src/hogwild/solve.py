@@ -88,8 +88,10 @@ class ResultEvent:
     result: SolveResult
 
 
-def make_protocol(settings: SolveSettings) -> Protocol:
-    return Protocol(
+def make_protocol(settings: SolveSettings, problem: str | None = None) -> Protocol:
+    """The protocol of ``settings``; for ``problem`` (:meth:`Protocol.for_problem`: default
+    names avoid the names the problem mentions) when it is given."""
+    protocol = Protocol(
         num_workers=settings.workers,
         names=list(settings.names) if settings.names else None,
         check_in_every=settings.check_in_every,
@@ -98,6 +100,7 @@ def make_protocol(settings: SolveSettings) -> Protocol:
         redirect_loops=settings.redirect_loops,
         no_repeat_ngram=settings.no_repeat_ngram,
     )
+    return protocol if problem is None else protocol.for_problem(problem)
 
 
 class AgreementStop:
@@ -207,7 +210,7 @@ def start_solve(
     strings)."""
     settings = settings or SolveSettings()
     settings.validate()
-    protocol = make_protocol(settings)
+    protocol = make_protocol(settings, problem)
     script = protocol.script(problem, loaded.tokenizer, loaded.context_length)
     driver = Driver(loaded, settings.layout, settings.sampling, settings.forced_tokens, scheduler=scheduler)
     stop = AgreementStop(settings)

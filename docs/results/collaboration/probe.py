@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[dict, bool | None, bool]] = {
     "nr10": ({"no_repeat_ngram": 10}, None, False),
     "nr10-nofs": ({"no_repeat_ngram": 10}, False, False),
     "direct-nr10-nofs": ({"no_repeat_ngram": 10}, False, True),
+    "nr0-nofs": ({"no_repeat_ngram": 0}, False, False),
+    "direct-nr0-nofs": ({"no_repeat_ngram": 0}, False, True),
 }
 
 
@@ -59,14 +61,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("probe"))
     args = ap.parse_args()
     loaded = load_model(args.model, dtype=args.weights)
-    tasks = make_bundles(load_tasks("gsm_symbolic", limit=2 * args.bundles, seed=0), 2)
+    tasks = make_bundles(load_tasks("gsm_symbolic", limit=2 * args.bundles, seed=0), 2) if args.bundles else []
     problems = [("demo", DEMO, "24")] + [(t.id, t.question, t.answer) for t in tasks]
     plain_protocol, openings = S.make_protocol, (team.OPENING_LEAD, team.OPENINGS_OTHERS)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         fields, few_shot, direct = VARIANTS[name]
         team.OPENING_LEAD, team.OPENINGS_OTHERS = (DIRECT_LEAD, DIRECT_OTHERS) if direct else openings
-        S.make_protocol = lambda settings, f=fields: replace(plain_protocol(settings), **f)
+        S.make_protocol = lambda settings, problem=None, f=fields: replace(plain_protocol(settings, problem), **f)
         settings = S.SolveSettings(workers=2, max_passes=args.passes, few_shot=few_shot)
         started = time.time()
         runs = [(pid, gold, S.start_solve(loaded, text, settings)) for pid, text, gold in problems]

@@ -125,7 +125,7 @@ def solve(
     )
     settings.validate()  # before loading the model: bad arguments fail fast
     weights = cli_setting(weights, dtype)
-    names = _protocol_names(make_protocol(settings), workers)
+    names = _protocol_names(make_protocol(settings, problem), workers)
     view_of = _resolve_worker(show_view, names) if show_view is not None else None
     if save is not None and save.is_dir():
         raise InvalidRequestError(f"--save {save}: is a directory; give a file name")

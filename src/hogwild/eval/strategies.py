@@ -137,14 +137,16 @@ class Strategy:
         self.redirect_loops, self.no_repeat_ngram = redirect_loops, no_repeat_ngram
         self.protocol: Protocol | PlainProtocol = PlainProtocol(self.workers)
 
-    def names(self) -> list[str]:
-        """The workers' names (the protocol's; plain workers are "Worker 1", ...)."""
-        names = getattr(self.protocol, "worker_names", None)
+    def names(self, task: Task) -> list[str]:
+        """The workers' names on ``task`` (the protocol's, which avoid the names the task
+        mentions; plain workers are "Worker 1", ...)."""
+        names = getattr(self.protocol.for_problem(task.question), "worker_names", None)
         return list(names) if names else [f"Worker {i + 1}" for i in range(self.workers)]
 
     # -- hooks ---------------------------------------------------------------------------
     def script(self, loaded, task: Task) -> Script:
-        return self.protocol.script(task.question, loaded.tokenizer, loaded.context_length)
+        protocol = self.protocol.for_problem(task.question)
+        return protocol.script(task.question, loaded.tokenizer, loaded.context_length)
 
     def sampling(self) -> Sampling:
         return Sampling(self.temperature, self.top_p, self.seed)
@@ -208,7 +210,7 @@ class Strategy:
             return len(tok.encode(text, add_special_tokens=False))
 
         return teamwork.from_snapshot(
-            decoded.final, self.names(), problem_texts(task), steps=get_layout(self.layout).steps,
+            decoded.final, self.names(task), problem_texts(task), steps=get_layout(self.layout).steps,
             answer=answer, gold=task.answer, k=task.k, guard=copy_guard(decoded.prompt_text, task),
             count_tokens=count)
 

@@ -31,6 +31,7 @@ from .ops import (
     MAX_ROWS,
     attend,
     linear,
+    linear_rounds_input,
     rmsnorm,
     silu_mul,
     span,
@@ -41,6 +42,6 @@ from .ops import (
 __all__ = [
     "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
     "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "available", "can_pack",
-    "format_supported", "library", "linear", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
+    "format_supported", "library", "linear", "linear_rounds_input", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
     "span", "status", "store_kv", "supports_attention",
 ]

@@ -1,5 +1,5 @@
-/* hogwild CPU kernels for decode passes, AVX2 + FMA, with AVX-512 paths chosen at run time on
- * CPUs that have it (hw_isa): a few rows per pass for one run, up to
+/* hogwild CPU kernels for decode passes, AVX2 + FMA, with AVX-512 and AMX paths chosen at run
+ * time on CPUs that have them (hw_isa): a few rows per pass for one run, up to
  * hogwild.kernels.MAX_ROWS (128) when a batched engine advances many runs in one call.
  *
  * Why: a decode pass is memory-bound, but on CPUs without native bf16 PyTorch's bf16 matmul
@@ -18,7 +18,8 @@
  * build turns off floating-point contraction (-ffp-contract=off) so a C expression rounds
  * the same wherever it is inlined. tests/test_kernels.py checks it bit for bit.
  *
- * Everything is computed in fp32. Built on first use by hogwild/kernels/build.py and
+ * Everything is computed in fp32 but the bf16 linear on AMX tiles, which reads activations as
+ * bf16 (amx_linear says why that is worth it). Built on first use by hogwild/kernels/build.py and
  * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
  */
 #include <immintrin.h>
@@ -27,6 +28,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -362,8 +366,9 @@ static inline int lin_panel_width(int M) { return M >= 4 ? 3 : M == 3 ? 4 : M ==
 static inline int lin5_panel_width(int M) { return M >= 8 ? 3 : M >= 4 ? 6 : 8; }
 
 /* Which instruction set the linear and attention kernels use: 1 AVX2 + FMA, 2 AVX-512
- * (F, BW, VL, DQ). The best this CPU and OS support unless hw_isa chose otherwise. A row's
- * bits depend on this choice (the reduction orders differ), never on the batch. */
+ * (F, BW, VL, DQ), 3 AVX-512 plus AMX tiles for the bf16 linear (amx_linear). The best this
+ * CPU and OS support unless hw_isa chose otherwise. A row's bits depend on this choice (the
+ * reduction orders differ, and AMX reads activations as bf16), never on the batch. */
 static int isa_forced = 0;
 
 static int cpu_avx512(void) {
@@ -376,28 +381,223 @@ static int cpu_avx512(void) {
     return known;
 }
 
-/* HOGWILD_KERNEL_ISA=avx2 in the environment pins AVX2 from the first call on (benchmarks
- * compare the two sets on the whole engine that way); hw_isa overrides it. */
-static int isa_env(void) {
+/* AMX needs three things: the CPU's AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and
+ * 22; and AVX512_BF16, which packs x), the OS saving tile state (XCR0 bits 17 and 18), and, on Linux, this process's
+ * permission to use the tile data state, asked once (arch_prctl ARCH_REQ_XCOMP_PERM for
+ * XFEATURE_XTILEDATA); a kernel that refuses it means no AMX. */
+static int cpu_amx(void) {
     static int known = -1;
     if (known < 0) {
-        const char *e = getenv("HOGWILD_KERNEL_ISA");
-        known = e && strcmp(e, "avx2") == 0 ? 1 : 0;
+        unsigned a, b, c, d;
+        known = 0;
+        int tiles = cpu_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1);
+        int cvt = tiles && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1); /* AVX512_BF16 */
+        if (cvt && __get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1)) {                /* OSXSAVE */
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            if ((lo >> 17 & 3) == 3 && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                               18 /* XFEATURE_XTILEDATA */) == 0)
+                known = 1;
+        }
     }
     return known;
 }
 
-static inline int isa_now(void) { return isa_forced ? isa_forced : isa_env() ? 1 : cpu_avx512() ? 2 : 1; }
+/* HOGWILD_KERNEL_ISA=avx2 or =avx512 in the environment caps the set from the first call on
+ * (benchmarks compare the sets on the whole engine that way); hw_isa overrides it. */
+static int isa_env(void) {
+    static int known = -1;
+    if (known < 0) {
+        const char *e = getenv("HOGWILD_KERNEL_ISA");
+        known = !e ? 0 : strcmp(e, "avx2") == 0 ? 1 : strcmp(e, "avx512") == 0 ? 2 : 0;
+    }
+    return known;
+}
 
-/* request 1 (AVX2) or 2 (AVX-512) pins the kernels to that set, 0 goes back to the default
- * (the best supported, or what HOGWILD_KERNEL_ISA says), a negative value only asks. Returns the set in effect, or -1 (nothing changed)
- * when the CPU lacks the requested one. For tests and benchmarks; not thread safe against
- * concurrent kernel calls. */
+static inline int isa_best(void) { return cpu_amx() ? 3 : cpu_avx512() ? 2 : 1; }
+
+static inline int isa_now(void) {
+    if (isa_forced) return isa_forced;
+    int best = isa_best(), cap = isa_env();
+    return cap && cap < best ? cap : best;
+}
+
+/* request 1 (AVX2), 2 (AVX-512) or 3 (AMX) pins the kernels to that set, 0 goes back to the
+ * default (the best supported, or what HOGWILD_KERNEL_ISA says), a negative value only asks.
+ * Returns the set in effect, or -1 (nothing changed) when the CPU lacks the requested one.
+ * For tests and benchmarks; not thread safe against concurrent kernel calls. */
 int hw_isa(int request) {
-    if (request == 2 && !cpu_avx512()) return -1;
-    if (request >= 0 && request <= 2) isa_forced = request;
+    if (request > isa_best()) return -1;
+    if (request >= 0 && request <= 3) isa_forced = request;
     return isa_now();
 }
+
+/* ------------------------------------------------------------------ AMX linear (bf16)
+ *
+ * On CPUs with AMX (isa 3), the bf16-weight linear runs on the tile unit: 16 x 16 fp32
+ * accumulators, each TDPBF16PS multiplies 16 rows of 32 bf16 by 32 x 16 bf16. Its rate is
+ * several times the FMA rate, so passes of many rows (batched runs, large teams) stop being
+ * compute-bound; at 1-2 rows it reads the weights at about the FMA kernel's speed.
+ *
+ * The product is taken transposed, y^T = w x^T: the A operand is 16 weight rows (n) by 32
+ * keys, loaded straight from the row-major weights with the row stride, so the weights need
+ * no repacking; the B operand is x^T for 16 rows (m) and 32 keys in the pair-interleaved
+ * order TDPBF16PS reads (amx_pack_x, once per call). This rounds x to bf16 (nearest even):
+ * the tile unit takes no fp32 input. It is the one place where the native kernels do not
+ * compute in fp32 activations (bf16 weights only; an fp32 model never gets here).
+ *
+ * Batch invariance: element (m, n) is accumulated in its own tile cell over the keys in
+ * chunks of 32, ascending, by the same instructions whatever row of the tile m occupies,
+ * how many rows the call has (missing rows are zeros in other cells) and which thread owns
+ * the column block; then s = acc + b[n] and y = accumulate ? y + s : s, as elsewhere.
+ * Shapes: N a multiple of 16, K of 32 (amx_fits; every supported model's projections and
+ * heads are); others take the AVX-512 path. */
+#define HW_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} AmxConfig;
+
+static inline int amx_fits(int N, int K) { return N % 16 == 0 && K % 32 == 0 && K > 0; }
+
+/* x [M, K] fp32 -> bf16 B tiles, one per 16 rows (padded with zeros) and 32 keys: tile
+ * (mb, kc) at xp + (mb * K/32 + kc) * 512; its row r holds, for each of its 16 rows m, the
+ * keys 2r and 2r + 1 of the chunk. */
+static HW_AMX void amx_pack_x(const float *x, uint16_t *xp, int M, int K) {
+    int MB = (M + 15) / 16, KC = K / 32;
+    for (int mb = 0; mb < MB; mb++)
+        for (int kc = 0; kc < KC; kc++) {
+            uint32_t *t = (uint32_t *)(xp + ((size_t)mb * KC + kc) * 512);
+            for (int i = 0; i < 16; i++) {
+                int m = mb * 16 + i;
+                uint32_t pairs[16];
+                if (m < M) {
+                    const float *xr = x + (size_t)m * K + (size_t)kc * 32;
+                    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + 16), _mm512_loadu_ps(xr));
+                    _mm512_storeu_si512(pairs, (__m512i)v);
+                } else {
+                    memset(pairs, 0, sizeof pairs);
+                }
+                for (int r = 0; r < 16; r++) t[r * 16 + i] = pairs[r];
+            }
+        }
+}
+
+/* One finished accumulator tile (16 weight rows n0.. by 16 x rows m0..) into y. */
+static inline void amx_finish(const float *acc, const float *b, float *y, int M, int N, int n0, int m0,
+                              int accumulate) {
+    for (int i = 0; i < 16 && m0 + i < M; i++) {
+        float *yr = y + (size_t)(m0 + i) * N + n0;
+        for (int c = 0; c < 16; c++) {
+            float s = acc[c * 16 + i];
+            if (b) s += b[n0 + c];
+            yr[c] = accumulate ? yr[c] + s : s;
+        }
+    }
+}
+
+#define AMX_STORE(t, buf) _tile_stored(t, buf, 64)
+
+/* y [M, N] (+)= x [M, K] @ w^T + b with bf16 w on the tile unit (see above). Threads split
+ * the column blocks; each configures its own tiles. Up to 16 rows: 3 weight tiles against
+ * one x tile (tiles 0-2 accumulate, 3-5 weights, 6 x); more: 2 weight tiles against 2 x
+ * tiles (0-3 accumulate, 4-5 weights, 6-7 x). Returns 0, or -1 when scratch allocation
+ * failed. */
+static HW_AMX int amx_linear(const float *x, const uint16_t *w, const float *b, float *y, int M, int N, int K,
+                             int accumulate, int threads) {
+    int MB = (M + 15) / 16, KC = K / 32, NB = N / 16;
+    uint16_t *xp = (uint16_t *)aligned_alloc(64, (size_t)MB * KC * 1024);
+    if (!xp) return -1;
+    amx_pack_x(x, xp, M, K);
+    int wide = MB >= 2;         /* 2 x tiles per step */
+    int na = wide ? 2 : 3;      /* weight tiles per step */
+    int groups = (NB + na - 1) / na;
+    size_t ws = (size_t)K * 2;  /* bytes between weight rows */
+#pragma omp parallel num_threads(threads)
+    {
+        AmxConfig cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        _tile_loadconfig(&cfg);
+        float acc[256] __attribute__((aligned(64)));
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int g0 = (int)((int64_t)groups * t / nt), g1 = (int)((int64_t)groups * (t + 1) / nt);
+        for (int g = g0; g < g1; g++) {
+            int nb0 = g * na, nas = NB - nb0 < na ? NB - nb0 : na;
+            const char *a0 = (const char *)(w + (size_t)nb0 * 16 * K);
+            for (int mb0 = 0; mb0 < MB; mb0 += wide ? 2 : 1) {
+                const char *x0 = (const char *)(xp + (size_t)mb0 * KC * 512);
+                if (!wide) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    for (int kc = 0; kc < KC; kc++) {
+                        _tile_loadd(6, x0 + (size_t)kc * 1024, 64);
+                        _tile_loadd(3, a0 + (size_t)kc * 64, ws);
+                        _tile_dpbf16ps(0, 3, 6);
+                        if (nas > 1) {
+                            _tile_loadd(4, a0 + 16 * ws + (size_t)kc * 64, ws);
+                            _tile_dpbf16ps(1, 4, 6);
+                        }
+                        if (nas > 2) {
+                            _tile_loadd(5, a0 + 32 * ws + (size_t)kc * 64, ws);
+                            _tile_dpbf16ps(2, 5, 6);
+                        }
+                    }
+                    for (int i = 0; i < nas; i++) {
+                        if (i == 0) AMX_STORE(0, acc);
+                        else if (i == 1) AMX_STORE(1, acc);
+                        else AMX_STORE(2, acc);
+                        amx_finish(acc, b, y, M, N, (nb0 + i) * 16, mb0 * 16, accumulate);
+                    }
+                } else {
+                    int two = mb0 + 1 < MB;
+                    const char *x1 = x0 + (size_t)KC * 1024;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int kc = 0; kc < KC; kc++) {
+                        _tile_loadd(4, a0 + (size_t)kc * 64, ws);
+                        _tile_loadd(6, x0 + (size_t)kc * 1024, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        if (two) {
+                            _tile_loadd(7, x1 + (size_t)kc * 1024, 64);
+                            _tile_dpbf16ps(1, 4, 7);
+                        }
+                        if (nas > 1) {
+                            _tile_loadd(5, a0 + 16 * ws + (size_t)kc * 64, ws);
+                            _tile_dpbf16ps(2, 5, 6);
+                            if (two) _tile_dpbf16ps(3, 5, 7);
+                        }
+                    }
+                    for (int i = 0; i < nas; i++)
+                        for (int j = 0; j < 1 + two; j++) {
+                            int c = i * 2 + j;
+                            if (c == 0) AMX_STORE(0, acc);
+                            else if (c == 1) AMX_STORE(1, acc);
+                            else if (c == 2) AMX_STORE(2, acc);
+                            else AMX_STORE(3, acc);
+                            amx_finish(acc, b, y, M, N, (nb0 + i) * 16, (mb0 + j) * 16, accumulate);
+                        }
+                }
+            }
+        }
+        _tile_release();
+    }
+    free(xp);
+    return 0;
+}
+
+/* 1 when hw_linear computes [N, K] bf16 weights on the tile unit in the current set (x then
+ * rounded to bf16), else 0. */
+int hw_linear_amx(int N, int K, int w_bf16) { return isa_now() == 3 && w_bf16 && amx_fits(N, K); }
 
 typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, int ld,
                          int first, int last, const char *pf);
@@ -409,7 +609,8 @@ typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0
 int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N, int K,
               int accumulate, int threads) {
     if (M <= 0 || N <= 0) return 0;
-    int wide = isa_now() == 2;
+    int isa = isa_now(), wide = isa >= 2;
+    if (isa == 3 && w_bf16 && amx_fits(N, K)) return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
     int es = w_bf16 ? 2 : 4;
     int lanes = wide ? 16 : 8;          /* floats per accumulator */
     int step = wide ? 64 / es : 8;      /* keys per vector step */
@@ -900,7 +1101,7 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     float ms[MAX_Q], ls[MAX_Q], corr[MAX_Q];
     int nq = nm * G;
     int eo = bf16 && D % 16 == 0; /* bf16 read in place (see eo_split) */
-    int wide = isa_now() == 2 && D % 32 == 0; /* the AVX-512 loops (scores5_chunk, pv5_chunk; eo32 order) */
+    int wide = isa_now() >= 2 && D % 32 == 0; /* the AVX-512 loops (scores5_chunk, pv5_chunk; eo32 order) */
     for (int i = 0; i < nm; i++) {
         const Unit *u = &list[members[i].unit];
         const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;

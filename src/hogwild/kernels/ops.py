@@ -24,10 +24,10 @@ from .build import declare, library, status
 #: reads each weight once per pass, and every kernel computes a row the same way whatever
 #: else shares the call (batch invariance, see hogwild_cpu.c), which torch's matmul does not
 #: promise. The C code itself has no row limit. Above this, passes are prefill chunks, where
-#: FastPlan's flash attention (many queries over the same keys) beats per-row attention and,
-#: on CPUs with AMX, torch's bf16 matmul far outruns this fp32-arithmetic kernel (even on its
-#: AVX-512 path; bench/kernel_rows.py, docs/bench.md), so the native path ends where batched
-#: decoding does.
+#: FastPlan's flash attention (many queries over the same keys) beats per-row attention and
+#: torch's matmul is at least as fast as this kernel (on CPUs with AMX both use the tiles for
+#: bf16; bench/kernel_rows.py, docs/bench.md), so the native path ends where batched decoding
+#: does.
 MAX_ROWS = 128
 MAX_GROUP = 16  # query heads per KV head the attention kernel supports
 MAX_HEAD_DIM = 256
@@ -36,6 +36,7 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int
 declare({
     "hw_linear": (_I, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
+    "hw_linear_amx": (_I, [_I, _I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
     "hw_store_kv": (_I, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I]),
@@ -80,6 +81,15 @@ def _lib_or_fail() -> ctypes.CDLL:
     return lib
 
 
+def linear_rounds_input(weight: torch.Tensor) -> bool:
+    """Does :func:`linear` round x to bf16 for this weight? Yes where it runs on AMX tiles
+    (bf16 weights with rows a multiple of 16 and columns of 32, on a CPU with AMX, unless the
+    instruction set is pinned lower): the tile unit multiplies bf16 by bf16 into fp32."""
+    lib = _lib_or_fail()
+    n, k = weight.shape
+    return bool(lib.hw_linear_amx(int(n), int(k), int(weight.dtype == torch.bfloat16)))
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -88,6 +98,7 @@ def linear(
     accumulate: bool = False,
 ) -> torch.Tensor:
     """x [M, K] fp32 @ weight [N, K] (fp32 or bf16)^T + bias (fp32) -> [M, N] fp32.
+    On AMX tiles (:func:`linear_rounds_input`) x is rounded to bf16 first.
 
     Any M (:class:`KernelLinear` uses it up to :data:`MAX_ROWS` rows). Each output row is the
     same bits whatever the other rows, their number and the thread count: every element is

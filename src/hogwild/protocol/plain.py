@@ -23,6 +23,10 @@ class PlainProtocol:
 
     num_workers: int = 1
 
+    def for_problem(self, problem: str) -> PlainProtocol:
+        """Itself: plain workers have no names a problem could share."""
+        return self
+
     def script(self, problem: str, tokenizer: Any, context_length: int | None = None) -> Script:
         """The plain prompt as ids; the engine refuses it if it does not fit the context."""
         user = fill(USER_TEXT, problem=problem.strip())

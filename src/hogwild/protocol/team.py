@@ -18,7 +18,8 @@ worker checks the others' results and alone writes the final answer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -57,7 +58,8 @@ PATTERNS = ("team", "orchestrated", "verified")
 class Protocol:
     """The collaboration protocol for ``num_workers`` workers.
 
-    names:          worker names; default :data:`DEFAULT_NAMES` (then "Worker 17", ...).
+    names:          worker names; default :data:`DEFAULT_NAMES` (then "Worker 17", ...),
+                    skipping the names a problem mentions (:meth:`for_problem`).
     check_in_every: a check-in question opens a worker's next step after this many
                     generated tokens, summed over workers (the engine counts); 0 = off.
     few_shot:       None = auto (on when the context is at least FEW_SHOT_MIN_CONTEXT tokens
@@ -103,8 +105,7 @@ class Protocol:
                 f"check_in_every must be 0 (off) or a positive number of tokens, "
                 f"got {self.check_in_every!r}.")
         if self.names is None:
-            extra = [f"Worker {i + 1}" for i in range(len(DEFAULT_NAMES), self.num_workers)]
-            names = list(DEFAULT_NAMES[: self.num_workers]) + extra
+            names = default_names(self.num_workers)
         else:
             names = [str(n).strip() for n in self.names]
             if len(names) < self.num_workers:
@@ -126,6 +127,17 @@ class Protocol:
         if self.pattern != "team" and self.num_workers < 2:
             raise InvalidRequestError(
                 f"The {self.pattern} pattern needs at least two workers, got {self.num_workers}.")
+
+    def for_problem(self, problem: str) -> Protocol:
+        """This protocol for ``problem``: with default names, the workers take the first
+        names of :data:`DEFAULT_NAMES` that the problem does not mention. A worker called Bob
+        reads "Bob has twice as many apples as Alice" as a statement about itself and
+        computes from there (the demo's transcripts on Qwen2.5-Coder-1.5B: "Hi, I'm Bob. I
+        have twice as many apples as Alice"). Names given explicitly are kept as they are."""
+        if self.names is not None:
+            return self
+        names = default_names(self.num_workers, problem)
+        return self if names == self.worker_names else replace(self, names=names)
 
     # ------------------------------------------------------------------ texts
 
@@ -268,6 +280,8 @@ class Protocol:
 
         Raises InvalidRequestError for an empty problem or a prompt that does not fit in
         ``context_length`` tokens (with few_shot auto, the examples are dropped first).
+        With default names, call it on :meth:`for_problem`'s protocol (whose names the
+        transcript then carries); this one renders with its own names as they are.
         """
         _check_problem(problem)
         encode = encoder(tokenizer)
@@ -377,6 +391,14 @@ class Protocol:
         if thinking:
             suffix += "\n</think>"
         return suffix + "\n\n" + FORCED_ANSWER_LEAD
+
+
+def default_names(count: int, problem: str = "") -> list[str]:
+    """The first ``count`` names of :data:`DEFAULT_NAMES` that ``problem`` does not mention
+    as a word (any case), then "Worker 17", "Worker 18", ... when the list runs out."""
+    mentioned = {word.lower() for word in re.findall(r"[A-Za-z]+", problem)}
+    free = [name for name in DEFAULT_NAMES if name.lower() not in mentioned]
+    return (free + [f"Worker {i + 1}" for i in range(len(free), count)])[:count]
 
 
 def _as_paragraph(text: str) -> str:

@@ -168,7 +168,7 @@ def create_app(config: ServeConfig, load: bool = True) -> FastAPI:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         request_id, now = prefix + uuid.uuid4().hex[:24], int(time.time())
         if job.stream:
-            writer = ChunkWriter(kind, request_id, now, job.model, job.settings.workers)
+            writer = ChunkWriter(kind, request_id, now, job.model, running.names)
             return StreamingResponse(stream_body(running, writer, request, endpoint, started),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

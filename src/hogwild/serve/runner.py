@@ -163,6 +163,7 @@ class RunningJob:
         self.ended = False  # the pump put END
         self.closed = False
         self.prompt_tokens = len(solving.script.prompt_ids)
+        self.names = list(solving.protocol.worker_names)  # what the lanes are called
         self.thread = threading.Thread(target=self._pump, name="hogwild-request", daemon=True)
         self.thread.start()
 

@@ -40,9 +40,10 @@ def is_check_in(header: str) -> bool:
 class ChunkWriter:
     """Turns a run's events into chunks, keeping each lane's text to close it exactly."""
 
-    def __init__(self, kind: str, request_id: str, created: int, model: str, workers: int):
+    def __init__(self, kind: str, request_id: str, created: int, model: str, names: list[str]):
         self.kind, self.id, self.created, self.model = kind, request_id, created, model
-        self.lanes = [""] * workers
+        self.names = list(names)  # the run's worker names (they avoid the problem's names)
+        self.lanes = [""] * len(self.names)
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
@@ -58,8 +59,12 @@ class ChunkWriter:
         return choice
 
     def opening(self) -> list[dict[str, Any]]:
+        """One chunk per lane; the first also says the workers' names (``hogwild.event``
+        "start"), which depend on the problem."""
         delta = {"role": "assistant", "reasoning_content": ""} if self.kind == "chat" else {"reasoning_content": ""}
-        return [self.chunk([self._choice(w, dict(delta))]) for w in range(len(self.lanes))]
+        out = [self.chunk([self._choice(w, dict(delta))]) for w in range(len(self.lanes))]
+        out[0]["hogwild"] = {"event": "start", "workers": self.names}
+        return out
 
     def lane(self, worker: int, text: str, **extra: Any) -> dict[str, Any]:
         self.lanes[worker] += text
