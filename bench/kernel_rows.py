@@ -2,7 +2,8 @@
 
 Times ``hw_linear`` over the four projections of one decoder layer (fused q/k/v, o, fused
 gate/up, down) for M = 1, 4, 16, 64, 128 rows, fp32 and bf16 weights, with two threads. The
-"before" kernel is the committed one (``git show HEAD:src/hogwild/kernels/hogwild_cpu.c``),
+"before" kernel is the committed one (``git show HEAD:src/hogwild/kernels/hogwild_cpu.c``, or
+``--base REV``'s),
 the "after" kernel is this checkout's; both are compiled here into a temporary directory with
 the flags of :mod:`hogwild.kernels.build`, so the numbers compare the code, not the build. Each
 library picks its instruction set at run time as the engine's does (AVX-512 where the CPU has
@@ -81,11 +82,11 @@ def compile_library(source: str, out_dir: Path, name: str) -> ctypes.CDLL:
 
 def pin_isa(lib: ctypes.CDLL, name: str) -> str:
     """Pin the library's instruction set (``hw_isa``) and return the one in effect."""
-    names = {1: "avx2", 2: "avx512"}
+    names = {1: "avx2", 2: "avx512", 3: "amx"}
     if not hasattr(lib, "hw_isa"):  # a kernel from before the run-time choice: AVX2 only
         return "avx2"
     lib.hw_isa.restype, lib.hw_isa.argtypes = ctypes.c_int, [ctypes.c_int]
-    request = {"auto": 0, "avx2": 1, "avx512": 2}[name]
+    request = {"auto": 0, "avx2": 1, "avx512": 2, "amx": 3}[name]
     if lib.hw_isa(request) < 0:
         raise SystemExit(f"this CPU cannot run the {name} kernels")
     return names[lib.hw_isa(-1)]
@@ -175,7 +176,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.15, help="least time per round (best of 3 rounds)")
     ap.add_argument("--no-before", action="store_true", help="skip the committed kernel")
     ap.add_argument("--no-torch", action="store_true", help="skip torch's F.linear")
-    ap.add_argument("--isa", choices=["auto", "avx2", "avx512"], default="auto",
+    ap.add_argument("--base", default="HEAD", help="git revision of the before kernel")
+    ap.add_argument("--isa", choices=["auto", "avx2", "avx512", "amx"], default="auto",
                     help="instruction set of the after kernel (hw_isa; auto: the best the CPU has)")
     ap.add_argument("--out", type=Path, help="folder to write kernel_rows.json into")
     args = ap.parse_args()
@@ -185,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         libs = {}
         if not args.no_before:
-            old = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:src/hogwild/kernels/hogwild_cpu.c"],
+            old = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.base}:src/hogwild/kernels/hogwild_cpu.c"],
                                  capture_output=True, text=True, check=True).stdout
             libs["before"] = compile_library(old, Path(tmp), "before")
         libs["after"] = compile_library(build.SOURCE.read_text(), Path(tmp), "after")
