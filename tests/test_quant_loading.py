@@ -220,3 +220,48 @@ def test_cli_weights_and_its_old_name():
     assert result.exit_code != 0 and "real model" in result.output
     result = runner.invoke(app, ["quality", "--weights", "fp32", "--guard", "sometimes"])
     assert result.exit_code != 0 and "--guard" in result.output
+
+
+@pytest.mark.skipif(quant_linear_class() is None, reason="needs the native quantized kernels")
+def test_native_load_reads_no_float_copies_of_its_matrices(monkeypatch):
+    """--weights native loads the GGUF's matrices straight into the kernels and reads only
+    the rest in float: the same model, bit for bit, as reading the float model whole."""
+    from hogwild import loader
+    from hogwild.models import loading
+    from hogwild.models.sequence import SequencePlan
+    from hogwild.quant import plan
+    from hogwild.quant.superweights import calibration_ids
+
+    read: list[frozenset] = []
+    real = loading._read_weights
+    monkeypatch.setattr(loading, "_read_weights", lambda files, dtype, device, skip=frozenset(): (
+        read.append(skip), real(files, dtype, device, skip))[1])
+    fast = loader.load_model("smollm2-135m")
+    assert read and "model.layers.0.mlp.down_proj.weight" in read[-1]
+    assert "model.embed_tokens.weight" not in read[-1] and "model.norm.weight" not in read[-1]
+    assert not any(p.is_meta for p in fast.model.parameters())
+    monkeypatch.setattr(plan, "float_copies", lambda weights, config: None)  # the slow path
+    slow = loader.load_model("smollm2-135m")
+    assert read[-1] == frozenset() and fast.weights == slow.weights == "native"
+    assert fast.weights_note == slow.weights_note
+    ids = calibration_ids(fast.tokenizer, 48)
+    a = fast.model(ids, SequencePlan(fast.config, capacity=48))
+    b = slow.model(ids, SequencePlan(slow.config, capacity=48))
+    assert torch.equal(a, b)
+
+
+def test_float_copies_refuse_a_half_quantized_fused_layer():
+    """Only whole fused layers are skipped; a layer with float parts is read whole."""
+    from hogwild.quant import plan
+
+    config = tiny_model().config
+    q = QuantWeight(plan.block_format("q8_0"), torch.zeros(1, 34, dtype=torch.uint8), 1, 32)
+    whole = {"model.layers.0.self_attn.qkv_proj": q}
+    keys = plan.float_copies(whole, config)
+    assert keys == {f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"}
+    parts = {"model.layers.0.self_attn.q_proj": q, "model.layers.0.self_attn.k_proj": q,
+             "model.layers.0.self_attn.v_proj": q, "lm_head": q}
+    tied = plan.float_copies(parts, config)
+    assert "model.layers.0.self_attn.v_proj.weight" in tied
+    assert ("lm_head.weight" in tied) == (not config.tie_embeddings)
+    assert plan.float_copies({"model.layers.0.self_attn.v_proj": q}, config) is None

@@ -66,6 +66,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype | Non
         return _prepared(loaded, optimize)
     if torch_device.type != "cpu" and setting == "native":
         raise InvalidRequestError("--weights native runs on the CPU kernels; use fp32 or bf16 on a GPU")
+    if setting == "native" and gguf is not None and kernels:
+        fast = _native_without_float_copies(name_or_path, gguf, device)
+        if fast is not None:
+            return _prepared(fast, optimize)
     loaded = loading.load_model(name_or_path, dtype=torch.float32, device=device)
     if setting == "native":
         if gguf is None or not kernels:
@@ -74,7 +78,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype | Non
             loaded.weights = "fp32" if gguf is None else "native"
             loaded.weights_note = "float32 (dequantized as stored)" if gguf is not None else "float32"
             return _prepared(loaded, optimize)
-        qweights = plan.native_weights(gguf, loaded.model)
+        qweights = plan.native_weights(gguf, loaded.config)
         note = f"GGUF blocks as stored: {plan.describe_formats(qweights)}"
     else:
         supers = find_guarded(loaded) if guard else []
@@ -90,6 +94,29 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype | Non
     loaded.weights_note = note
     log.info("%s: %s", loaded.name, note)
     return _prepared(loaded, optimize)
+
+
+def _native_without_float_copies(name_or_path: str, gguf, device) -> LoadedModel | None:
+    """``--weights native`` without the float model: the GGUF's quantized matrices go
+    straight into the kernels, and only what stays in float (embeddings, norms, biases,
+    matrices the file stores as floats) is read from the cached conversion. A 1.5B model
+    then loads without its 6 GB of float32 matrices, which the slow path below read, fused
+    and threw away. None (use the slow path) when a fused layer mixes quantized and float
+    parts, or a matrix ends up computed from its float values after all."""
+    config = loading.model_config(name_or_path)
+    qweights = plan.native_weights(gguf, config)
+    skip = plan.float_copies(qweights, config)
+    if skip is None:
+        return None
+    loaded = loading.load_model(name_or_path, dtype=torch.float32, device=device, skip=skip)
+    quant_install.install(loaded.model, qweights)
+    if any(p.is_meta for p in loaded.model.parameters()):
+        log.info("%s: some matrices fall back to float values; reading the float model whole", name_or_path)
+        return None
+    loaded.weights = "native"
+    loaded.weights_note = f"GGUF blocks as stored: {plan.describe_formats(qweights)}"
+    log.info("%s: %s", loaded.name, loaded.weights_note)
+    return loaded
 
 
 def find_guarded(loaded: LoadedModel) -> list[sw.SuperWeight]:

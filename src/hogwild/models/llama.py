@@ -140,11 +140,11 @@ def _concat_linears(*linears: nn.Linear) -> nn.Linear:
     # made on the meta device, then given uninitialised memory where the weights live: no
     # full-size fp32 init on the CPU (minutes for a 32B model), no second copy
     fused = nn.Linear(first.in_features, out, bias=first.bias is not None, device="meta",
-                      dtype=first.weight.dtype).to_empty(device=first.weight.device)
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([l.weight for l in linears]))
+                      dtype=first.weight.dtype)
+    with torch.no_grad():  # each written once; parts still on the meta device stay there
+        fused.weight = nn.Parameter(torch.cat([l.weight for l in linears]), requires_grad=False)
         if first.bias is not None:
-            fused.bias.copy_(torch.cat([l.bias for l in linears]))
+            fused.bias = nn.Parameter(torch.cat([l.bias for l in linears]), requires_grad=False)
     return fused
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,24 @@ def load_model(
     name_or_path: str = registry.DEFAULT_MODEL,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    skip: Collection[str] = (),
 ) -> LoadedModel:
     """Load a short name, local directory, ``.gguf`` file or hub id into our :class:`CausalLM`,
-    with q/k/v and gate/up projections fused (:meth:`CausalLM.fuse_projections`)."""
+    with q/k/v and gate/up projections fused (:meth:`CausalLM.fuse_projections`).
+
+    ``skip``: state-dict keys (transformers' names) not to read; those parameters stay on the
+    meta device for the caller to replace (a loader that keeps a GGUF's quantized matrices
+    reads none of their float copies)."""
     torch_dtype = parse_dtype(dtype)
     torch_device = _parse_device(device)
     directory = resolve(name_or_path)
-    return _load_directory(directory, str(name_or_path), torch_dtype, torch_device)
+    return _load_directory(directory, str(name_or_path), torch_dtype, torch_device, frozenset(skip))
+
+
+def model_config(name_or_path: str) -> ModelConfig:
+    """The :class:`ModelConfig` of a model (the cached conversion of a GGUF included), without
+    reading its weights."""
+    return _read_config(resolve(name_or_path))
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -108,7 +120,8 @@ def _parse_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _read_weights(files: list[Path], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+def _read_weights(files: list[Path], dtype: torch.dtype, device: torch.device,
+                  skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
@@ -120,17 +133,19 @@ def _read_weights(files: list[Path], dtype: torch.dtype, device: torch.device) -
             if file.suffix == ".safetensors":
                 with safe_open(str(file), framework="pt") as f:
                     for key in f.keys():
-                        tensors[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                        if key not in skip:  # a skipped tensor's bytes are never read (mmap)
+                            tensors[key] = f.get_tensor(key).to(device=device, dtype=dtype)
             else:
                 state = torch.load(str(file), map_location="cpu", weights_only=True)
                 for key, value in state.items():
-                    tensors[key] = value.to(device=device, dtype=dtype)
+                    if key not in skip:
+                        tensors[key] = value.to(device=device, dtype=dtype)
         except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as error:
             raise ModelLoadError(f"cannot read weights from {file} (truncated or corrupt?): {brief(error)}") from None
     return tensors
 
 
-def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def _read_config(directory: Path) -> ModelConfig:
     config_path = directory / "config.json"
     try:
         raw = json.loads(config_path.read_text())
@@ -145,18 +160,22 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
             hf_config = AutoConfig.from_pretrained(str(directory))
     except Exception as error:
         raise ModelLoadError(f"cannot read the config in {directory}: {brief(error)}") from None
-    config = ModelConfig.from_hf(hf_config)
+    return ModelConfig.from_hf(hf_config)
 
+
+def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torch.device,
+                    skip: frozenset[str] = frozenset()) -> LoadedModel:
+    config = _read_config(directory)
     files = weight_files(directory)
     if not files:
         raise ModelLoadError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
-    state = _read_weights(files, dtype, device)
+    state = _read_weights(files, dtype, device, skip)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     embed_key = "model.embed_tokens.weight"
     if config.tie_embeddings:
         if embed_key in state:
             state["lm_head.weight"] = state[embed_key]
-    elif "lm_head.weight" not in state:
+    elif "lm_head.weight" not in state and "lm_head.weight" not in skip:
         raise ModelLoadError(
             f"{directory} has no lm_head.weight and its config does not tie the output to the embeddings"
         )
@@ -164,14 +183,14 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
     with torch.device("meta"):
         model = CausalLM(config)
     expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    missing, unexpected = sorted(expected - set(state) - skip), sorted(set(state) - expected)
     if missing or unexpected:
         raise ModelLoadError(
             f"the weights in {directory} do not match the {config.model_type} architecture: "
             f"missing {_few(missing)}; unexpected {_few(unexpected)}"
         )
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        model.load_state_dict(state, strict=not skip, assign=True)
     except RuntimeError as error:
         raise ModelLoadError(f"the weights in {directory} do not fit the config: {brief(error)}") from None
     if config.tie_embeddings:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidRequestError
+from ..models.config import ModelConfig
 from ..models.llama import CausalLM
 from .encode import ENCODABLE
 from .gguf_tensors import read_gguf
@@ -113,13 +114,14 @@ def concat_rows(parts: list[QuantWeight]) -> QuantWeight:
     return QuantWeight(first.fmt, torch.cat([p.data for p in parts]).contiguous(), sum(p.n for p in parts), first.k)
 
 
-def native_weights(path: Path, model: CausalLM) -> dict[str, QuantWeight]:
-    """The GGUF's quantized matrices for ``model`` (loaded from the same file), by module path.
+def native_weights(path: Path, config: ModelConfig) -> dict[str, QuantWeight]:
+    """The GGUF's quantized matrices for a model of ``config`` (loaded from the same file),
+    by module path of the fused model.
 
     A fused module whose parts share one format gets one fused matrix; otherwise its
     quantized parts are listed under the unfused names (see the module docstring). Parts
     the file stores as floats are left to the float model."""
-    c = model.config
+    c = config
     tensors = read_gguf(path, c.num_heads, c.num_kv_heads)
     out: dict[str, QuantWeight] = {}
     for i in range(c.num_layers):
@@ -134,6 +136,23 @@ def native_weights(path: Path, model: CausalLM) -> dict[str, QuantWeight]:
     if isinstance(head, QuantWeight):
         out["lm_head"] = head
     return out
+
+
+def float_copies(weights: dict[str, QuantWeight], config: ModelConfig) -> set[str] | None:
+    """The state-dict keys (transformers' names) whose float values ``weights`` makes
+    unnecessary: the weight of every linear it replaces, so a loader can skip reading them.
+    None when a fused layer would mix quantized and float parts (then the float model must
+    be read whole, for the parts the file stores as floats)."""
+    keys: set[str] = set()
+    for i in range(config.num_layers):
+        for fused, parts in _layer_paths(i).items():
+            covered = [p for p in parts if fused in weights or p in weights]
+            if covered and len(covered) != len(parts):
+                return None
+            keys.update(f"{p}.weight" for p in covered)
+    if "lm_head" in weights and not config.tie_embeddings:  # a tied head's values are the embeddings
+        keys.add("lm_head.weight")
+    return keys
 
 
 def quantized_linears(model: CausalLM) -> dict[str, nn.Linear]:
