@@ -132,3 +132,22 @@ def test_a_directory_older_than_a_setting_resumes_only_with_the_old_behaviour(tm
     check_config(tmp_path, EvalConfig(no_repeat_ngram=0))  # the same behaviour: resumes
     with pytest.raises(HogwildError, match="no_repeat_ngram: 0 there, 10 now"):
         check_config(tmp_path, EvalConfig(no_repeat_ngram=10))
+
+
+def test_a_directory_made_with_few_shot_on_by_default_resumes_with_it(tmp_path):
+    """Few-shot examples were "auto" (null) by default before; asking for the new default on
+    such a directory resumes it as it ran, an explicit --few-shot does not match it."""
+    import json
+
+    from hogwild.eval.runner import check_config
+    from hogwild.protocol import DEFAULT_FEW_SHOT
+
+    old = EvalConfig().to_json()
+    old["few_shot"] = None
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = EvalConfig()
+    assert config.few_shot == DEFAULT_FEW_SHOT is False
+    check_config(tmp_path, config)
+    assert config.few_shot is None  # adopted
+    with pytest.raises(HogwildError, match="few_shot: None there, True now"):
+        check_config(tmp_path, EvalConfig(few_shot=True))

@@ -295,7 +295,9 @@ def test_script_renders_for_n_workers(tok, n):
     assert prompt.startswith("<|im_start|>system\n")
     assert prompt.endswith("<|im_start|>assistant\n")
     assert PROBLEM in prompt and p.system_text() in prompt
-    assert ("Example 1." in prompt) is (n > 1)    # auto few-shot: on for teams at 8k
+    assert "Example 1." not in prompt             # no few-shot examples by default
+    auto = tok.decode(Protocol(num_workers=n, few_shot=None).script(PROBLEM, tok, context_length=8192).prompt_ids)
+    assert ("Example 1." in auto) is (n > 1)      # auto: on for teams at 8k
     assert s.check_in_every == 1024
     assert tok.convert_tokens_to_ids("<|im_end|>") in s.stop_ids
     assert {k: tok.decode(v) for k, v in s.constants.items()} == {
@@ -325,9 +327,9 @@ def test_script_renders_for_n_workers(tok, n):
 
 
 def test_few_shot_modes(tok):
-    with_examples = Protocol(num_workers=2).script(PROBLEM, tok, 8192)
-    small_context = Protocol(num_workers=2).script(PROBLEM, tok, 2048)
-    off = Protocol(num_workers=2, few_shot=False).script(PROBLEM, tok, 8192)
+    with_examples = Protocol(num_workers=2, few_shot=None).script(PROBLEM, tok, 8192)  # auto
+    small_context = Protocol(num_workers=2, few_shot=None).script(PROBLEM, tok, 2048)
+    off = Protocol(num_workers=2).script(PROBLEM, tok, 8192)  # the default
     assert len(small_context.prompt_ids) == len(off.prompt_ids) < len(with_examples.prompt_ids)
     assert "Example 1." not in tok.decode(off.prompt_ids)
     forced_on = Protocol(num_workers=2, few_shot=True).script(PROBLEM, tok, 2048)
@@ -336,7 +338,7 @@ def test_few_shot_modes(tok):
 
 def test_auto_few_shot_dropped_when_prompt_is_long(tok):
     problem = "Add up these numbers: " + " ".join(str(i) for i in range(900)) + "."
-    s = Protocol(num_workers=2).script(problem, tok, 4096)
+    s = Protocol(num_workers=2, few_shot=None).script(problem, tok, 4096)
     assert "Example 1." not in tok.decode(s.prompt_ids)
     assert len(s.prompt_ids) < 4096
 

@@ -21,7 +21,7 @@ from .core.script import Script
 from .driver import Driver, Handle, Scheduler, StopRule
 from .errors import InvalidRequestError
 from .models.loading import LoadedModel
-from .protocol import DEFAULT_NO_REPEAT_NGRAM, Protocol
+from .protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM, Protocol
 
 
 @dataclass
@@ -33,7 +33,7 @@ class SolveSettings:
     top_p: float = 1.0
     seed: int | None = None
     check_in_every: int = 1024
-    few_shot: bool | None = None  # None: on when the model's context allows
+    few_shot: bool | None = DEFAULT_FEW_SHOT  # off; None: on when the model's context allows
     redirect_loops: bool = True  # a worker whose step repeats an earlier one is redirected
     no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM  # no worker writes an n-gram already in a step
     stop: str = "first"  # "first" boxed answer, "agree" (k workers agree), or "none"

@@ -15,7 +15,7 @@ from rich.live import Live
 from ..core.layouts import LAYOUTS
 from ..errors import InvalidRequestError
 from ..models.registry import DEFAULT_MODEL
-from ..protocol import DEFAULT_NO_REPEAT_NGRAM
+from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM
 from ..quant.plan import WEIGHTS_HELP, cli_setting
 from . import render
 from .app import EXIT_INTERRUPTED, _default_device, _set_threads, _use_plain, app
@@ -89,8 +89,8 @@ def solve(
     check_in_every: int = typer.Option(
         1024, "--check-in-every", help="Ask 'am I doing redundant work?' every K generated tokens (0 = off)."
     ),
-    few_shot: Optional[bool] = typer.Option(
-        None, "--few-shot/--no-few-shot", help="Few-shot collaboration examples (default: when the context allows)."
+    few_shot: bool = typer.Option(
+        bool(DEFAULT_FEW_SHOT), "--few-shot/--no-few-shot", help="Few-shot collaboration examples (default: off)."
     ),
     redirect_loops: bool = typer.Option(
         True, "--redirect-loops/--no-redirect-loops", help="Redirect a worker whose step repeats an earlier step."

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models.registry import DEFAULT_MODEL
-from ..protocol import DEFAULT_NO_REPEAT_NGRAM
+from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM
 from ..quant.plan import WEIGHTS_HELP, cli_setting
 from .app import _default_device, _int_list, _set_threads, app
 
@@ -103,7 +103,8 @@ def eval_(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     forced_tokens: int = typer.Option(32, "--forced-tokens", help="Max tokens of a forced answer."),
     check_in_every: int = typer.Option(1024, "--check-in-every", help="Hogwild check-in period in tokens (0 = off)."),
-    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Hogwild few-shot examples."),
+    few_shot: bool = typer.Option(bool(DEFAULT_FEW_SHOT), "--few-shot/--no-few-shot",
+                                  help="Hogwild few-shot examples (default: off)."),
     redirect_loops: bool = typer.Option(True, "--redirect-loops/--no-redirect-loops",
                                         help="Redirect a hogwild worker whose step repeats an earlier step."),
     no_repeat_ngram: int = typer.Option(DEFAULT_NO_REPEAT_NGRAM, "--no-repeat-ngram",

@@ -26,7 +26,7 @@ from typing import Any
 from ..core.batch import Batch
 from ..driver import Scheduler
 from ..errors import HogwildError
-from ..protocol import DEFAULT_NO_REPEAT_NGRAM
+from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM
 from . import report as rep
 from .bundles import make_bundles, score_answer
 from .datasets import Task, load_tasks
@@ -57,7 +57,7 @@ class EvalConfig:
     top_p: float = 1.0
     forced_tokens: int = 32
     check_in_every: int = 1024
-    few_shot: bool | None = None
+    few_shot: bool | None = DEFAULT_FEW_SHOT
     redirect_loops: bool = True
     no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM
     question_field: str | None = None
@@ -114,7 +114,9 @@ def load_eval_tasks(config: EvalConfig) -> list[Task]:
 
 
 def check_config(out: Path, config: EvalConfig) -> None:
-    """Write config.json, or refuse if the directory holds a run with other settings."""
+    """Write config.json, or refuse if the directory holds a run with other settings. A
+    directory made while few-shot examples were on by default (``few_shot`` null, "auto")
+    resumes with them when the default is asked for: ``config`` is changed to match."""
     path = out / rep.CONFIG
     mine = config.to_json()
     if path.exists():
@@ -124,6 +126,10 @@ def check_config(out: Path, config: EvalConfig) -> None:
             raise HogwildError(f"{path} is unreadable; remove it or choose another --out") from None
         # a setting added after the directory was made: it ran with the behaviour from before
         theirs = {**BEFORE_SETTING, **theirs}
+        if theirs.get("few_shot", False) is None and config.few_shot == DEFAULT_FEW_SHOT:
+            # made when the examples were on by default ("auto"): it resumes as it ran
+            config.few_shot = None
+            mine = config.to_json()
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())

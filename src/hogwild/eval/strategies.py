@@ -57,7 +57,7 @@ from ..core.layouts import collaborative_layouts, get_layout
 from ..core.sampling import Sampling
 from ..core.script import Script
 from ..driver import Driver, Handle, Outcome, Scheduler
-from ..protocol import DEFAULT_NO_REPEAT_NGRAM, PlainProtocol, Protocol
+from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM, PlainProtocol, Protocol
 from .bundles import answer_from_text, is_complete, split_answers
 from .datasets import Task
 
@@ -128,7 +128,7 @@ class Strategy:
 
     def __init__(self, workers: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None, forced_tokens: int = 32, check_in_every: int = 1024,
-                 few_shot: bool | None = None, redirect_loops: bool = True,
+                 few_shot: bool | None = DEFAULT_FEW_SHOT, redirect_loops: bool = True,
                  no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM):
         self.workers = workers if self.multi_worker else 1
         self.temperature, self.top_p, self.seed = temperature, top_p, seed

@@ -15,7 +15,7 @@ from .chat import render_chat, stop_ids
 from .plain import PlainProtocol
 from .step_end import LIST_STEP_CHARS, is_step_end
 from .loops import RepeatTracker, loop_rate, step_body
-from .team import DEFAULT_NO_REPEAT_NGRAM, FEW_SHOT_MIN_CONTEXT, PATTERNS, Protocol
+from .team import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM, FEW_SHOT_MIN_CONTEXT, PATTERNS, Protocol
 from .texts import (
     CHECK_IN_TEXT,
     DEFAULT_NAMES,
@@ -26,7 +26,7 @@ from .texts import (
 )
 
 __all__ = [
-    "CHECK_IN_TEXT", "DEFAULT_NAMES", "DEFAULT_NO_REPEAT_NGRAM", "FEW_SHOT_MIN_CONTEXT", "FORCED_ANSWER_LEAD",
+    "CHECK_IN_TEXT", "DEFAULT_FEW_SHOT", "DEFAULT_NAMES", "DEFAULT_NO_REPEAT_NGRAM", "FEW_SHOT_MIN_CONTEXT", "FORCED_ANSWER_LEAD",
     "LIST_STEP_CHARS", "OTHERS_HEADER_TEXT", "OWN_HEADER_TEXT", "PATTERNS", "PlainProtocol", "Protocol",
     "RepeatTracker", "UNFINISHED_TEXT", "is_step_end", "loop_rate", "render_chat", "step_body", "stop_ids",
 ]
