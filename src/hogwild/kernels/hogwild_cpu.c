@@ -382,9 +382,9 @@ static int cpu_avx512(void) {
 }
 
 /* AMX needs three things: the CPU's AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and
- * 22; and AVX512_BF16, which packs x), the OS saving tile state (XCR0 bits 17 and 18), and, on Linux, this process's
- * permission to use the tile data state, asked once (arch_prctl ARCH_REQ_XCOMP_PERM for
- * XFEATURE_XTILEDATA); a kernel that refuses it means no AMX. */
+ * 22; and AVX512_BF16, which packs x), the OS saving tile state (XCR0 bits 17 and 18), and,
+ * on Linux, this process's permission to use the tile data state, asked once (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); a kernel that refuses it means no AMX. */
 static int cpu_amx(void) {
     static int known = -1;
     if (known < 0) {
@@ -610,7 +610,8 @@ int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *
               int accumulate, int threads) {
     if (M <= 0 || N <= 0) return 0;
     int isa = isa_now(), wide = isa >= 2;
-    if (isa == 3 && w_bf16 && amx_fits(N, K)) return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
+    if (isa == 3 && w_bf16 && amx_fits(N, K))
+        return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
     int es = w_bf16 ? 2 : 4;
     int lanes = wide ? 16 : 8;          /* floats per accumulator */
     int step = wide ? 64 / es : 8;      /* keys per vector step */
