@@ -20,6 +20,7 @@ dequantized into float modules (the PyTorch fallback).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -96,7 +97,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype | Non
     return _prepared(loaded, optimize)
 
 
-def _native_without_float_copies(name_or_path: str, gguf, device) -> LoadedModel | None:
+def _native_without_float_copies(name_or_path: str, gguf: Path, device: str | torch.device) -> LoadedModel | None:
     """``--weights native`` without the float model: the GGUF's quantized matrices go
     straight into the kernels, and only what stays in float (embeddings, norms, biases,
     matrices the file stores as floats) is read from the cached conversion. A 1.5B model

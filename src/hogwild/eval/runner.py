@@ -36,6 +36,9 @@ DEFAULT_STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined")
 #: Settings added to EvalConfig later, with the value that gives the behaviour from before
 #: they existed: a config.json without them ran that way (and resumes only that way).
 BEFORE_SETTING = {"no_repeat_ngram": 0}
+#: Settings whose default changed: name -> (the old default, the new one). A directory made
+#: with the old default resumes with it when the new default is asked for.
+CHANGED_DEFAULTS = {"few_shot": (None, DEFAULT_FEW_SHOT)}
 #: Engine runs in flight at once (one batch; see docs/eval.md, "Concurrency").
 DEFAULT_CONCURRENCY = 8
 
@@ -115,8 +118,8 @@ def load_eval_tasks(config: EvalConfig) -> list[Task]:
 
 def check_config(out: Path, config: EvalConfig) -> None:
     """Write config.json, or refuse if the directory holds a run with other settings. A
-    directory made while few-shot examples were on by default (``few_shot`` null, "auto")
-    resumes with them when the default is asked for: ``config`` is changed to match."""
+    directory made under an old default (:data:`CHANGED_DEFAULTS`, e.g. few-shot examples
+    "auto") resumes with it when the new default is asked for: ``config`` is changed to match."""
     path = out / rep.CONFIG
     mine = config.to_json()
     if path.exists():
@@ -126,10 +129,10 @@ def check_config(out: Path, config: EvalConfig) -> None:
             raise HogwildError(f"{path} is unreadable; remove it or choose another --out") from None
         # a setting added after the directory was made: it ran with the behaviour from before
         theirs = {**BEFORE_SETTING, **theirs}
-        if theirs.get("few_shot", False) is None and config.few_shot == DEFAULT_FEW_SHOT:
-            # made when the examples were on by default ("auto"): it resumes as it ran
-            config.few_shot = None
-            mine = config.to_json()
+        for name, (old, new) in CHANGED_DEFAULTS.items():
+            if name in theirs and theirs[name] == old and getattr(config, name) == new:
+                setattr(config, name, old)  # made under the old default: it resumes as it ran
+                mine = config.to_json()
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())

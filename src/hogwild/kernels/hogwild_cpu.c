@@ -371,7 +371,8 @@ static inline int lin5_panel_width(int M) { return M >= 8 ? 3 : M >= 4 ? 6 : 8; 
  * reduction orders differ, and AMX reads activations as bf16), never on the batch. */
 static int isa_forced = 0;
 
-static int cpu_avx512(void) {
+/* Whether the CPU has AVX-512 F/BW/VL/DQ: the one check, also used by hogwild_quant.c. */
+int hw_cpu_avx512(void) {
     static int known = -1;
     if (known < 0) {
         __builtin_cpu_init();
@@ -390,7 +391,7 @@ static int cpu_amx(void) {
     if (known < 0) {
         unsigned a, b, c, d;
         known = 0;
-        int tiles = cpu_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1);
+        int tiles = hw_cpu_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1);
         int cvt = tiles && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1); /* AVX512_BF16 */
         if (cvt && __get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1)) {                /* OSXSAVE */
             unsigned lo, hi;
@@ -414,7 +415,7 @@ static int isa_env(void) {
     return known;
 }
 
-static inline int isa_best(void) { return cpu_amx() ? 3 : cpu_avx512() ? 2 : 1; }
+static inline int isa_best(void) { return cpu_amx() ? 3 : hw_cpu_avx512() ? 2 : 1; }
 
 static inline int isa_now(void) {
     if (isa_forced) return isa_forced;

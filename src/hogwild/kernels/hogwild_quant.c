@@ -694,23 +694,15 @@ DEFINE_K512_TILES(qt5_q6_k, QF_Q6_K)
  * turned them off. They give the AVX2 tiles' bits (see q_tile_k512). */
 static int q_isa_forced = 0;
 
-static int q_cpu_avx512(void) {
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    }
-    return known;
-}
+int hw_cpu_avx512(void); /* hogwild_cpu.c, linked into the same library */
 
-static inline int q_isa(void) { return q_isa_forced ? q_isa_forced : q_cpu_avx512() ? 2 : 1; }
+static inline int q_isa(void) { return q_isa_forced ? q_isa_forced : hw_cpu_avx512() ? 2 : 1; }
 
 /* Force the quantized kernels' instruction set: 1 AVX2, 2 AVX-512, 0 the best available;
  * -1 only asks. Returns the one in force, or -1 when the CPU lacks the requested one. For
  * tests and benchmarks (not thread safe against concurrent calls). */
 int hw_qlinear_isa(int request) {
-    if (request == 2 && !q_cpu_avx512()) return -1;
+    if (request == 2 && !hw_cpu_avx512()) return -1;
     if (request >= 0 && request <= 2) q_isa_forced = request;
     return q_isa();
 }

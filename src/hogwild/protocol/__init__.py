@@ -5,6 +5,8 @@
   plain chain-of-thought instruction, one view description per layout name).
 * :mod:`.step_end`: when a worker's step is finished.
 * :mod:`.loops`: whether a step repeats an earlier one (pure text functions).
+* :mod:`.examples`: the few-shot examples (off by default, and why) rendered with a
+  protocol's names and headers.
 * :mod:`.chat`: chat-template glue (rendering, BOS, end-of-turn ids).
 * :mod:`.team`: :class:`Protocol`, N named workers, rendered into a
   :class:`hogwild.core.script.Script`.
@@ -15,7 +17,8 @@ from .chat import render_chat, stop_ids
 from .plain import PlainProtocol
 from .step_end import LIST_STEP_CHARS, is_step_end
 from .loops import RepeatTracker, loop_rate, step_body
-from .team import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM, FEW_SHOT_MIN_CONTEXT, PATTERNS, Protocol
+from .examples import DEFAULT_FEW_SHOT, FEW_SHOT_MIN_CONTEXT
+from .team import DEFAULT_NO_REPEAT_NGRAM, PATTERNS, Protocol
 from .texts import (
     CHECK_IN_TEXT,
     DEFAULT_NAMES,

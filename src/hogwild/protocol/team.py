@@ -18,7 +18,6 @@ worker checks the others' results and alone writes the final answer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -27,35 +26,23 @@ from ..core import layouts
 from ..core.script import Script
 from ..errors import ContextLengthError, InvalidRequestError
 from .chat import encoder, prefix_ends, render_chat, stop_ids, thinking_open, with_bos
+from .examples import DEFAULT_FEW_SHOT, FEW_SHOT_MIN_CONTEXT, few_shot_examples
 from .loops import Repeat
 from .observer import step_observer
 from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
 from .texts import (
-    CHECK_IN, CHECK_IN_TEXT, CHECK_RESULT, CHECK_IN_TEXT_SOLO, DEFAULT_NAMES, EXAMPLE_MOD_2,
-    EXAMPLE_MOD_3, EXAMPLE_MOD_PROBLEM, EXAMPLE_SHOP_2, EXAMPLE_SHOP_3,
-    EXAMPLE_SHOP_PROBLEM, FEW_SHOT_INTRO, FOLLOW_ASSIGNMENT, FORCED_ANSWER_LEAD,
+    CHECK_IN_TEXT, CHECK_RESULT, CHECK_IN_TEXT_SOLO, FOLLOW_ASSIGNMENT, FORCED_ANSWER_LEAD,
     FORCED_ANSWER_TEXT, FORCED_ANSWER_TEXT_SOLO, FORCED_ANSWER_TEXT_VERIFIED,
     OPENINGS_OTHERS, OPENING_CHECKER, OPENING_LEAD, OPENING_ORCHESTRATED,
     OPENING_ORCHESTRATOR, OPENING_SOLO, OPENING_SOLVER, OTHERS_HEADER_TEXT, OTHERS_TITLE,
     OWN_HEADER_TEXT, OWN_TITLE, PATTERN_ORCHESTRATED, PATTERN_VERIFIED, REDIRECT_OTHER,
     REDIRECT_OWN, REDIRECT_SOLO, STEP_HEADER, SYSTEM_SOLO, SYSTEM_TEAM, UNFINISHED_TEXT,
-    UNFINISHED_WORD, USER_TEXT, VIEW_DESCRIPTIONS, VIEW_OTHER, NUMBER_WORDS, fill,
+    UNFINISHED_WORD, USER_TEXT, VIEW_DESCRIPTIONS, VIEW_OTHER, NUMBER_WORDS, default_names, fill,
     join_names,
 )
 
-#: few_shot=None (auto) uses the examples only when the model's context is at least this
-#: long and the prompt with examples takes at most half of it.
-FEW_SHOT_MIN_CONTEXT = 4096
-
 #: The default of :attr:`Protocol.no_repeat_ngram` (and of every setting that feeds it).
 DEFAULT_NO_REPEAT_NGRAM = 10
-
-#: The default of :attr:`Protocol.few_shot` (and of every setting that feeds it): off. With
-#: the examples, Qwen2.5-Coder-1.5B teams pasted the examples' results into their answers (12 %
-#: of the answers in the 8-task screen, 0 % without) and looped more (steps repeating an
-#: earlier step: 85 % vs 62 % in the screen; 25 % vs 12 % with no repeated 10-grams in the
-#: probes), at equal accuracy (docs/results/collaboration/README.md).
-DEFAULT_FEW_SHOT: bool | None = False
 
 #: The collaboration patterns (:attr:`Protocol.pattern`).
 PATTERNS = ("team", "orchestrated", "verified")
@@ -238,32 +225,7 @@ class Protocol:
 
     def few_shot_text(self) -> str:
         """Worked examples of collaboration, with this protocol's names and headers."""
-        if self.solo:
-            return ""
-        n = self.names_for_examples()
-        three = self.num_workers >= 3
-        examples = [
-            (EXAMPLE_SHOP_PROBLEM, EXAMPLE_SHOP_3 if three else EXAMPLE_SHOP_2),
-            (EXAMPLE_MOD_PROBLEM, EXAMPLE_MOD_3 if three else EXAMPLE_MOD_2),
-        ]
-        parts = [FEW_SHOT_INTRO]
-        for index, (problem, steps) in enumerate(examples, 1):
-            lines = [f"Example {index}. Problem: {problem}"]
-            counts: dict[int, int] = {}
-            for role, body in steps:
-                counts[role] = counts.get(role, 0) + 1
-                # A body starting with CHECK_IN shows a check-in exactly as workers see it.
-                check_in = body.startswith(CHECK_IN)
-                if check_in:
-                    body = body[len(CHECK_IN):]
-                filled = fill(body, **{f"w{i}": name for i, name in enumerate(n)})
-                header = self.step_header(role, counts[role], check_in=check_in)
-                lines.append(f"{header}{filled}" if check_in else f"{header} {filled}")
-            parts.append("\n\n".join(lines))
-        return "\n\n".join(parts)
-
-    def names_for_examples(self) -> list[str]:
-        return self.worker_names[: min(3, self.num_workers)]
+        return "" if self.solo else few_shot_examples(self.worker_names, self.step_header)
 
     def user_text(self, problem: str) -> str:
         return USER_TEXT.replace("{problem}", problem.strip())
@@ -399,14 +361,6 @@ class Protocol:
         if thinking:
             suffix += "\n</think>"
         return suffix + "\n\n" + FORCED_ANSWER_LEAD
-
-
-def default_names(count: int, problem: str = "") -> list[str]:
-    """The first ``count`` names of :data:`DEFAULT_NAMES` that ``problem`` does not mention
-    as a word (any case), then "Worker 17", "Worker 18", ... when the list runs out."""
-    mentioned = {word.lower() for word in re.findall(r"[A-Za-z]+", problem)}
-    free = [name for name in DEFAULT_NAMES if name.lower() not in mentioned]
-    return (free + [f"Worker {i + 1}" for i in range(len(free), count)])[:count]
 
 
 def _as_paragraph(text: str) -> str:

@@ -221,6 +221,14 @@ def fill(template: str, **fields: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), template)
 
 
+def default_names(count: int, problem: str = "") -> list[str]:
+    """The first ``count`` names of :data:`DEFAULT_NAMES` that ``problem`` does not mention
+    as a word (any case), then "Worker 17", "Worker 18", ... when the list runs out."""
+    mentioned = {word.lower() for word in re.findall(r"[A-Za-z]+", problem)}
+    free = [name for name in DEFAULT_NAMES if name.lower() not in mentioned]
+    return (free + [f"Worker {i + 1}" for i in range(len(free), count)])[:count]
+
+
 def join_names(names: Sequence[str]) -> str:
     """"Alice", "Alice and Bob", "Alice, Bob and Carol"."""
     names = list(names)
