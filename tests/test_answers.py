@@ -57,6 +57,9 @@ def test_extract_boxed(text, expected):
         ("3.0", "3"),
         ("-7", "-7.0"),
         ("90^\\circ", "90"),
+        ("20 + 18 = 38", "38"),  # a boxed calculation counts as its result ...
+        ("4 \\times 5 + 3 \\times 6 = 20 + 18 = 38", "38"),
+        ("\\boxed{27 + 30 = 57}", "57"),
     ],
 )
 def test_answers_equal(a, b):
@@ -72,6 +75,8 @@ def test_answers_equal(a, b):
         ("0.5", "0.6"),
         ("\\frac{1}{3}", "0.3"),
         ("1200", "120"),
+        ("20 + 18 = 40", "40"),  # ... only when its arithmetic is right
+        ("20 + 18 = 40", "38"),
         (None, "1"),
         ("", ""),
         ("1", None),

@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
+import operator
 import re
 import threading
 from functools import lru_cache
@@ -34,6 +36,45 @@ _SLASH = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)$")
 # ("2x") is not a unit: that is algebra.
 _UNIT_TAIL = re.compile(r"^([-+0-9.,]*\d)\s+[a-zA-Z][a-zA-Z./²³^0-9 ]*$")
 _LHS = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=[^=])")
+_ARITHMETIC = re.compile(r"^[-+*/()0-9. ]+$")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _arithmetic_value(expr: str) -> float | None:
+    """The value of a plain arithmetic expression (numbers, + - * / and parentheses), else None."""
+    expr = expr.replace("\\times", "*").replace("\\cdot", "*").replace("×", "*").replace("\\div", "/")
+    expr = expr.replace("÷", "/").replace(",", "")
+    if not _ARITHMETIC.match(expr):
+        return None
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = value(node.operand)
+            return -inner if isinstance(node.op, ast.USub) else inner
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not arithmetic")
+
+    try:
+        return value(ast.parse(expr.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def _worked_result(s: str) -> str:
+    """``20 + 18 = 38`` -> ``38``: a boxed calculation counts as its result when every side
+    is plain arithmetic with the same value (so ``20 + 18 = 40`` stays as it is, and wrong)."""
+    if "=" not in s:
+        return s
+    sides = [side.strip() for side in s.split("=")]
+    values = [_arithmetic_value(side) for side in sides]
+    if len(sides) < 2 or any(v is None for v in values):
+        return s
+    if all(math.isclose(v, values[-1], rel_tol=1e-9, abs_tol=1e-9) for v in values):
+        return sides[-1]
+    return s
 
 
 def _basic_clean(s: str) -> str:
@@ -54,6 +95,7 @@ def _basic_clean(s: str) -> str:
     s = _SPACING.sub(" ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _LHS.sub("", s)
+    s = _worked_result(s.rstrip(" ."))
     s = s.rstrip(" .")
     return s
 
