@@ -89,9 +89,9 @@ def int8_rows(x: torch.Tensor, group: int = 32) -> torch.Tensor:
 def reference(x: torch.Tensor, w: QuantWeight, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """What the kernel computes, in float64, and how far fp32 arithmetic may take it.
 
-    f32 mode: x @ W^T. int8 mode: the quants times x rounded per 32 values (int8_rows, the
-    same rounding as the kernel's, so emulated exactly) plus the mins times the exact x (the
-    kernel multiplies mins by an exact fp32 sum of x); for the K-quants, W times x rounded
+    f32 mode: x @ W^T. int8 mode: W times x rounded per 32 values (int8_rows, the same
+    rounding as the kernel's, so emulated exactly; the mins too multiply the rounded x, whose
+    sum per 32 the kernel keeps as one fp32 product); for the K-quants, W times x rounded
     per 256 (their integer sums take the mins with the rounded x). The activation rounding
     is then no tolerance but part of the expected value (test_int8_rounding_is_bounded
     bounds it against x @ W^T). The tolerance is fp32 accumulation: one rounding per FMA
@@ -108,8 +108,8 @@ def reference(x: torch.Tensor, w: QuantWeight, mode: str) -> tuple[torch.Tensor,
         return xq @ w64.T, 2 * steps * EPS32 * (xq.abs() @ w64.abs().T) + 1e-30
     mins = _mins(w)
     xq = int8_rows(x)
-    value = xq @ (w64 - mins).T + x64 @ mins.T
-    bound = 2 * steps * EPS32 * (xq.abs() @ (w64 - mins).abs().T + x64.abs() @ mins.abs().T)
+    value = xq @ w64.T
+    bound = 2 * steps * EPS32 * (xq.abs() @ (w64 - mins).abs().T + xq.abs() @ mins.abs().T)
     return value, bound + 1e-30
 
 

@@ -86,6 +86,9 @@ class BenchConfig:
     profile_runs: int = 1
     profile_context: int = 1024
     seed: int = 0
+    #: a folder with llama-batched-bench: llama.cpp timed on the model's GGUF in the same run
+    llama_cpp: str | None = None
+    llama_tg: int = 32  # tokens llama.cpp generates per sequence
 
     def validate(self) -> None:
         if not self.workers or min(self.workers) < 1:
@@ -119,6 +122,8 @@ class BenchConfig:
             raise InvalidRequestError(
                 f"--config {self.shape!r}: unknown shape; choose one of {', '.join(SHAPES)}"
             )
+        if self.llama_cpp is not None and (self.random_weights or self.device != "cpu"):
+            raise InvalidRequestError("--llama-cpp: llama.cpp is timed on the CPU on a real model's GGUF")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidRequestError("--device cuda: no CUDA device is available on this machine")
 

@@ -9,6 +9,11 @@ each candidate rather than stored.
 
 RTN formats are measured with and without the super-weight guard (``q4_k`` and
 ``q4_k-noguard``), which is how the guard's effect is reported.
+
+``window``: score as ``llama-perplexity`` does (independent windows of ``window`` tokens, the
+second half of each scored), so that ``llama_cpp`` (a folder with llama.cpp's tools,
+:mod:`hogwild.bench.llama_cpp`) can put llama.cpp's KL divergence for the same format, text
+and windows next to ours.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class QualityRow:
     super_weights: int
     load_s: float
     note: str
+    #: llama.cpp's numbers for the same format and windows (``--llama-cpp``), and ours over its KL
+    llama_kl: float | None = None
+    llama_perplexity: float | None = None
+    vs_llama_kl: float | None = None
 
 
 def _chunks(ids: torch.Tensor):
@@ -51,31 +60,49 @@ def _chunks(ids: torch.Tensor):
         yield ids[start : start + CHUNK]
 
 
+def _segments(ids: torch.Tensor, window: int | None) -> list[tuple[torch.Tensor, int]]:
+    """(tokens read from an empty cache, first position scored): the whole text from its
+    start, or llama-perplexity's whole windows with the second half of each scored."""
+    if window is None:
+        return [(ids, 0)]
+    return [(ids[s : s + window], window // 2) for s in range(0, len(ids) - window + 1, window)]
+
+
 @torch.inference_mode()
-def compare(reference, candidate, ids: torch.Tensor) -> dict[str, float]:
-    """Mean and max KL(reference || candidate), candidate perplexity and top-1 agreement on ``ids``."""
-    ref_plan = SequencePlan(reference.config, capacity=len(ids))
-    cand_plan = SequencePlan(candidate.config, capacity=len(ids))
+def compare(reference, candidate, ids: torch.Tensor, window: int | None = None) -> dict[str, float]:
+    """Mean and max KL(reference || candidate), candidate perplexity and top-1 agreement on ``ids``
+    (every position, or per ``window`` as llama-perplexity scores)."""
     kl_sum, kl_max, nll_sum, agree, count = 0.0, 0.0, 0.0, 0, 0
-    position = 0
-    for chunk in _chunks(ids):
-        p = reference.model(chunk, ref_plan).log_softmax(-1)
-        q = candidate.model(chunk, cand_plan).log_softmax(-1)
-        kl = (p.exp() * (p - q)).sum(-1)
-        targets = ids[position + 1 : position + 1 + len(chunk)]
-        scored = len(targets)  # the last position of the text has no next token
-        kl_sum += float(kl[:scored].sum())
-        kl_max = max(kl_max, float(kl[:scored].max())) if scored else kl_max
-        nll_sum -= float(q[torch.arange(scored), targets].sum())
-        agree += int((p[:scored].argmax(-1) == q[:scored].argmax(-1)).sum())
-        count += scored
-        position += len(chunk)
+    for segment, first in _segments(ids, window):
+        ref_plan = SequencePlan(reference.config, capacity=len(segment))
+        cand_plan = SequencePlan(candidate.config, capacity=len(segment))
+        position = 0
+        for chunk in _chunks(segment):
+            p = reference.model(chunk, ref_plan).log_softmax(-1)
+            q = candidate.model(chunk, cand_plan).log_softmax(-1)
+            # positions of this chunk that predict a token of the segment, from ``first`` on
+            lo = max(0, first - position)
+            hi = min(len(chunk), len(segment) - 1 - position)
+            position += len(chunk)
+            if hi <= lo:
+                continue
+            p, q = p[lo:hi], q[lo:hi]
+            targets = segment[position - len(chunk) + lo + 1 : position - len(chunk) + hi + 1]
+            kl = (p.exp() * (p - q)).sum(-1)
+            kl_sum += float(kl.sum())
+            kl_max = max(kl_max, float(kl.max()))
+            nll_sum -= float(q[torch.arange(hi - lo), targets].sum())
+            agree += int((p.argmax(-1) == q.argmax(-1)).sum())
+            count += hi - lo
+    if count == 0:
+        raise ValueError(f"nothing to score: {len(ids)} tokens, window {window}")
     return {"mean_kl": kl_sum / count, "max_kl": kl_max, "perplexity": math.exp(nll_sum / count),
             "same_top1": agree / count, "tokens": count}
 
 
 def measure(model: str, formats: list[str], tokens: int = 2048, guard: str = "both",
-            log=print) -> dict[str, Any]:
+            log=print, window: int | None = None, llama_cpp: Path | None = None,
+            threads: int | None = None) -> dict[str, Any]:
     """Load the bf16 reference and each format of ``model`` and compare them on the text.
 
     ``guard``: ``both`` measures RTN formats with and without the super-weight guard,
@@ -87,6 +114,7 @@ def measure(model: str, formats: list[str], tokens: int = 2048, guard: str = "bo
     reference = load_model(model, weights="bf16")
     ids = torch.tensor(reference.tokenizer(calibration_text())["input_ids"][:tokens], dtype=torch.long)
     log(f"reference bf16 loaded in {time.perf_counter() - started:.1f} s; {len(ids)} tokens of text")
+    llama = _LlamaSide(llama_cpp, model, window, len(ids), threads or torch.get_num_threads(), log) if llama_cpp else None
     rows: list[QualityRow] = []
     for fmt in formats:
         guards = [True, False] if fmt in ENCODABLE and guard == "both" else [guard != "off"]
@@ -94,20 +122,64 @@ def measure(model: str, formats: list[str], tokens: int = 2048, guard: str = "bo
             t0 = time.perf_counter()
             candidate = load_model(model, weights=fmt, guard=on)
             load_s = time.perf_counter() - t0
-            numbers = compare(reference, candidate, ids)
+            numbers = compare(reference, candidate, ids, window)
             row = QualityRow(weights=candidate.weights + ("" if on or fmt not in ENCODABLE else "-noguard"),
                              guard=on and fmt in ENCODABLE, tokens=int(numbers["tokens"]),
                              mean_kl=numbers["mean_kl"], max_kl=numbers["max_kl"],
                              perplexity=numbers["perplexity"], same_top1=numbers["same_top1"],
                              super_weights=len(candidate.super_weights), load_s=load_s,
                              note=candidate.weights_note)
+            theirs = llama.numbers(fmt) if llama else None
+            if theirs:
+                row.llama_kl, row.llama_perplexity = theirs["mean_kl"], theirs.get("perplexity")
+                row.vs_llama_kl = row.mean_kl / row.llama_kl if row.llama_kl > 0 else None
             rows.append(row)
             log(f"{row.weights:>14}: mean KL {row.mean_kl:.5f}  ppl {row.perplexity:.3f}  "
-                f"top-1 {row.same_top1:.3f}  ({row.note})")
+                f"top-1 {row.same_top1:.3f}  ({row.note})"
+                + (f"; llama.cpp KL {row.llama_kl:.5f}" if row.llama_kl is not None else ""))
             del candidate
     return {"format": "hogwild-quality", "version": 1, "model": model, "reference": "bf16",
-            "text": "hogwild/quant/data/coriolanus.txt", "tokens": len(ids),
-            "results": [asdict(r) for r in rows]}
+            "text": "hogwild/quant/data/coriolanus.txt", "tokens": len(ids), "window": window,
+            "llama_cpp": llama.commands if llama else None, "results": [asdict(r) for r in rows]}
+
+
+class _LlamaSide:
+    """llama.cpp's KL divergence for each format it also has, on the same text and windows:
+    the reference is the model's GGUF re-encoded as BF16, the formats are made from it
+    (:func:`hogwild.bench.llama_cpp.requantize`), and ``native`` is the GGUF itself."""
+
+    def __init__(self, bin_dir: Path, model: str, window: int | None, tokens: int, threads: int, log):
+        from ..models.registry import gguf_path
+        from ..paths import cache_dir
+
+        if window is None:
+            raise ValueError("--llama-cpp needs --window (llama-perplexity scores windows)")
+        from .llama_cpp import requantize
+
+        self.bin_dir, self.window, self.chunks, self.threads, self.log = bin_dir, window, tokens // window, threads, log
+        self.work = cache_dir() / "llama-cpp" / model
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.text = self.work / "text.txt"
+        self.text.write_text(calibration_text(), encoding="utf-8")
+        self.source = gguf_path(model)
+        self.reference = requantize(bin_dir, self.source, self.work / "reference-bf16.gguf", "BF16", threads)
+        self.commands: dict[str, str] = {}
+        self._done: dict[str, dict] = {}
+
+    def numbers(self, fmt: str) -> dict | None:
+        from .llama_cpp import LLAMA_TYPES, kl_divergence, requantize
+
+        if fmt not in LLAMA_TYPES and fmt != "native":
+            return None
+        if fmt not in self._done:
+            gguf = self.source if fmt == "native" else requantize(
+                self.bin_dir, self.reference, self.work / f"{fmt}-pure.gguf", LLAMA_TYPES[fmt], self.threads)
+            self.log(f"llama.cpp: KL of {gguf.name} on {self.chunks} windows of {self.window} tokens")
+            result = kl_divergence(self.bin_dir, self.reference, gguf, self.text, self.window, self.chunks,
+                                   self.threads, self.work)
+            self.commands[fmt] = result.pop("cmd")
+            self._done[fmt] = result
+        return self._done[fmt]
 
 
 def write(doc: dict[str, Any], out: Path) -> Path:
@@ -116,12 +188,22 @@ def write(doc: dict[str, Any], out: Path) -> Path:
     stem = f"quality-{doc['model']}"
     path = out / f"{stem}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    lines = [f"| weights | guard | mean KL vs bf16 | max KL | perplexity | top-1 same | super weights | load s |",
-             "|---|---|---|---|---|---|---|---|"]
+    llama = any(r.get("llama_kl") is not None for r in doc["results"])
+    extra = " llama.cpp KL | ours / llama.cpp | llama.cpp ppl |" if llama else ""
+    lines = ["| weights | guard | mean KL vs bf16 | max KL | perplexity | top-1 same | super weights | load s |" + extra,
+             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if llama else "")]
     for r in doc["results"]:
-        lines.append(f"| {r['weights']} | {'yes' if r['guard'] else 'no'} | {r['mean_kl']:.5f} | {r['max_kl']:.3f} | "
-                     f"{r['perplexity']:.3f} | {r['same_top1']:.3f} | {r['super_weights']} | {r['load_s']:.1f} |")
+        line = (f"| {r['weights']} | {'yes' if r['guard'] else 'no'} | {r['mean_kl']:.5f} | {r['max_kl']:.3f} | "
+                f"{r['perplexity']:.3f} | {r['same_top1']:.3f} | {r['super_weights']} | {r['load_s']:.1f} |")
+        if llama:
+            theirs = r.get("llama_kl")
+            line += (f" {theirs:.5f} | {r['vs_llama_kl']:.2f} x | {r['llama_perplexity']:.3f} |" if theirs is not None
+                     else " - | - | - |")
+        lines.append(line)
+    window = doc.get("window")
+    scored = (f"windows of {window} tokens read from an empty cache, the second half of each scored "
+              "(as llama-perplexity does)" if window else "one sequence, every position scored")
     (out / f"{stem}.md").write_text(
-        f"# {doc['model']}: quality per weight format\n\n{doc['tokens']} tokens of `{doc['text']}`, "
+        f"# {doc['model']}: quality per weight format\n\n{doc['tokens']} tokens of `{doc['text']}`, {scored}; "
         f"reference: the {doc['reference']} model of the same file.\n\n" + "\n".join(lines) + "\n")
     return path

@@ -57,16 +57,17 @@ def results_table(doc: dict[str, Any]) -> Any:
         ("floor ms", "right"), ("x floor", "right"), ("x N=1", "right"), ("x R=1", "right"),
         ("x transf.", "right"), ("KV use MB", "right"), ("KV min MB", "right"), ("KV alloc MB", "right"),
         ("setup MB", "right"),
-    ]:
+    ] + ([("x llama.cpp", "right")] if doc.get("llama_cpp") else []):
         table.add_column(name, justify=justify, no_wrap=True)
     for r in _order(doc):
+        llama = [_ratio(r.get("vs_llama_cpp"))] if doc.get("llama_cpp") else []
         table.add_row(
             r["dtype"], str(r["context"]), str(r["workers"]), str(_runs(r)), r["impl"], _rows(r),
             f"{r['ms_per_pass']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['passes_per_s']:.1f}",
             f"{r['floor_ms']:.2f}{'b' if r['floor_bound'] == 'bandwidth' else 'c'}",
             _ratio(r["vs_floor"]), _ratio(r["vs_n1"]), _ratio(r.get("vs_r1")), _ratio(r["vs_transformers"]),
             _mb(r["kv_bytes_in_use"]), _mb(r["kv_bytes_min"]), _mb(r["kv_bytes_allocated"]),
-            _mb(r["setup_mem_bytes"]),
+            _mb(r["setup_mem_bytes"]), *llama,
         )
     return table
 
@@ -97,6 +98,10 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
                 f"shared prefix {shared} tokens, {r['dtype']} ctx {r['context']} N={r['workers']} R={_runs(r)}: "
                 f"KV in use {_mb(r['kv_bytes_in_use'])} MB vs {_mb(r['kv_bytes_min'])} MB for {_runs(r)} separate "
                 f"copies (saves {_mb(saved)} MB, {100 * saved / r['kv_bytes_min']:.0f}%)")
+    for t in doc.get("llama_cpp") or []:
+        ms = "  ".join(f"N={n} {v:.2f}" for n, v in t["ms"].items())
+        note = f"; {t['note']}" if t.get("note") else ""
+        lines.append(f"llama.cpp ms/pass on {t['gguf']}, ctx {t['context']}: {ms}  ({t['cmd']}{note})")
     for s in doc.get("skipped", []):
         lines.append(f"skipped {s['impl']} N={s['workers']} R={s['runs']} ctx {s['context']} {s['dtype']}: "
                      f"{s['reason']}")

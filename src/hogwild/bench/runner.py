@@ -16,6 +16,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,14 +114,30 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
                 v.close()
             del variants
         del models
-    add_ratios(results)
+    llama = _time_llama_cpp(cfg, console) if cfg.llama_cpp else None
+    add_ratios(results, llama)
     return dict(
         format=FORMAT, version=VERSION, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         model=model_name, weights="random" if cfg.random_weights else "real",
         settings=asdict(cfg), hardware=hardware, peak_rss_bytes=peak_rss_bytes(),
         gpu_run=device.type == "cuda", wall_s=time.perf_counter() - started,
-        results=results, skipped=skipped, profile=profile,
+        results=results, skipped=skipped, profile=profile, llama_cpp=llama,
     )
+
+
+def _time_llama_cpp(cfg: BenchConfig, console: Any) -> list[dict[str, Any]]:
+    """llama.cpp's ms per pass on the model's GGUF for every context and N (one shared
+    prompt, N sequences: the R = 1 rows), with the bench's threads."""
+    from ..models.registry import gguf_path
+    from .llama_cpp import batched_bench
+
+    gguf = Path(cfg.model) if cfg.model.endswith(".gguf") else gguf_path(cfg.model)
+    out = []
+    for context in cfg.contexts:
+        log(console, f"llama.cpp: llama-batched-bench on {gguf.name}, context {context}, N = {cfg.workers}")
+        timed = batched_bench(Path(cfg.llama_cpp), gguf, cfg.workers, context, cfg.threads, cfg.llama_tg)
+        out.append(dict(context=context, gguf=gguf.name, cmd=timed["cmd"], ms=timed["ms"], note=timed["note"]))
+    return out
 
 
 def _set_up(cfg: BenchConfig, models: Models, context: int, device: torch.device,
@@ -187,11 +204,13 @@ def _time_rounds(cfg: BenchConfig, variants: list[Variant], device: torch.device
     return bandwidths
 
 
-def add_ratios(results: list[dict[str, Any]]) -> None:
+def add_ratios(results: list[dict[str, Any]], llama: list[dict[str, Any]] | None = None) -> None:
     """vs_n1 = ours(N, R) / ours(1, R); vs_r1 = ours(N, R) / ours(N, 1) (per pass: what
     batching R runs costs); vs_transformers = ours(N, R) / transformers(N, R); vs_floor =
-    ms / floor; kv_vs_min = KV in use / KV minimum. A row without ``runs`` (an older JSON)
-    counts as R = 1."""
+    ms / floor; kv_vs_min = KV in use / KV minimum; vs_llama_cpp = ours(N, 1) / llama.cpp(N)
+    on the same GGUF and context (every weight setting of ours against the file as llama.cpp
+    reads it). A row without ``runs`` (an older JSON) counts as R = 1."""
+    theirs = {(t["context"], int(n)): ms for t in llama or [] for n, ms in t["ms"].items()}
     def key(impl: str, n: int, r: int, row: dict[str, Any]) -> tuple:
         return impl, n, r, row["context"], row["dtype"]
 
@@ -206,3 +225,5 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
         r["vs_transformers"] = r["ms_per_pass"] / hf["ms_per_pass"] if hf and r["impl"] == "ours" else None
         r["vs_floor"] = r["ms_per_pass"] / r["floor_ms"] if r["floor_ms"] > 0 else None
         r["kv_vs_min"] = r["kv_bytes_in_use"] / r["kv_bytes_min"] if r["kv_bytes_min"] else None
+        llama_ms = theirs.get((r["context"], n)) if r["impl"] == "ours" and runs == 1 else None
+        r["vs_llama_cpp"] = r["ms_per_pass"] / llama_ms if llama_ms else None

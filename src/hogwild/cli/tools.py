@@ -177,6 +177,10 @@ def quality(
     guard: str = typer.Option("both", "--guard", help="Super-weight guard for quantize-on-load formats: both, on, off."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     out: Path = typer.Option(Path("quality-out"), "--out", "-o", help="Directory for quality-<model>.json and .md."),
+    window: Optional[int] = typer.Option(None, "--window", help="Score as llama-perplexity -c N does: windows of N "
+                                         "tokens, the second half of each (default: one sequence, every position)."),
+    llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="Folder with llama.cpp's llama-quantize and "
+                                             "llama-perplexity: its KL for the same formats, next to ours (needs --window)."),
 ) -> None:
     """Mean KL divergence and perplexity of each weight format against the bf16 model (docs/quantization.md)."""
     from ..errors import InvalidRequestError
@@ -190,9 +194,14 @@ def quality(
         raise InvalidRequestError(f"--guard: both, on or off (got {guard!r})")
     if tokens < 2:
         raise InvalidRequestError(f"--tokens must be at least 2 (got {tokens})")
+    if window is not None and not 4 <= window <= tokens:
+        raise InvalidRequestError(f"--window must be from 4 to --tokens ({tokens}); got {window}")
+    if llama_cpp is not None and window is None:
+        raise InvalidRequestError("--llama-cpp needs --window: llama-perplexity scores windows, e.g. --window 512")
     _set_threads(threads)
     console = Console(highlight=False)
-    doc = measure(model, formats, tokens=tokens, guard=guard, log=lambda line: console.print(line, style="dim"))
+    doc = measure(model, formats, tokens=tokens, guard=guard, log=lambda line: console.print(line, style="dim"),
+                  window=window, llama_cpp=llama_cpp, threads=threads)
     path = write(doc, out)
     console.print((out / path.name.replace(".json", ".md")).read_text())
     console.print(f"written: {path}", style="dim")
@@ -238,6 +247,8 @@ def bench(
     transformers_max_rows: int = typer.Option(0, "--transformers-max-rows", help="... only up to R x N sequences (0: any)."),
     transformers_max_context: int = typer.Option(0, "--transformers-max-context", help="... only up to this context (0: any)."),
     profile: bool = typer.Option(True, "--profile/--no-profile", help="Profile a few engine passes (N near 4, context near 1k)."),
+    llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="Folder with llama-batched-bench: time llama.cpp "
+                                             "on the model's GGUF in the same run (R = 1 rows get a ratio column)."),
     bandwidth_mb: int = typer.Option(512, "--bandwidth-mb", help="Size of the copy that measures memory bandwidth."),
     matmul_size: int = typer.Option(2048, "--matmul-size", help="n of the n^3 matmul that measures the compute rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random prompts (and random weights)."),
@@ -255,5 +266,6 @@ def bench(
         dtypes=_weights_list(weights, dtypes), passes=passes, rounds=rounds,
         warmup=warmup, threads=threads, device=device, transformers=transformers,
         bandwidth_mb=bandwidth_mb, matmul_size=matmul_size, profile=profile, seed=seed,
+        llama_cpp=str(llama_cpp) if llama_cpp else None,
     )
     bench_main(cfg, out, Console(highlight=False))
