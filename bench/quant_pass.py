@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ try:
     import hogwild  # noqa: F401
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(ROOT / "src"))
+from hogwild.bench.llama_cpp import batched_bench, batched_bench_cmd
 from hogwild.bench.variants import Models, OursVariant, prompt_ids
 from hogwild.loader import load_model
 from hogwild.models.registry import gguf_path
@@ -75,10 +75,15 @@ def time_ours(name: str, weights: str, workers: list[int], context: int, passes:
     return out
 
 
-def _llama_cmd(bin_dir: Path, gguf: Path, workers: list[int], context: int, threads: int, tg: int) -> list[str]:
-    return [str(bin_dir / "llama-batched-bench"), "-m", str(gguf), "-c", str((context + tg) * max(workers) + 256),
-            "-npp", str(context), "-ntg", str(tg), "-npl", ",".join(map(str, workers)), "-pps",
-            "-t", str(threads), "-tb", str(threads)]
+def time_llama_cpu(bin_dir: Path, gguf: Path, workers: list[int], context: int, threads: int, tg: int) -> dict:
+    """CPU ms per pass: (run generating tg tokens) - (run generating 1), over tg - 1."""
+    ms, cmds = {}, []
+    for n in workers:
+        long, short = (batched_bench_cmd(bin_dir, gguf, [n], context, threads, t) for t in (tg, 1))
+        ms[n] = 1e3 * (_child_cpu(long) - _child_cpu(short)) / (tg - 1)
+        cmds.append(" ".join(long))
+        print(f"llama.cpp N={n}: {ms[n]:7.2f} CPU ms/pass", flush=True)
+    return {"cmd": cmds, "ms": ms, "clock": "cpu"}
 
 
 def _child_cpu(cmd: list[str]) -> float:
@@ -88,29 +93,12 @@ def _child_cpu(cmd: list[str]) -> float:
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def time_llama_cpu(bin_dir: Path, gguf: Path, workers: list[int], context: int, threads: int, tg: int) -> dict:
-    """CPU ms per pass: (run generating tg tokens) - (run generating 1), over tg - 1."""
-    ms, cmds = {}, []
-    for n in workers:
-        long, short = (_llama_cmd(bin_dir, gguf, [n], context, threads, t) for t in (tg, 1))
-        ms[n] = 1e3 * (_child_cpu(long) - _child_cpu(short)) / (tg - 1)
-        cmds.append(" ".join(long))
-        print(f"llama.cpp N={n}: {ms[n]:7.2f} CPU ms/pass", flush=True)
-    return {"cmd": cmds, "ms": ms, "clock": "cpu"}
-
-
 def time_llama(bin_dir: Path, gguf: Path, workers: list[int], context: int, threads: int, tg: int) -> dict:
-    cmd = _llama_cmd(bin_dir, gguf, workers, context, threads, tg)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    ms = {}
-    for line in proc.stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 8 and re.fullmatch(r"\d+", cells[0] or "x") and re.fullmatch(r"\d+", cells[2] or "x"):
-            b, t_tg = int(cells[2]), float(cells[6])
-            ms[b] = 1e3 * t_tg / int(cells[1])
+    """Wall ms per pass (``hogwild bench --llama-cpp`` uses the same function)."""
+    timed = batched_bench(bin_dir, gguf, workers, context, threads, tg)
     for n in workers:
-        print(f"llama.cpp N={n}: {ms.get(n, float('nan')):7.2f} ms/pass", flush=True)
-    return {"cmd": " ".join(cmd), "ms": ms}
+        print(f"llama.cpp N={n}: {timed['ms'][n]:7.2f} ms/pass", flush=True)
+    return timed
 
 
 def main() -> None:
