@@ -151,17 +151,16 @@ class _LlamaSide:
     def __init__(self, bin_dir: Path, model: str, window: int | None, tokens: int, threads: int, log):
         from ..models.registry import gguf_path
         from ..paths import cache_dir
+        from .llama_cpp import requantize
 
         if window is None:
             raise ValueError("--llama-cpp needs --window (llama-perplexity scores windows)")
-        from .llama_cpp import requantize
-
         self.bin_dir, self.window, self.chunks, self.threads, self.log = bin_dir, window, tokens // window, threads, log
-        self.work = cache_dir() / "llama-cpp" / model
+        self.source = Path(model) if model.endswith(".gguf") else gguf_path(model)  # a short name or a file
+        self.work = cache_dir() / "llama-cpp" / self.source.stem
         self.work.mkdir(parents=True, exist_ok=True)
         self.text = self.work / "text.txt"
         self.text.write_text(calibration_text(), encoding="utf-8")
-        self.source = gguf_path(model)
         self.reference = requantize(bin_dir, self.source, self.work / "reference-bf16.gguf", "BF16", threads)
         self.commands: dict[str, str] = {}
         self._done: dict[str, dict] = {}
