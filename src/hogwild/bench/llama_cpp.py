@@ -32,6 +32,14 @@ from ..errors import InvalidRequestError
 LLAMA_TYPES = {"q8_0": "Q8_0", "q4_k": "Q4_K"}
 
 
+def model_gguf(model: str) -> Path:
+    """The GGUF llama.cpp reads for ``model``: a ``.gguf`` path as given, else the file of a
+    short name (:func:`hogwild.models.registry.gguf_path`)."""
+    from ..models.registry import gguf_path
+
+    return Path(model) if model.endswith(".gguf") else gguf_path(model)
+
+
 def binary(bin_dir: Path, name: str) -> Path:
     """``bin_dir/name``, or a clear error naming what is missing."""
     path = Path(bin_dir).expanduser() / name

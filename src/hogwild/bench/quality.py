@@ -149,14 +149,13 @@ class _LlamaSide:
     (:func:`hogwild.bench.llama_cpp.requantize`), and ``native`` is the GGUF itself."""
 
     def __init__(self, bin_dir: Path, model: str, window: int | None, tokens: int, threads: int, log):
-        from ..models.registry import gguf_path
         from ..paths import cache_dir
-        from .llama_cpp import requantize
+        from .llama_cpp import model_gguf, requantize
 
         if window is None:
             raise ValueError("--llama-cpp needs --window (llama-perplexity scores windows)")
         self.bin_dir, self.window, self.chunks, self.threads, self.log = bin_dir, window, tokens // window, threads, log
-        self.source = Path(model) if model.endswith(".gguf") else gguf_path(model)  # a short name or a file
+        self.source = model_gguf(model)
         self.work = cache_dir() / "llama-cpp" / self.source.stem
         self.work.mkdir(parents=True, exist_ok=True)
         self.text = self.work / "text.txt"

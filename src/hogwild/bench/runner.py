@@ -128,10 +128,9 @@ def _run(cfg: BenchConfig, console: Any) -> dict[str, Any]:
 def _time_llama_cpp(cfg: BenchConfig, console: Any) -> list[dict[str, Any]]:
     """llama.cpp's ms per pass on the model's GGUF for every context and N (one shared
     prompt, N sequences: the R = 1 rows), with the bench's threads."""
-    from ..models.registry import gguf_path
-    from .llama_cpp import batched_bench
+    from .llama_cpp import batched_bench, model_gguf
 
-    gguf = Path(cfg.model) if cfg.model.endswith(".gguf") else gguf_path(cfg.model)
+    gguf = model_gguf(cfg.model)
     out = []
     for context in cfg.contexts:
         log(console, f"llama.cpp: llama-batched-bench on {gguf.name}, context {context}, N = {cfg.workers}")
