@@ -95,9 +95,7 @@ def _basic_clean(s: str) -> str:
     s = _SPACING.sub(" ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = _LHS.sub("", s)
-    s = _worked_result(s.rstrip(" ."))
-    s = s.rstrip(" .")
-    return s
+    return _worked_result(s.rstrip(" ."))
 
 
 def parse_number(s: str | None) -> float | None:

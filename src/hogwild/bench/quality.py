@@ -55,11 +55,6 @@ class QualityRow:
     vs_llama_kl: float | None = None
 
 
-def _chunks(ids: torch.Tensor):
-    for start in range(0, len(ids), CHUNK):
-        yield ids[start : start + CHUNK]
-
-
 def _segments(ids: torch.Tensor, window: int | None) -> list[tuple[torch.Tensor, int]]:
     """(tokens read from an empty cache, first position scored): the whole text from its
     start, or llama-perplexity's whole windows with the second half of each scored."""
@@ -76,18 +71,16 @@ def compare(reference, candidate, ids: torch.Tensor, window: int | None = None) 
     for segment, first in _segments(ids, window):
         ref_plan = SequencePlan(reference.config, capacity=len(segment))
         cand_plan = SequencePlan(candidate.config, capacity=len(segment))
-        position = 0
-        for chunk in _chunks(segment):
+        for start in range(0, len(segment), CHUNK):
+            chunk = segment[start : start + CHUNK]
             p = reference.model(chunk, ref_plan).log_softmax(-1)
             q = candidate.model(chunk, cand_plan).log_softmax(-1)
             # positions of this chunk that predict a token of the segment, from ``first`` on
-            lo = max(0, first - position)
-            hi = min(len(chunk), len(segment) - 1 - position)
-            position += len(chunk)
+            lo, hi = max(0, first - start), min(len(chunk), len(segment) - 1 - start)
             if hi <= lo:
                 continue
             p, q = p[lo:hi], q[lo:hi]
-            targets = segment[position - len(chunk) + lo + 1 : position - len(chunk) + hi + 1]
+            targets = segment[start + lo + 1 : start + hi + 1]
             kl = (p.exp() * (p - q)).sum(-1)
             kl_sum += float(kl.sum())
             kl_max = max(kl_max, float(kl.max()))
