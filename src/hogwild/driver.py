@@ -308,26 +308,28 @@ class Scheduler:
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def shared_scheduler(model: Any) -> Scheduler:
-    """The process-wide scheduler of a model: its batch keeps shared prefixes cached between
-    runs, so the next ``solve`` or eval unit skips them."""
-    scheduler = _SHARED.get(model)
-    if scheduler is None:
-        scheduler = _SHARED[model] = Scheduler(Batch(model))
-    return scheduler
+def shared_scheduler(model: Any, kv: str = "auto") -> Scheduler:
+    """The process-wide scheduler of a model (one per KV setting, ``Batch(kv=...)``): its
+    batch keeps shared prefixes cached between runs, so the next ``solve`` or eval unit skips
+    them."""
+    per_kv = _SHARED.setdefault(model, {})
+    if kv not in per_kv:
+        per_kv[kv] = Scheduler(Batch(model, kv=kv))
+    return per_kv[kv]
 
 
 class Driver:
     """Submits scripts of one protocol on one loaded model, layout and sampling."""
 
     def __init__(self, loaded: Any, layout: str = "combined", sampling: Sampling | None = None,
-                 forced_tokens: int = 48, scheduler: Scheduler | None = None):
+                 forced_tokens: int = 48, scheduler: Scheduler | None = None, kv: str = "auto"):
+        """``kv``: the KV setting of the model's shared scheduler, used without ``scheduler``."""
         self.loaded = loaded
         self.layout = layout
         self.sampling = sampling or Sampling()
         self.forced_tokens = forced_tokens
         self.decode = make_decoder(loaded)
-        self.scheduler = scheduler if scheduler is not None else shared_scheduler(loaded.model)
+        self.scheduler = scheduler if scheduler is not None else shared_scheduler(loaded.model, kv)
 
     def start(self, script: Script) -> Run:
         """A run of ``script`` in the scheduler's batch (prefilled by the batch's passes)."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from .answers import AnswerAgreement, extract_boxed
 from .core.engine import Run
 from .core.events import Event, RunStats, Snapshot
+from .core.cache import KV_MODES
 from .core.layouts import get_layout
 from .core.sampling import Sampling
 from .core.script import Script
@@ -41,6 +42,7 @@ class SolveSettings:
     forced_answer: bool = True
     forced_tokens: int = 48
     names: Sequence[str] | None = None
+    kv: str = "auto"  # how the KV cache keeps keys and values (hogwild.core.cache.KV_MODES)
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -50,6 +52,8 @@ class SolveSettings:
         if self.stop not in ("first", "agree", "none"):
             raise InvalidRequestError(f"stop must be first, agree or none (got {self.stop!r})")
         get_layout(self.layout)
+        if self.kv not in KV_MODES:
+            raise InvalidRequestError(f"unknown KV setting {self.kv!r}; choose one of {', '.join(KV_MODES)}")
 
     @property
     def sampling(self) -> Sampling:
@@ -212,7 +216,8 @@ def start_solve(
     settings.validate()
     protocol = make_protocol(settings, problem)
     script = protocol.script(problem, loaded.tokenizer, loaded.context_length)
-    driver = Driver(loaded, settings.layout, settings.sampling, settings.forced_tokens, scheduler=scheduler)
+    driver = Driver(loaded, settings.layout, settings.sampling, settings.forced_tokens, scheduler=scheduler,
+                    kv=settings.kv)
     stop = AgreementStop(settings)
 
     def forced(snap: Snapshot) -> list[int | None]:

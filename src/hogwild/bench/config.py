@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..core.batch import MIN_PREFIX
+from ..core.cache import KV_MODES
 from ..errors import InvalidRequestError
 from ..models.loading import parse_dtype
 from ..models.shapes import SHAPES
@@ -66,6 +67,7 @@ class BenchConfig:
     shared_prefix: int = 0  # leading prompt tokens every run shares (declared shared_prefix)
     unique_suffix: int = 0  # instead: every run shares all but its last T prompt tokens
     attention: str = "auto"  # the engine's attention path (auto, torch, triton)
+    kv: str = "auto"  # how our engine's KV cache keeps keys and values (hogwild.core.cache.KV_MODES)
     graphs: bool = True  # CUDA graphs for decode passes (on a CUDA device)
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096])
     #: the weight settings timed, one group each (``--weights``; ``--dtypes`` is its old name):
@@ -108,6 +110,8 @@ class BenchConfig:
             raise InvalidRequestError(
                 f"--unique-suffix: from 1 to the shortest context less {MIN_PREFIX} "
                 f"({min(self.contexts) - MIN_PREFIX}); got {self.unique_suffix}")
+        if self.kv not in KV_MODES:
+            raise InvalidRequestError(f"--kv: one of {', '.join(KV_MODES)} (got {self.kv!r})")
         if self.attention not in ("auto", "torch", "triton"):
             raise InvalidRequestError(f"--attention: auto, torch or triton (got {self.attention!r})")
         if self.passes < 1 or self.rounds < 1 or self.warmup < 0:

@@ -10,6 +10,10 @@ each candidate rather than stored.
 RTN formats are measured with and without the super-weight guard (``q4_k`` and
 ``q4_k-noguard``), which is how the guard's effect is reported.
 
+KV settings (``kv``, e.g. ``int8``) are measured on the bf16 model through the engine's own
+store (:class:`ThroughStore`), against the same model and store keeping keys and values in
+bf16: the logit drift of the compact cache alone.
+
 ``window``: score as ``llama-perplexity`` does (independent windows of ``window`` tokens, the
 second half of each scored), so that ``llama_cpp`` (a folder with llama.cpp's tools,
 :mod:`hogwild.bench.llama_cpp`) can put llama.cpp's KL divergence for the same format, text
@@ -23,6 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +58,7 @@ class QualityRow:
     llama_kl: float | None = None
     llama_perplexity: float | None = None
     vs_llama_kl: float | None = None
+    kv: str = "auto"  # the KV setting (rows of other settings compare with "auto", same weights)
 
 
 def _segments(ids: torch.Tensor, window: int | None) -> list[tuple[torch.Tensor, int]]:
@@ -69,12 +75,11 @@ def compare(reference, candidate, ids: torch.Tensor, window: int | None = None) 
     (every position, or per ``window`` as llama-perplexity scores)."""
     kl_sum, kl_max, nll_sum, agree, count = 0.0, 0.0, 0.0, 0, 0
     for segment, first in _segments(ids, window):
-        ref_plan = SequencePlan(reference.config, capacity=len(segment))
-        cand_plan = SequencePlan(candidate.config, capacity=len(segment))
+        ref_feed, cand_feed = _feed(reference, len(segment)), _feed(candidate, len(segment))
         for start in range(0, len(segment), CHUNK):
             chunk = segment[start : start + CHUNK]
-            p = reference.model(chunk, ref_plan).log_softmax(-1)
-            q = candidate.model(chunk, cand_plan).log_softmax(-1)
+            p = ref_feed(chunk).float().log_softmax(-1)
+            q = cand_feed(chunk).float().log_softmax(-1)
             # positions of this chunk that predict a token of the segment, from ``first`` on
             lo, hi = max(0, first - start), min(len(chunk), len(segment) - 1 - start)
             if hi <= lo:
@@ -93,13 +98,57 @@ def compare(reference, candidate, ids: torch.Tensor, window: int | None = None) 
             "same_top1": agree / count, "tokens": count}
 
 
+def _feed(side: Any, length: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """chunk -> logits of one segment read from an empty cache: the side's own reader
+    (:class:`ThroughStore`) or a plain causal cache of the side's model."""
+    if hasattr(side, "reader"):
+        return side.reader()
+    plan = SequencePlan(side.config, capacity=length)
+    return lambda chunk: side.model(chunk, plan)
+
+
+class ThroughStore:
+    """A loaded model reading text through the engine's KV store under setting ``kv``: what
+    came before is one finished block (int8 under ``kv="int8"``), the next ``step`` tokens a
+    block being written (in the model's dtype), folded into the finished one after them, as
+    the engine folds a step into history. So two settings differ only in how finished tokens
+    are stored."""
+
+    def __init__(self, loaded: Any, kv: str, step: int = 64):
+        self.loaded, self.kv, self.step = loaded, kv, step
+        self.config = loaded.config
+
+    def reader(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        from ..core.attention import QueryGroup
+        from ..core.batch import Batch
+
+        batch = Batch(self.loaded.model, kv=self.kv)
+        store = batch.store
+        done = store.new_block(256, compact=True)
+
+        def feed(chunk: torch.Tensor) -> torch.Tensor:
+            out = []
+            for s in range(0, len(chunk), self.step):
+                part = chunk[s : s + self.step].tolist()
+                n = len(part)
+                current = store.new_block(n)
+                store.reserve(current, n)
+                group = QueryGroup([done, current], [current] * n, list(range(n)))
+                out.append(batch.forward(part, [group], list(range(n))))
+                store.append_block(done, current, batch.rope)
+            return torch.cat(out)
+
+        return feed
+
+
 def measure(model: str, formats: list[str], tokens: int = 2048, guard: str = "both",
             log=print, window: int | None = None, llama_cpp: Path | None = None,
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None, kv: Sequence[str] = ()) -> dict[str, Any]:
     """Load the bf16 reference and each format of ``model`` and compare them on the text.
 
     ``guard``: ``both`` measures RTN formats with and without the super-weight guard,
-    ``on``/``off`` one of the two."""
+    ``on``/``off`` one of the two. ``kv``: KV settings to compare, each on the bf16 model
+    against the same model keeping its cache in bf16 (:class:`ThroughStore`)."""
     from ..loader import load_model
     from ..quant.encode import ENCODABLE
 
@@ -131,6 +180,15 @@ def measure(model: str, formats: list[str], tokens: int = 2048, guard: str = "bo
                 f"top-1 {row.same_top1:.3f}  ({row.note})"
                 + (f"; llama.cpp KL {row.llama_kl:.5f}" if row.llama_kl is not None else ""))
             del candidate
+    for mode in kv:
+        t0 = time.perf_counter()
+        numbers = compare(ThroughStore(reference, "auto"), ThroughStore(reference, mode), ids, window)
+        row = QualityRow(weights=reference.weights, guard=False, tokens=int(numbers["tokens"]),
+                         mean_kl=numbers["mean_kl"], max_kl=numbers["max_kl"], perplexity=numbers["perplexity"],
+                         same_top1=numbers["same_top1"], super_weights=0, load_s=0.0, kv=mode,
+                         note=f"KV {mode} vs KV bf16 through the engine's store ({time.perf_counter() - t0:.0f} s)")
+        rows.append(row)
+        log(f"{'kv ' + mode:>14}: mean KL {row.mean_kl:.5f}  ppl {row.perplexity:.3f}  top-1 {row.same_top1:.3f}")
     return {"format": "hogwild-quality", "version": 1, "model": model, "reference": "bf16",
             "text": "hogwild/quant/data/coriolanus.txt", "tokens": len(ids), "window": window,
             "llama_cpp": llama.commands if llama else None, "results": [asdict(r) for r in rows]}
@@ -181,10 +239,10 @@ def write(doc: dict[str, Any], out: Path) -> Path:
     path.write_text(json.dumps(doc, indent=1) + "\n")
     llama = any(r.get("llama_kl") is not None for r in doc["results"])
     extra = " llama.cpp KL | ours / llama.cpp | llama.cpp ppl |" if llama else ""
-    lines = ["| weights | guard | mean KL vs bf16 | max KL | perplexity | top-1 same | super weights | load s |" + extra,
-             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if llama else "")]
+    lines = ["| weights | KV | guard | mean KL vs bf16 | max KL | perplexity | top-1 same | super weights | load s |" + extra,
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if llama else "")]
     for r in doc["results"]:
-        line = (f"| {r['weights']} | {'yes' if r['guard'] else 'no'} | {r['mean_kl']:.5f} | {r['max_kl']:.3f} | "
+        line = (f"| {r['weights']} | {r.get('kv', 'auto')} | {'yes' if r['guard'] else 'no'} | {r['mean_kl']:.5f} | {r['max_kl']:.3f} | "
                 f"{r['perplexity']:.3f} | {r['same_top1']:.3f} | {r['super_weights']} | {r['load_s']:.1f} |")
         if llama:
             theirs = r.get("llama_kl")

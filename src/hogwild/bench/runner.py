@@ -161,7 +161,7 @@ def _set_up(cfg: BenchConfig, models: Models, context: int, device: torch.device
             budget -= r * context * kvbpt
         for n in cfg.workers:
             variants.append(OursVariant(models, n, context, prompts[:r], device, shared_prefix=shared,
-                                        attention=cfg.attention, graphs=cfg.graphs))
+                                        attention=cfg.attention, graphs=cfg.graphs, kv=cfg.kv))
             if cfg.transformers_max_rows and r * n > cfg.transformers_max_rows:
                 continue  # beyond the baseline's batch limit: not measured, not a skip
             need = 2 * r * n * grown * kvbpt  # the cache, and its copy while torch.cat grows it

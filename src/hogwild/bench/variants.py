@@ -167,9 +167,9 @@ class OursVariant(Variant):
 
     impl = "ours"
 
-    def __init__(self, *args: Any, attention: str = "auto", graphs: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, attention: str = "auto", graphs: bool = True, kv: str = "auto", **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.attention, self.graphs = attention, graphs
+        self.attention, self.graphs, self.kv = attention, graphs, kv
         if attention != "auto":  # another path of our engine, measured beside the default one
             self.impl = f"ours-{attention}"
 
@@ -192,7 +192,7 @@ class OursVariant(Variant):
         ]
         # not reproducible: off the native CPU path that would give each run its own call,
         # and the point here is one call for all runs (the CPU path packs either way)
-        self.batch = Batch(self.models.ours, self.attention, reproducible=False, graphs=self.graphs)
+        self.batch = Batch(self.models.ours, self.attention, reproducible=False, graphs=self.graphs, kv=self.kv)
         engine = Engine(self.models.ours, "combined", batch=self.batch)
         self.started = [engine.start(script) for script in self.scripts]
 
@@ -207,14 +207,15 @@ class OursVariant(Variant):
         # others' header and "unfinished").
         read: dict[int, int] = {}
         distinct = attended = 0
+        store = self.batch.store
         for run, script in zip(self.started, self.scripts):
             summary = run.stats()
             fed = sum(w.tokens_fed for w in summary.workers)
             # the minimum of one run alone: its prompt, constants and written tokens, once
             distinct += len(script.prompt_ids) + sum(len(c) for c in script.constants.values()) + fed
             for w in summary.workers:
-                for block in run.view(w.index):
-                    read[block] = len(run.ids_of(block))
+                for block in run.view(w.index):  # bytes: an int8 block at its own size
+                    read[block] = len(run.ids_of(block)) * store.bytes_per_token(store.blocks[block].compact)
                 attended += run.view_length(w.index) + 1
         load = self.batch.load()
         rows = self.runs * self.workers
@@ -222,7 +223,7 @@ class OursVariant(Variant):
             kv_bytes_in_use=load.kv_bytes_in_use,  # the pool: a shared prefix counted once
             kv_bytes_min=distinct * kvbpt,  # R separate copies
             kv_bytes_allocated=load.kv_bytes_allocated,
-            kv_bytes_read=(sum(read.values()) + rows) * kvbpt,
+            kv_bytes_read=sum(read.values()) + rows * kvbpt,
             attended_keys=attended,
             rows=rows,
             rows_per_pass=load.rows_last_pass,

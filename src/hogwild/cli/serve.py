@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..models.registry import DEFAULT_MODEL
+from ..core.cache import KV_HELP
 from ..quant.plan import WEIGHTS_HELP, cli_setting
 from .app import _default_device, app
 
@@ -30,6 +31,7 @@ def serve(
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Deprecated: the old name of --weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    kv: str = typer.Option("auto", "--kv", help=KV_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
@@ -46,7 +48,7 @@ def serve(
         model=model, dtype=cli_setting(weights, dtype), device=device or _default_device(), workers=workers, max_workers=max_workers,
         max_running=max_running, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
         default_max_tokens=default_max_tokens, max_body_bytes=max_body_bytes, api_key=api_key,
-        shutdown_grace=shutdown_grace, threads=threads,
+        shutdown_grace=shutdown_grace, threads=threads, kv=kv,
     )
     config.validate()
     run_server(config, host=host, port=port, log_level=log_level.lower())

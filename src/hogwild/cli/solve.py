@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from ..core.cache import KV_HELP
 from ..core.layouts import LAYOUTS
 from ..errors import InvalidRequestError
 from ..models.registry import DEFAULT_MODEL
@@ -83,6 +84,7 @@ def solve(
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Deprecated: the old name of --weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    kv: str = typer.Option("auto", "--kv", help=KV_HELP),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
@@ -121,7 +123,7 @@ def solve(
     settings = SolveSettings(
         workers=workers, layout=layout, max_passes=max_passes, temperature=temperature, top_p=top_p,
         seed=seed, check_in_every=check_in_every, few_shot=few_shot, stop=stop, agree_k=agree_k,
-        forced_answer=forced_answer, redirect_loops=redirect_loops, no_repeat_ngram=no_repeat_ngram,
+        forced_answer=forced_answer, redirect_loops=redirect_loops, no_repeat_ngram=no_repeat_ngram, kv=kv,
     )
     settings.validate()  # before loading the model: bad arguments fail fast
     weights = cli_setting(weights, dtype)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..core.cache import KV_HELP
 from ..models.registry import DEFAULT_MODEL
 from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM
 from ..quant.plan import WEIGHTS_HELP, cli_setting
@@ -96,6 +97,7 @@ def eval_(
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Deprecated: the old name of --weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    kv: str = typer.Option("auto", "--kv", help=KV_HELP),
     limit: int = typer.Option(12, "--limit", help="Number of tasks (bundles when --bundle > 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for generated datasets and sampling."),
     bundle: int = typer.Option(1, "--bundle", "-k", help="Join K questions into one task."),
@@ -133,7 +135,8 @@ def eval_(
         workers=_int_list(workers, "--workers"), budgets=_int_list(budgets, "--budgets"), model=model,
         dtype=_eval_weights(weights, dtype, model, device), limit=limit, seed=seed, bundle=bundle, temperature=temperature, top_p=top_p,
         forced_tokens=forced_tokens, check_in_every=check_in_every, few_shot=few_shot,
-        redirect_loops=redirect_loops, no_repeat_ngram=no_repeat_ngram, question_field=question_field, answer_field=answer_field, id_field=id_field)
+        redirect_loops=redirect_loops, no_repeat_ngram=no_repeat_ngram, question_field=question_field, answer_field=answer_field, id_field=id_field,
+        kv=kv)
     _set_threads(threads)
     if ray:
         from ..eval.ray_runner import RayOptions, evaluate_ray
@@ -181,14 +184,21 @@ def quality(
                                          "tokens, the second half of each (default: one sequence, every position)."),
     llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp", help="Folder with llama.cpp's llama-quantize and "
                                              "llama-perplexity: its KL for the same formats, next to ours (needs --window)."),
+    kv: str = typer.Option("", "--kv", help="Comma list of KV settings (e.g. int8) to compare, on the bf16 model, "
+                           "with its cache kept in bf16."),
 ) -> None:
     """Mean KL divergence and perplexity of each weight format against the bf16 model (docs/quantization.md)."""
     from ..errors import InvalidRequestError
     from ..quant.plan import parse_weights
     from ..bench.quality import measure, write
 
+    from ..core.cache import KV_MODES
+
     formats = [parse_weights(w) for w in weights.split(",") if w.strip()]
-    if not formats or "auto" in formats:
+    kv_modes = [k.strip() for k in kv.split(",") if k.strip()]
+    if any(k not in KV_MODES for k in kv_modes):
+        raise InvalidRequestError(f"--kv: choose from {', '.join(KV_MODES)} (got {kv!r})")
+    if (not formats and not kv_modes) or "auto" in formats:
         raise InvalidRequestError("--weights: name the formats to compare, e.g. native,q4_k,nvfp4")
     if guard not in ("both", "on", "off"):
         raise InvalidRequestError(f"--guard: both, on or off (got {guard!r})")
@@ -201,7 +211,7 @@ def quality(
     _set_threads(threads)
     console = Console(highlight=False)
     doc = measure(model, formats, tokens=tokens, guard=guard, log=lambda line: console.print(line, style="dim"),
-                  window=window, llama_cpp=llama_cpp, threads=threads)
+                  window=window, llama_cpp=llama_cpp, threads=threads, kv=kv_modes)
     path = write(doc, out)
     console.print((out / path.name.replace(".json", ".md")).read_text())
     console.print(f"written: {path}", style="dim")
@@ -230,6 +240,7 @@ def bench(
     unique_suffix: int = typer.Option(0, "--unique-suffix", help="Instead: runs share all but their last T prompt tokens."),
     attention: str = typer.Option("auto", "--attention", help="Our engine's attention path: auto, torch or triton."),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA graphs for decode passes (CUDA only)."),
+    kv: str = typer.Option("auto", "--kv", help=KV_HELP),
     contexts: str = typer.Option("256,1024,4096", "--contexts", "-c", help="Shared prompt lengths in tokens."),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="Comma list of weight formats: float32, bfloat16, native, q8_0, q4_k, mxfp4, nvfp4 "
@@ -260,7 +271,7 @@ def bench(
     cfg = BenchConfig(
         model=model, random_weights=random_weights or config is not None, shape=config,
         workers=_int_list(workers, "--workers"), runs=_int_list(runs, "--runs"), shared_prefix=shared_prefix,
-        unique_suffix=unique_suffix, attention=attention, graphs=graphs,
+        unique_suffix=unique_suffix, attention=attention, graphs=graphs, kv=kv,
         transformers_max_rows=transformers_max_rows, transformers_max_context=transformers_max_context,
         contexts=_int_list(contexts, "--contexts"),
         dtypes=_weights_list(weights, dtypes), passes=passes, rounds=rounds,

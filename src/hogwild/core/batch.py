@@ -37,7 +37,7 @@ from ..errors import InvalidRequestError
 from ..models.llama import CausalLM
 from ..models.rope import Rope
 from .attention import FastPlan, GpuPlan, KernelPlan, QueryGroup, ReferencePlan
-from .cache import KVStore, PoolFullError
+from .cache import KVStore, PoolFullError, kv_setting
 from .events import Event
 from .graphs import GRAPH_MAX_ROWS, PassGraphs
 
@@ -118,12 +118,14 @@ class Batch:
     reference) each run gets a call of its own, so that no result depends on the batch.
     ``graphs`` (default): on a CUDA device, decode passes replay CUDA graphs captured per
     shape (no Python or launch overhead per layer); off, every pass runs eagerly.
+    ``kv``: how the pool keeps keys and values (:data:`hogwild.core.cache.KV_MODES`; "int8"
+    keeps prompts and history as int8, docs/architecture.md, "Compact KV cache").
     Thread-safe: :meth:`step`, :meth:`close` and :meth:`load` take one lock.
     """
 
     def __init__(self, model: CausalLM, attention: str = "auto", prefill_tokens: int = PREFILL_CHUNK,
                  prefix_cache_tokens: int = 1 << 16, max_kv_tokens: int | None = None,
-                 reproducible: bool = True, graphs: bool = True):
+                 reproducible: bool = True, graphs: bool = True, kv: str = "auto"):
         if attention not in ATTENTION_PATHS:
             raise InvalidRequestError(
                 f"unknown attention path {attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
@@ -135,8 +137,12 @@ class Batch:
         self.prefill_tokens = prefill_tokens
         self.prefix_cache_tokens = prefix_cache_tokens
         capacity = 1024 if max_kv_tokens is None else min(1024, max_kv_tokens)
-        self.store = KVStore(model.config, model.dtype, model.device, capacity=capacity,
-                             max_capacity=max_kv_tokens)
+        kv_dtype, compact = kv_setting(kv, model.dtype)
+        if compact and attention == "triton":
+            raise InvalidRequestError("the Triton attention path does not read an int8 KV cache; use --kv auto")
+        self.kv = kv
+        self.store = KVStore(model.config, kv_dtype, model.device, capacity=capacity,
+                             max_capacity=max_kv_tokens, compact=compact)
         self.runs: list[Run] = []
         self.prefixes: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
         self.lock = threading.RLock()
@@ -173,7 +179,7 @@ class Batch:
         key = tuple(ids)
         prefix = self.prefixes.get(key)
         if prefix is None:
-            prefix = Prefix(key, start, self.store.new_block(len(key) - start), owner=run)
+            prefix = Prefix(key, start, self.store.new_block(len(key) - start, compact=True), owner=run)
             self.prefixes[key] = prefix
         self.prefixes.move_to_end(key)
         prefix.users += 1

@@ -58,14 +58,17 @@ class Engine:
         decode: Callable[[Sequence[int]], str] | None = None,
         attention: str = "auto",
         batch: Batch | None = None,
+        kv: str = "auto",
     ):
+        """``attention`` and ``kv`` (see :class:`Batch`) make the engine's private batch;
+        with a shared ``batch`` they are the batch's."""
         if batch is not None and batch.model is not model:
             raise InvalidRequestError("the batch holds another model")
         self.model = model
         self.layout = get_layout(layout)
         self.sampling = sampling or Sampling()
         self.decode = decode
-        self.batch = batch if batch is not None else Batch(model, attention)
+        self.batch = batch if batch is not None else Batch(model, attention, kv=kv)
         self.attention = self.batch.attention
 
     def start(self, script: Script) -> Run:
@@ -122,7 +125,7 @@ class Run(PromptStorage, RunReadout):
         self.stop_reason: str | None = None
         try:
             self._init_prompt(script)
-            self.history = self._new_block(256)
+            self.history = self._new_block(256, compact=True)
             self.constants = {name: self._new_block(len(ids)) for name, ids in script.constants.items()}
             self.workers = [
                 WorkerState(w, self._new_block(64), IncrementalDecoder(self.decode)) for w in range(n)
@@ -316,8 +319,10 @@ class Run(PromptStorage, RunReadout):
                 events += self._finish_step(w)
         return events
 
-    def _new_block(self, capacity: int) -> int:
-        block = self.store.new_block(capacity)
+    def _new_block(self, capacity: int, compact: bool = False) -> int:
+        """A block of this run; ``compact``: a finished one (prompt, history), int8 when the
+        batch keeps finished blocks so (``Batch(kv="int8")``)."""
+        block = self.store.new_block(capacity, compact=compact)
         self.block_ids[block] = []
         return block
 

@@ -30,7 +30,7 @@ class PromptStorage:
             self.batch.acquire_prefix(self, script.prompt_ids[:k], start) for start, k in zip([0, *ends], ends)]
         k = ends[-1] if ends else 0
         self._prefilled_upto = k  # prompt tokens stored so far (shared prefixes count once ready)
-        self.prompt = self._new_block(len(script.prompt_ids) - k)
+        self.prompt = self._new_block(len(script.prompt_ids) - k, compact=True)
 
     @property
     def prompt_chain(self) -> list[int]:

@@ -104,9 +104,15 @@ class RunReadout:
             ),
             history_steps=len(self.history_order),
             tokens_stored=stored,
-            kv_bytes_in_use=stored * self.model.config.kv_bytes_per_token(self.store.k.element_size()),
+            kv_bytes_in_use=self.kv_bytes_stored(),
             kv_bytes_allocated=self.store.bytes_allocated(),
         )
+
+    def kv_bytes_stored(self) -> int:
+        """K and V bytes of :meth:`tokens_stored` (int8 blocks at their own size)."""
+        store = self.store
+        blocks = list(self.block_ids) + [p.block for p in self.prefixes]
+        return sum(store.length(b) * store.bytes_per_token(store.blocks[b].compact) for b in blocks)
 
     def tokens_stored(self) -> int:
         """Tokens of this run in the pool: its own blocks and its shared prefix."""

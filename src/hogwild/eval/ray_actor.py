@@ -70,7 +70,7 @@ class UnitActor:
         t0 = time.perf_counter()
         self.loaded = load_model(self.config.model, dtype=self.config.dtype, device=device)
         self.load_s = time.perf_counter() - t0
-        self.scheduler = Scheduler(Batch(self.loaded.model, reproducible=reproducible))
+        self.scheduler = Scheduler(Batch(self.loaded.model, reproducible=reproducible, kv=self.config.kv))
         self.concurrency = concurrency
 
     def info(self) -> dict[str, Any]:

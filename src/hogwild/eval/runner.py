@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.batch import Batch
+from ..core.cache import KV_MODES
 from ..driver import Scheduler
 from ..errors import HogwildError
 from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM
@@ -35,7 +36,7 @@ from .strategies import make_strategy, strategy_names
 DEFAULT_STRATEGIES = ("single", "early-stop", "independent", "hogwild-combined")
 #: Settings added to EvalConfig later, with the value that gives the behaviour from before
 #: they existed: a config.json without them ran that way (and resumes only that way).
-BEFORE_SETTING = {"no_repeat_ngram": 0}
+BEFORE_SETTING = {"no_repeat_ngram": 0, "kv": "auto"}
 #: Settings whose default changed: name -> (the old default, the new one). A directory made
 #: with the old default resumes with it when the new default is asked for.
 CHANGED_DEFAULTS = {"few_shot": (None, DEFAULT_FEW_SHOT)}
@@ -66,6 +67,7 @@ class EvalConfig:
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
+    kv: str = "auto"  # how the KV cache keeps keys and values (hogwild.core.cache.KV_MODES)
 
     def validate(self) -> None:
         known = strategy_names()
@@ -81,6 +83,8 @@ class EvalConfig:
             raise HogwildError(f"{', '.join(multi)} need a worker count of at least 2 in --workers")
         if self.bundle < 1:
             raise HogwildError(f"--bundle must be at least 1 (got {self.bundle})")
+        if self.kv not in KV_MODES:
+            raise HogwildError(f"--kv must be one of {', '.join(KV_MODES)} (got {self.kv!r})")
         self.budgets = sorted(set(self.budgets))
         self.workers = sorted(set(self.workers))
 
@@ -188,7 +192,7 @@ def run_units(loaded: Any, units: Sequence[Unit], config: EvalConfig, concurrenc
     if concurrency < 1:
         raise HogwildError(f"--concurrency must be at least 1 (got {concurrency})")
     if scheduler is None:
-        scheduler = Scheduler(Batch(loaded.model, reproducible=reproducible))
+        scheduler = Scheduler(Batch(loaded.model, reproducible=reproducible, kv=config.kv))
     pending = list(units)
     users: dict[tuple, int] = defaultdict(int)  # runs -> units still to read them
     strategies = {u.key: make_unit_strategy(u, config) for u in units}

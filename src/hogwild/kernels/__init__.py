@@ -27,9 +27,12 @@ from .native import NativeDecoder, NativePass, NativePassSource
 from .qlinear import QuantLinear, format_supported, qlinear
 from .ops import (
     MAX_GROUP,
+    COMPACT_SLOT,
     MAX_HEAD_DIM,
     MAX_ROWS,
+    CompactPool,
     attend,
+    compact_pool,
     linear,
     linear_rounds_input,
     rmsnorm,
@@ -40,8 +43,8 @@ from .ops import (
 )
 
 __all__ = [
-    "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
-    "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "available", "can_pack",
+    "COMPACT_SLOT", "CompactPool", "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
+    "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "available", "can_pack", "compact_pool",
     "format_supported", "library", "linear", "linear_rounds_input", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
     "span", "status", "store_kv", "supports_attention",
 ]

@@ -741,18 +741,60 @@ static inline void rope_row(const float *x, const float *c, const float *s, floa
     for (int d = half; d < D; d++) out[d] = (x[d] * c[d] + x[d - half] * s[d]) * scale;
 }
 
+/* The int8 part of the store (hogwild.core.cache, "Compact KV cache" in docs/architecture.md):
+ * finished blocks (prompt, history) kept as int8 with one fp32 scale per (layer, kv head,
+ * token), i.e. per head_dim values. Pool slots at or above COMPACT_SLOT address it (slot -
+ * COMPACT_SLOT); below it, the full-precision pool. NULL where the store has no int8 part. */
+#define COMPACT_SLOT ((int64_t)1 << 40)
+typedef struct {
+    int8_t *k, *v;  /* [layers, Hkv, capacity, D] */
+    float *ks, *vs; /* [layers, Hkv, capacity] */
+    int64_t capacity, layers;
+} Compact;
+
+/* Round-to-nearest int8 of one vector: scale = max|x| / 127, q = round_half_even(x / scale).
+ * Division, not a reciprocal multiply, so that KVStore's PyTorch quantizer (the same steps in
+ * fp32) gives the same bits whichever path stored a token. Returns the scale (0: all zero). */
+static float q8_vector(const float *x, int8_t *q, int D) {
+    float amax = 0.0f;
+    for (int d = 0; d < D; d++) {
+        float a = fabsf(x[d]);
+        amax = a > amax ? a : amax;
+    }
+    float s = amax / 127.0f;
+    if (!(s > 0.0f)) {
+        memset(q, 0, (size_t)D);
+        return 0.0f;
+    }
+    for (int d = 0; d < D; d++) {
+        float r = nearbyintf(x[d] / s);
+        q[d] = (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+    }
+    return s;
+}
+
 /* Write this pass's keys (rotated at their local positions) and values into the pool.
  * k, v [R, Hkv, D] fp32; slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
- * capacity * D elements), fp32 or bf16. Returns 0, or -2 when D > STORE_MAX_D. */
+ * capacity * D elements), fp32 or bf16. A slot at or above COMPACT_SLOT goes to layer `layer`
+ * of the int8 part `pk`, quantized per vector (q8_vector). Returns 0, or -2 when D >
+ * STORE_MAX_D or a compact slot comes without an int8 part. */
 #define STORE_MAX_D 1024
 int hw_store_kv(const float *k, const float *v, const int64_t *slots, const float *kcos, const float *ksin,
-                void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D) {
+                void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk,
+                int layer) {
     float tmp[STORE_MAX_D];
     if (D > STORE_MAX_D) return -2;
     for (int r = 0; r < R; r++) {
         for (int h = 0; h < Hkv; h++) {
             const float *kr = k + ((size_t)r * Hkv + h) * D, *vr = v + ((size_t)r * Hkv + h) * D;
             rope_row(kr, kcos + (size_t)r * D, ksin + (size_t)r * D, tmp, D, 1.0f);
+            if (slots[r] >= COMPACT_SLOT) {
+                if (!pk) return -2;
+                size_t line = ((size_t)layer * Hkv + h) * (size_t)pk->capacity + (size_t)(slots[r] - COMPACT_SLOT);
+                pk->ks[line] = q8_vector(tmp, pk->k + line * D, D);
+                pk->vs[line] = q8_vector(vr, pk->v + line * D, D);
+                continue;
+            }
             size_t at = (size_t)h * head_stride + (size_t)slots[r] * D;
             if (bf16) {
                 uint16_t *kp = (uint16_t *)kpool + at, *vp = (uint16_t *)vpool + at;
@@ -803,6 +845,22 @@ static inline const float *rows_f32(const void *base, size_t at, int n, int D, i
     int total = n * D, i = 0;
     for (; i + 8 <= total; i += 8) _mm256_storeu_ps(buf + i, load8_bf16(src + i));
     for (; i < total; i++) buf[i] = bf16_to_f32(src[i]);
+    return buf;
+}
+
+/* n int8 rows of D values with their scales as fp32 (q * scale, per row) into buf. */
+static inline const float *rows_q8(const int8_t *src, const float *scales, int n, int D, float *buf) {
+    for (int j = 0; j < n; j++) {
+        const int8_t *q = src + (size_t)j * D;
+        float *o = buf + (size_t)j * D;
+        __m256 s = _mm256_set1_ps(scales[j]);
+        int d = 0;
+        for (; d + 8 <= D; d += 8) {
+            __m128i b = _mm_loadl_epi64((const __m128i *)(q + d));
+            _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), s));
+        }
+        for (; d < D; d++) o[d] = (float)q[d] * scales[j];
+    }
     return buf;
 }
 
@@ -1096,12 +1154,16 @@ static inline void from_eo32(const float *src, float *dst, int D) {
  * partial result into its own slot of `part`: max score m, weight sum l, weighted values. */
 static void attend_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
                          int D, int Hkv, const float *pair_cos, const float *pair_sin, const void *kbase,
-                         const void *vbase, int64_t head_stride, int bf16, float scale, float *part, size_t per) {
+                         const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer, float scale,
+                         float *part, size_t per) {
     float qr[MAX_Q * MAX_D], accb[MAX_Q * MAX_D]; /* rows of D floats */
     float sc[MAX_Q * CHUNK];                       /* rows of CHUNK floats */
     float kbuf[CHUNK * MAX_D], vbuf[CHUNK * MAX_D];
     float ms[MAX_Q], ls[MAX_Q], corr[MAX_Q];
     int nq = nm * G;
+    int64_t slot0 = members[0].slot;
+    int compact = slot0 >= COMPACT_SLOT; /* int8 keys: dequantized per chunk, then as fp32 */
+    if (compact) bf16 = 0;
     int eo = bf16 && D % 16 == 0; /* bf16 read in place (see eo_split) */
     int wide = isa_now() >= 2 && D % 32 == 0; /* the AVX-512 loops (scores5_chunk, pv5_chunk; eo32 order) */
     for (int i = 0; i < nm; i++) {
@@ -1122,15 +1184,22 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     }
     memset(accb, 0, sizeof(float) * (size_t)nq * D);
     size_t head = (size_t)kh * head_stride;
-    int64_t slot0 = members[0].slot;
+    size_t line0 = compact ? ((size_t)layer * Hkv + kh) * (size_t)pk->capacity + (size_t)(slot0 - COMPACT_SLOT) : 0;
     int count = members[0].count;
     int d16 = D / 16 * 16;
     for (int j0 = 0; j0 < count; j0 += CHUNK) {
         int n = count - j0 < CHUNK ? count - j0 : CHUNK;
         size_t at = head + (size_t)(slot0 + j0) * D;
         const uint16_t *kb16 = (const uint16_t *)kbase + at, *vb16 = (const uint16_t *)vbase + at;
-        const float *kc = eo ? NULL : rows_f32(kbase, at, n, D, bf16, kbuf);
-        const float *vc = eo ? NULL : rows_f32(vbase, at, n, D, bf16, vbuf);
+        const float *kc, *vc;
+        if (compact) {
+            size_t line = line0 + (size_t)j0;
+            kc = rows_q8(pk->k + line * D, pk->ks + line, n, D, kbuf);
+            vc = rows_q8(pk->v + line * D, pk->vs + line, n, D, vbuf);
+        } else {
+            kc = eo ? NULL : rows_f32(kbase, at, n, D, bf16, kbuf);
+            vc = eo ? NULL : rows_f32(vbase, at, n, D, bf16, vbuf);
+        }
         /* scores: two queries x four keys at a time (AVX-512: four x four) */
         if (wide)
             scores5_chunk(qr, nq, eo ? (const void *)kb16 : (const void *)kc, n, D, bf16, sc);
@@ -1256,8 +1325,9 @@ static int heads_supported(int H, int Hkv, int D) {
  * q [R, H, D] fp32, un-rotated. Row r sees pairs row_start[r] .. row_start[r+1]-1; pair p is
  * one view entry: keys at pool slots pair_slot[p] .. + pair_len[p] - 1 (already limited to
  * what the row may see), scored with the query rotated by (pair_cos[p], pair_sin[p]).
- * Pools: [Hkv, capacity, D] of this layer. out [R, H, D] fp32. Returns 0, -1 when a
- * scratch allocation fails, or -2 for a head layout beyond the fixed-size work buffers
+ * Pools: [Hkv, capacity, D] of this layer; a pair whose slots are at or above COMPACT_SLOT
+ * reads layer `layer` of the int8 part `pk` instead (a block never spans both; -2 without
+ * `pk`). out [R, H, D] fp32. Returns 0, -1 when a scratch allocation fails, or -2 for a head layout beyond the fixed-size work buffers
  * (more than MAX_G query heads per KV head, head_dim above MAX_D or odd). Any number of rows
  * and pairs: scratch is allocated per call.
  *
@@ -1276,8 +1346,12 @@ static int heads_supported(int H, int Hkv, int D) {
  * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
-              const void *kbase, const void *vbase, int64_t head_stride, int bf16, float scale, int threads) {
+              const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
+              float scale, int threads) {
     if (!heads_supported(H, Hkv, D)) return -2;
+    if (!pk)
+        for (int p = 0; p < row_start[R]; p++)
+            if (pair_slot[p] >= COMPACT_SLOT) return -2;
     int G = H / Hkv;
     int units = 0;
     for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
@@ -1327,7 +1401,7 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
         int gr = it / Hkv, kh = it % Hkv;
         int first = group_start[gr], nm = group_start[gr + 1] - first;
         attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase, head_stride,
-                     bf16, scale, part, per);
+                     bf16, pk, layer, scale, part, per);
     }
     /* merge the units of each row: weights exp(m_u - max) */
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -1436,15 +1510,17 @@ int64_t hw_decode_scratch(const Dims *dm, int rows) {
 
 /* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
  * in place. Pools are [layers, kv_heads, capacity, head_dim]; layer_stride and head_stride in
- * elements. Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest
- * is allocated per call). Returns 0; -2, before touching anything, for a head layout the
+ * elements; `pk` is the store's int8 part (NULL: none; slots at or above COMPACT_SLOT use
+ * it). Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest is
+ * allocated per call). Returns 0; -2, before touching anything, for a head layout the
  * attention kernel does not support; -1 when scratch could not be allocated, -2 for a weight
  * format not built in (x is then partly updated; hogwild.kernels.native checks formats first).
  *
  * Every step is batch invariant (hw_linear, hw_qlinear, hw_attend; norms, gate and key storage are per
  * row), so a row's output is the same bits whichever rows share the pass. */
 int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const Dims *dm, const PassInfo *ps,
-                     void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, float *scratch) {
+                     void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, const Compact *pk,
+                     float *scratch) {
     int R = ps->rows, H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim, E = dm->hidden, I = dm->inter;
     int qd = H * D, kd = Hkv * D, qkvd = qd + 2 * kd;
     float *h = scratch;                  /* [R, E] normed input */
@@ -1478,9 +1554,11 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
         if (w->q_norm) hw_rmsnorm(q, w->q_norm, q, R * H, D, dm->eps);
         if (w->k_norm) hw_rmsnorm(k, w->k_norm, k, R * Hkv, D, dm->eps);
         char *kl = (char *)k_pool + (size_t)l * layer_stride * es, *vl = (char *)v_pool + (size_t)l * layer_stride * es;
-        hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D);
+        if ((rc = hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk,
+                              l)) != 0)
+            return rc;
         rc = hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
-                           kl, vl, head_stride, dm->kv_bf16, dm->scale, dm->threads);
+                       kl, vl, head_stride, dm->kv_bf16, pk, l, dm->scale, dm->threads);
         if (rc != 0) return rc;
         if ((rc = hw_linear_any(&w->o, att, x, R, E, qd, 1, dm->threads)) != 0) return rc;
         hw_rmsnorm(x, w->ln_post, h, R, E, dm->eps);

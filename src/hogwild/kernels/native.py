@@ -27,7 +27,7 @@ from torch import nn
 from ..models.llama import AttentionPlan, CausalLM
 from .build import declare, library
 from .layers import KernelLinear, KernelRMSNorm
-from .ops import MAX_ROWS, check_rc, span, supports_attention, threads
+from .ops import MAX_ROWS, CompactPool, check_rc, span, supports_attention, threads
 from .qlinear import QuantLinear
 
 
@@ -51,6 +51,8 @@ class NativePass:
     k: torch.Tensor  # the store's keys [layers, kv_heads, capacity, head_dim], fp32 or bf16
     v: torch.Tensor  # the store's values, same shape and dtype
     scale: float  # attention score scale
+    #: the store's int8 pool (slots from COMPACT_SLOT on), or None
+    compact: CompactPool | None = None
 
     @property
     def rows(self) -> int:
@@ -106,7 +108,7 @@ declare({
     "hw_decode_layers": (
         ctypes.c_int,
         [_P, ctypes.POINTER(LayerWeights), ctypes.c_int, ctypes.POINTER(Dims), ctypes.POINTER(PassInfo),
-         _P, _P, ctypes.c_int64, ctypes.c_int64, _P],
+         _P, _P, ctypes.c_int64, ctypes.c_int64, _P, _P],
     ),
 })
 
@@ -204,7 +206,7 @@ class NativeDecoder:
             rc = self.lib.hw_decode_layers(
                 x.data_ptr(), self.table, self.num_layers, ctypes.byref(dims), ctypes.byref(info),
                 p.k.data_ptr(), p.v.data_ptr(), kv_heads * capacity * head_dim, capacity * head_dim,
-                scratch.data_ptr(),
+                None if p.compact is None else ctypes.addressof(p.compact), scratch.data_ptr(),
             )
         check_rc(rc, "decode_layers")
         return True

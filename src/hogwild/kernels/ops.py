@@ -34,15 +34,47 @@ MAX_HEAD_DIM = 256
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
+
+#: pool slots at or above this address the store's int8 pool (hogwild.core.cache.COMPACT_SLOT)
+COMPACT_SLOT = 1 << 40
+
+
+class CompactPool(ctypes.Structure):
+    """The store's int8 pool as the C side reads it (hogwild_cpu.c's Compact): keys and values
+    int8 [layers, kv_heads, capacity, head_dim], their scales fp32 [layers, kv_heads, capacity].
+    Build it with :func:`compact_pool`, which checks what C cannot."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("k", "v", "ks", "vs")] + [
+        ("capacity", ctypes.c_int64), ("layers", ctypes.c_int64)]
+
+
+def compact_pool(k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor) -> CompactPool:
+    """The C view of an int8 pool (the tensors must outlive every call it is passed to)."""
+    _need(k.dtype == torch.int8 and v.dtype == torch.int8 and k.dim() == 4 and k.shape == v.shape,
+          "int8 pools must be int8 [layers, kv_heads, capacity, head_dim]")
+    _need(ks.dtype == torch.float32 and vs.dtype == torch.float32 and ks.shape == k.shape[:3] == vs.shape,
+          "int8 pool scales must be fp32 [layers, kv_heads, capacity]")
+    _need(all(t.is_contiguous() and t.device.type == "cpu" for t in (k, v, ks, vs)), "int8 pools must be contiguous CPU tensors")
+    return CompactPool(k.data_ptr(), v.data_ptr(), ks.data_ptr(), vs.data_ptr(), k.shape[2], k.shape[0])
+
+
+def _compact_ref(compact: CompactPool | None, layer: int) -> int | None:
+    """The address of ``compact`` for C (None: no int8 pool), after checking ``layer``."""
+    if compact is None:
+        return None
+    _need(0 <= layer < compact.layers, "layer outside the int8 pool")
+    return ctypes.addressof(compact)
+
+
 declare({
     "hw_linear": (_I, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
     "hw_linear_amx": (_I, [_I, _I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
-    "hw_store_kv": (_I, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I]),
+    "hw_store_kv": (_I, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I, _P, _I]),
     "hw_attend": (
         _I,
-        [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, ctypes.c_float, _I],
+        [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _P, _I, ctypes.c_float, _I],
     ),
 })
 
@@ -159,9 +191,10 @@ def _pool_args(k_pool: torch.Tensor, v_pool: torch.Tensor) -> tuple[int, int]:
 
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, k_cos: torch.Tensor, k_sin: torch.Tensor,
-    k_pool: torch.Tensor, v_pool: torch.Tensor,
+    k_pool: torch.Tensor, v_pool: torch.Tensor, compact: CompactPool | None = None, layer: int = 0,
 ) -> None:
-    """Rotate keys [R, Hkv, D] by (k_cos, k_sin) [R, D] and store keys and values at ``slots``."""
+    """Rotate keys [R, Hkv, D] by (k_cos, k_sin) [R, D] and store keys and values at ``slots``
+    (slots from :data:`COMPACT_SLOT` on: quantized into layer ``layer`` of ``compact``)."""
     lib = _lib_or_fail()
     R, Hkv, D = k.shape
     for t in (k, v, k_cos, k_sin):
@@ -171,12 +204,18 @@ def store_kv(
     _need(k_pool.shape[0] == Hkv and k_pool.shape[2] == D, "pool shape does not match k")
     _need(D <= 1024, "head_dim above 1024")
     if R:
-        _need(int(slots.min()) >= 0 and int(slots.max()) < k_pool.shape[1], "slot outside the pool")
+        _need(int(slots.min()) >= 0, "slot outside the pool")
+        top = int(slots.max())
+        if top >= COMPACT_SLOT:
+            _need(compact is not None and top - COMPACT_SLOT < compact.capacity, "slot outside the int8 pool")
+            full = slots[slots < COMPACT_SLOT]
+            top = int(full.max()) if full.numel() else -1
+        _need(top < k_pool.shape[1], "slot outside the pool")
     stride, bf16 = _pool_args(k_pool, v_pool)
     with span("store_kv"):
         rc = lib.hw_store_kv(
             k.data_ptr(), v.data_ptr(), slots.data_ptr(), k_cos.data_ptr(), k_sin.data_ptr(),
-            k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, R, Hkv, D,
+            k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, R, Hkv, D, _compact_ref(compact, layer), layer,
         )
     check_rc(rc, "store_kv")
 
@@ -193,13 +232,15 @@ def supports_attention(num_heads: int, num_kv_heads: int, head_dim: int) -> bool
 def attend(
     q: torch.Tensor, row_start: torch.Tensor, pair_slot: torch.Tensor, pair_len: torch.Tensor,
     pair_cos: torch.Tensor, pair_sin: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-    scale: float, max_slot: int,
+    scale: float, max_slot: int, compact: CompactPool | None = None, layer: int = 0, max_compact: int = 0,
 ) -> torch.Tensor:
     """Attention of rows q [R, H, D] (fp32, un-rotated) over their view entries.
 
     Row r owns pairs row_start[r]:row_start[r+1]; pair p reads keys at pool slots
     pair_slot[p] .. + pair_len[p] - 1 with the query rotated by pair_cos/sin[p] [P, D].
-    ``max_slot``: an upper bound of the slots the pairs read (checked against the pool)."""
+    ``max_slot``: an upper bound of the slots the pairs read (checked against the pool);
+    pairs from :data:`COMPACT_SLOT` on read layer ``layer`` of the int8 pool ``compact``,
+    ``max_compact`` (less COMPACT_SLOT) bounds their slots."""
     lib = _lib_or_fail()
     R, H, D = q.shape
     Hkv = k_pool.shape[0]
@@ -211,13 +252,14 @@ def attend(
     _need(pair_cos.shape == (P, D) and pair_sin.shape == (P, D), "pair cos/sin [P, D]")
     _need(pair_cos.dtype == torch.float32 and pair_cos.is_contiguous() and pair_sin.is_contiguous(), "pair cos/sin fp32")
     _need(max_slot <= k_pool.shape[1], "a pair reads outside the pool")
+    _need(max_compact == 0 or (compact is not None and max_compact <= compact.capacity), "a pair reads outside the int8 pool")
     stride, bf16 = _pool_args(k_pool, v_pool)
     out = torch.empty_like(q)
     with span("attend"):
         rc = lib.hw_attend(
             q.data_ptr(), out.data_ptr(), R, H, Hkv, D, row_start.data_ptr(), pair_slot.data_ptr(),
             pair_len.data_ptr(), pair_cos.data_ptr(), pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
-            stride, bf16, scale, threads(),
+            stride, bf16, _compact_ref(compact, layer), layer, scale, threads(),
         )
     check_rc(rc, "attend")
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.cache import KV_MODES
 from ..errors import InvalidRequestError
 from ..models.registry import DEFAULT_MODEL
 
@@ -23,6 +24,7 @@ class ServeConfig:
     api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
     shutdown_grace: float = 10.0  # on SIGINT/SIGTERM: seconds runs may finish before cancel
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    kv: str = "auto"  # how the shared KV cache keeps keys and values (hogwild.core.cache.KV_MODES)
 
     def validate(self) -> None:
         checks = [
@@ -35,6 +37,7 @@ class ServeConfig:
             (self.max_body_bytes >= 256, f"--max-body-bytes must be at least 256 (got {self.max_body_bytes})"),
             (self.shutdown_grace >= 0, f"--shutdown-grace must be 0 or more (got {self.shutdown_grace})"),
             (self.api_key is None or self.api_key != "", "--api-key must not be empty"),
+            (self.kv in KV_MODES, f"--kv must be one of {', '.join(KV_MODES)} (got {self.kv!r})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -267,7 +267,7 @@ class Runner:
             torch.set_num_threads(self.config.threads)
         started = time.perf_counter()
         self.loaded = load_model(self.config.model, dtype=self.config.dtype, device=self.config.device)
-        self.scheduler = MeteredScheduler(Batch(self.loaded.model), self.metrics)
+        self.scheduler = MeteredScheduler(Batch(self.loaded.model, kv=self.config.kv), self.metrics)
         self.scheduler.start()
         self.ready.set()
         self.metrics.ready.set(1)

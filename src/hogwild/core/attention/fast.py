@@ -64,13 +64,7 @@ class PassLayout:
                 additive.masked_fill_(~visible_t, float("-inf"))
                 # kernel layout: rows of a segment are (pair, group), pair-major
                 mask = additive.repeat_interleave(groups_per_kv, dim=0)
-            if len(cluster) == 1:
-                block = store.blocks[cluster[0]]
-                seg = Segment(first, len(pair_rows), mask, region=(block.start, block.length))
-            else:
-                slots_of = [torch.arange(store.blocks[b].start, store.blocks[b].end) for b in cluster]
-                seg = Segment(first, len(pair_rows), mask, gather=torch.cat(slots_of).to(device))
-            self.segments.append(seg)
+            self.segments.append(Segment(first, len(pair_rows), mask, cluster))
         self.num_pairs = len(pair_rows)
         self.pair_rows = torch.tensor(pair_rows, dtype=torch.long, device=device)
         self.q_cos, self.q_sin = rope.cos_sin(deltas)
@@ -83,19 +77,19 @@ SMALL_BLOCK = 256  # blocks shorter than this share one gathered segment
 
 @dataclass
 class Segment:
-    """Pairs [first, end) attend to keys read in place (``region``) or gathered (``gather``)."""
+    """Pairs [first, end) attend to the keys of ``blocks``: one block read in place (or
+    dequantized, when int8), or several small ones concatenated."""
 
     first: int
     end: int
     mask: torch.Tensor | None
-    region: tuple[int, int] | None = None  # (pool start, length)
-    gather: torch.Tensor | None = None  # pool slots, for small blocks taken together
+    blocks: list[int]
 
     def keys_values(self, store: KVStore, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.region is not None:
-            start, n = self.region
-            return store.k[layer, :, start : start + n], store.v[layer, :, start : start + n]
-        return store.k[layer].index_select(1, self.gather), store.v[layer].index_select(1, self.gather)
+        if len(self.blocks) == 1:
+            return store.keys(layer, self.blocks[0]), store.values(layer, self.blocks[0])
+        keys = torch.cat([store.keys(layer, b) for b in self.blocks], dim=1)
+        return keys, torch.cat([store.values(layer, b) for b in self.blocks], dim=1)
 
 
 def _block_attention_cpu(q, k, v, mask, scale):

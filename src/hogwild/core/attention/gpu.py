@@ -185,7 +185,7 @@ class GpuPlan:
     def usable(store: KVStore) -> bool:
         c = store.config
         return (gpu.available(store.device) and gpu.supports(c.num_heads, c.num_kv_heads, c.head_dim)
-                and store.dtype in (torch.float32, torch.bfloat16, torch.float16))
+                and store.dtype in (torch.float32, torch.bfloat16, torch.float16) and store.compact is None)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from ...gpu import triton_attention, triton_ops

@@ -9,7 +9,7 @@ import torch
 
 from ... import kernels
 from ...models.rope import Rope
-from ..cache import KVStore
+from ..cache import COMPACT_SLOT, KVStore
 from .plan import QueryGroup, pass_pairs
 
 
@@ -25,7 +25,8 @@ class KernelPlan(kernels.NativePassSource):
     itself takes any number of rows, but above the limit the linears leave the kernels too,
     and one limit keeps a pass on one path. On this path a row's attention output is the same
     bits whatever other rows (of its run or of others) share the pass and wherever its blocks
-    sit in the store, so batching runs changes nothing they compute.
+    sit in the store, so batching runs changes nothing they compute. Blocks in the store's
+    int8 pool (``Batch(kv="int8")``) are read in place and dequantized per 32-key chunk.
     """
 
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup], scale: float | None = None):
@@ -41,11 +42,18 @@ class KernelPlan(kernels.NativePassSource):
         for r in range(rows):
             counts[r + 1] += counts[r]
         self.row_start = torch.tensor(counts, dtype=torch.int32)
-        starts = [store.blocks[b].start for _, b, _, _ in pairs]
+        starts = [store.blocks[b].base for _, b, _, _ in pairs]
         self.pair_slot = torch.tensor(starts, dtype=torch.long)
         self.pair_len = torch.tensor([v for _, _, _, v in pairs], dtype=torch.int32)
-        self.max_slot = max((s + v for s, (_, _, _, v) in zip(starts, pairs)), default=0)
-        self.max_write = max(expanded.slots, default=-1)
+        ends = [s + v for s, (_, _, _, v) in zip(starts, pairs)]
+        # bounds of what the pairs read in each pool (int8 slots less COMPACT_SLOT)
+        self.max_slot = max((e for e in ends if e <= COMPACT_SLOT), default=0)
+        self.max_compact = max((e - COMPACT_SLOT for e in ends if e > COMPACT_SLOT), default=0)
+        self.max_write = max((s for s in expanded.slots if s < COMPACT_SLOT), default=-1)
+        self.max_compact_write = max((s - COMPACT_SLOT for s in expanded.slots if s >= COMPACT_SLOT), default=-1)
+        # the int8 pool as C reads it (this pass only: the pool's tensors are replaced when it grows)
+        p = store.compact
+        self.compact = None if p is None else kernels.compact_pool(p.t["k"], p.t["v"], p.t["ks"], p.t["vs"])
         self.q_cos, self.q_sin = (t.contiguous() for t in rope.cos_sin([d for _, _, d, _ in pairs]))
         self.scale = scale if scale is not None else 1.0 / math.sqrt(store.config.head_dim)
         self._native: kernels.NativePass | None = None
@@ -55,12 +63,14 @@ class KernelPlan(kernels.NativePassSource):
         store's bounds (the native decoder does not check slots itself)."""
         if self._native is None:
             store = self.store
-            if self.max_slot > store.capacity or self.max_write >= store.capacity:
+            compact_capacity = 0 if self.compact is None else self.compact.capacity
+            if (self.max_slot > store.capacity or self.max_write >= store.capacity
+                    or self.max_compact > compact_capacity or self.max_compact_write >= compact_capacity):
                 raise ValueError("a pass reads or writes outside the store")
             self._native = kernels.NativePass(
                 slots=self.slots, k_cos=self.k_cos, k_sin=self.k_sin, row_start=self.row_start,
                 pair_slot=self.pair_slot, pair_len=self.pair_len, pair_cos=self.q_cos, pair_sin=self.q_sin,
-                k=store.k, v=store.v, scale=self.scale,
+                k=store.k, v=store.v, scale=self.scale, compact=self.compact,
             )
         return self._native
 
@@ -81,10 +91,11 @@ class KernelPlan(kernels.NativePassSource):
         store = self.store
         k_pool, v_pool = store.k[layer], store.v[layer]
         kernels.store_kv(
-            k.float().contiguous(), v.float().contiguous(), self.slots, self.k_cos, self.k_sin, k_pool, v_pool
+            k.float().contiguous(), v.float().contiguous(), self.slots, self.k_cos, self.k_sin, k_pool, v_pool,
+            self.compact, layer,
         )
         out = kernels.attend(
             q.float().contiguous(), self.row_start, self.pair_slot, self.pair_len, self.q_cos, self.q_sin,
-            k_pool, v_pool, self.scale, self.max_slot,
+            k_pool, v_pool, self.scale, self.max_slot, self.compact, layer, self.max_compact,
         )
         return out.to(q.dtype)

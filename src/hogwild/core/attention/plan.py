@@ -70,7 +70,7 @@ def pass_pairs(store: KVStore, groups: Sequence[QueryGroup]) -> PassPairs:
         lengths = g.lengths(store)
         offsets = view_offsets(lengths)
         for block_id, local in zip(g.blocks, g.locals):
-            slots.append(store.blocks[block_id].start + local)
+            slots.append(store.blocks[block_id].base + local)
             k_locals.append(local)
             p = row_position(g.view, offsets, block_id, local)
             for b, off, n in zip(g.view, offsets, lengths):
