@@ -98,7 +98,8 @@ class Block:
 class Pool:
     """Token storage of one kind: named tensors whose dim 2 counts tokens ([layers, kv_heads,
     capacity, ...]) and the free regions among them. Regions move and the tensors grow;
-    :class:`KVStore` owns one for full-precision blocks and, with compact=True, one for int8 blocks."""
+    :class:`KVStore` owns one for full-precision blocks and, with ``compact=True``, one for
+    int8 blocks."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.t = tensors
@@ -302,8 +303,8 @@ class KVStore:
 
         The only re-rotation in the system: keys stored at local positions j of ``src`` become
         keys at local positions ``len(dst) + j`` of ``dst``, a rotation by one fixed angle per
-        frequency, applied once per merged token. Into an int8 ``dst`` (history, int8) the
-        rotated keys and the values are quantized here, once.
+        frequency, applied once per merged token. Into an int8 ``dst`` (the history under
+        ``--kv int8``) the rotated keys and the values are quantized here, once.
         """
         src = self.blocks[src_id]
         n = src.length
