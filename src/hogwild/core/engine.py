@@ -48,7 +48,8 @@ from .worker import WorkerState
 
 
 class Engine:
-    """A model plus a layout and sampling settings; :meth:`start` begins a :class:`Run`."""
+    """A model plus a layout and sampling settings; :meth:`start` begins a :class:`Run`.
+    ``attention`` and ``kv`` (see :class:`Batch`) make its private batch, unless given one."""
 
     def __init__(
         self,
@@ -60,8 +61,6 @@ class Engine:
         batch: Batch | None = None,
         kv: str = "auto",
     ):
-        """``attention`` and ``kv`` (see :class:`Batch`) make the engine's private batch;
-        with a shared ``batch`` they are the batch's."""
         if batch is not None and batch.model is not model:
             raise InvalidRequestError("the batch holds another model")
         self.model = model
@@ -320,8 +319,7 @@ class Run(PromptStorage, RunReadout):
         return events
 
     def _new_block(self, capacity: int, compact: bool = False) -> int:
-        """A block of this run; ``compact``: a finished one (prompt, history), int8 when the
-        batch keeps finished blocks so (``Batch(kv="int8")``)."""
+        """A block of this run; ``compact``: a finished one (prompt, history: int8 under kv="int8")."""
         block = self.store.new_block(capacity, compact=compact)
         self.block_ids[block] = []
         return block
