@@ -48,8 +48,7 @@ from .worker import WorkerState
 
 
 class Engine:
-    """A model plus a layout and sampling settings; :meth:`start` begins a :class:`Run`.
-    ``attention`` and ``kv`` (see :class:`Batch`) make its private batch, unless given one."""
+    """A model, a layout and sampling; :meth:`start` begins a :class:`Run` (``attention``, ``kv``: see Batch)."""
 
     def __init__(
         self,
@@ -319,7 +318,6 @@ class Run(PromptStorage, RunReadout):
         return events
 
     def _new_block(self, capacity: int, compact: bool = False) -> int:
-        """A block of this run; ``compact``: a finished one (prompt, history: int8 under kv="int8")."""
         block = self.store.new_block(capacity, compact=compact)
         self.block_ids[block] = []
         return block
