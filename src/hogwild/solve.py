@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from .answers import AnswerAgreement, extract_boxed
 from .core.engine import Run
 from .core.events import Event, RunStats, Snapshot
-from .core.cache import KV_MODES
+from .core.cache import check_kv
 from .core.layouts import get_layout
 from .core.sampling import Sampling
 from .core.script import Script
@@ -52,8 +52,7 @@ class SolveSettings:
         if self.stop not in ("first", "agree", "none"):
             raise InvalidRequestError(f"stop must be first, agree or none (got {self.stop!r})")
         get_layout(self.layout)
-        if self.kv not in KV_MODES:
-            raise InvalidRequestError(f"unknown KV setting {self.kv!r}; choose one of {', '.join(KV_MODES)}")
+        check_kv(self.kv)
 
     @property
     def sampling(self) -> Sampling:

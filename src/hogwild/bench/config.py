@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..core.batch import MIN_PREFIX
-from ..core.cache import KV_MODES
+from ..core.cache import check_kv
 from ..errors import InvalidRequestError
 from ..models.loading import parse_dtype
 from ..models.shapes import SHAPES
@@ -110,8 +110,7 @@ class BenchConfig:
             raise InvalidRequestError(
                 f"--unique-suffix: from 1 to the shortest context less {MIN_PREFIX} "
                 f"({min(self.contexts) - MIN_PREFIX}); got {self.unique_suffix}")
-        if self.kv not in KV_MODES:
-            raise InvalidRequestError(f"--kv: one of {', '.join(KV_MODES)} (got {self.kv!r})")
+        check_kv(self.kv)
         if self.attention not in ("auto", "torch", "triton"):
             raise InvalidRequestError(f"--attention: auto, torch or triton (got {self.attention!r})")
         if self.passes < 1 or self.rounds < 1 or self.warmup < 0:

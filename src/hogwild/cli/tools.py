@@ -192,12 +192,12 @@ def quality(
     from ..quant.plan import parse_weights
     from ..bench.quality import measure, write
 
-    from ..core.cache import KV_MODES
+    from ..core.cache import check_kv
 
     formats = [parse_weights(w) for w in weights.split(",") if w.strip()]
     kv_modes = [k.strip() for k in kv.split(",") if k.strip()]
-    if any(k not in KV_MODES for k in kv_modes):
-        raise InvalidRequestError(f"--kv: choose from {', '.join(KV_MODES)} (got {kv!r})")
+    for mode in kv_modes:
+        check_kv(mode)
     if (not formats and not kv_modes) or "auto" in formats:
         raise InvalidRequestError("--weights: name the formats to compare, e.g. native,q4_k,nvfp4")
     if guard not in ("both", "on", "off"):

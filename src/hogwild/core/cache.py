@@ -44,10 +44,15 @@ KV_HELP = ("KV cache: auto (the model's dtype), fp32, bf16, or int8 (prompt and 
            "with a scale per vector; the steps being written stay in the model's dtype).")
 
 
+def check_kv(mode: str) -> None:
+    """The one check of a ``--kv`` value (solve, eval, serve, bench, quality, Batch)."""
+    if mode not in KV_MODES:
+        raise InvalidRequestError(f"unknown KV setting {mode!r} (--kv); choose one of {', '.join(KV_MODES)}")
+
+
 def kv_setting(mode: str, model_dtype: torch.dtype) -> tuple[torch.dtype, bool]:
     """(dtype of the full-precision pool, whether finished blocks are int8) for ``mode``."""
-    if mode not in KV_MODES:
-        raise InvalidRequestError(f"unknown KV setting {mode!r}; choose one of {', '.join(KV_MODES)}")
+    check_kv(mode)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(mode, model_dtype)
     return dtype, mode == "int8"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.batch import Batch
-from ..core.cache import KV_MODES
+from ..core.cache import check_kv
 from ..driver import Scheduler
 from ..errors import HogwildError
 from ..protocol import DEFAULT_FEW_SHOT, DEFAULT_NO_REPEAT_NGRAM
@@ -83,8 +83,7 @@ class EvalConfig:
             raise HogwildError(f"{', '.join(multi)} need a worker count of at least 2 in --workers")
         if self.bundle < 1:
             raise HogwildError(f"--bundle must be at least 1 (got {self.bundle})")
-        if self.kv not in KV_MODES:
-            raise HogwildError(f"--kv must be one of {', '.join(KV_MODES)} (got {self.kv!r})")
+        check_kv(self.kv)
         self.budgets = sorted(set(self.budgets))
         self.workers = sorted(set(self.workers))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.cache import KV_MODES
+from ..core.cache import check_kv
 from ..errors import InvalidRequestError
 from ..models.registry import DEFAULT_MODEL
 
@@ -37,8 +37,8 @@ class ServeConfig:
             (self.max_body_bytes >= 256, f"--max-body-bytes must be at least 256 (got {self.max_body_bytes})"),
             (self.shutdown_grace >= 0, f"--shutdown-grace must be 0 or more (got {self.shutdown_grace})"),
             (self.api_key is None or self.api_key != "", "--api-key must not be empty"),
-            (self.kv in KV_MODES, f"--kv must be one of {', '.join(KV_MODES)} (got {self.kv!r})"),
         ]
+        check_kv(self.kv)
         for ok, message in checks:
             if not ok:
                 raise InvalidRequestError(message)

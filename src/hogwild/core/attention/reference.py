@@ -32,10 +32,10 @@ class ReferencePlan:
             lengths = g.lengths(store)
             offsets = view_offsets(lengths)
             for block_id, off, n in zip(g.view, offsets, lengths):
-                stored = store.keys(layer, block_id)[:, :n].transpose(0, 1)  # [n, kv_heads, d] at local 0..n-1
+                stored = store.keys(layer, block_id, n).transpose(0, 1)  # [n, kv_heads, d] at local 0..n-1
                 cos, sin = rope.cos_sin([off] * n)
                 keys.append(rotate(stored, cos, sin))  # now at view positions off..off+n-1
-                values.append(store.values(layer, block_id)[:, :n].transpose(0, 1))
+                values.append(store.values(layer, block_id, n).transpose(0, 1))
             keys_all = torch.cat(keys).repeat_interleave(groups, dim=1)  # [T, H, d]
             values_all = torch.cat(values).repeat_interleave(groups, dim=1)
             total = keys_all.shape[0]
