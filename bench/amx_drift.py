@@ -1,13 +1,19 @@
-"""Logit drift of the AMX linear: bf16 activations on the tile unit against fp32 activations.
+"""Logit drift of the AMX paths: bf16 activations on the tile unit against fp32 activations.
 
 On CPUs with AMX, the bf16-weight linear runs on the tile unit, which reads x as bf16
-(``amx_linear`` in ``hogwild_cpu.c``); the AVX-512 kernel keeps x in fp32. Both use the same
-bf16 weights, so the difference is the rounding of the activations alone. This script scores
-the shipped text (:func:`hogwild.quant.superweights.calibration_text`) with one loaded model
-through the native kernels, each chunk twice (instruction set pinned to AVX-512, then to
-AMX), and reports ``KL(avx512 || amx)`` per next-token distribution, both perplexities and
-top-1 agreement (:func:`hogwild.bench.quality.compare`). Chunks are at most
-``hogwild.kernels.MAX_ROWS`` tokens so every linear is a native kernel call.
+(``amx_linear`` in ``hogwild_cpu.c``), and so does the attention over a bf16 store, which
+reads the rotated queries and the softmax weights as bf16 (``amx_group``); the AVX-512
+kernels keep both in fp32. Weights and cache are the same bf16 either way, so the difference
+is the rounding of activations alone. This script scores the shipped text
+(:func:`hogwild.quant.superweights.calibration_text`) with one loaded model twice per
+chunk, instruction set pinned to AVX-512 and then to AMX, and reports ``KL(avx512 || amx)``
+per next-token distribution, both perplexities and top-1 agreement
+(:func:`hogwild.bench.quality.compare`), in two ways:
+
+- ``linear``: the model's own causal forward (attention in PyTorch), chunks of
+  ``hogwild.kernels.MAX_ROWS`` tokens, so every linear is a native kernel call;
+- ``engine``: through the engine's KV store (:class:`hogwild.bench.quality.ThroughStore`,
+  steps of 64 tokens folded into history), so the native attention kernel runs too.
 
 For scale, ``hogwild quality`` reports the drift of the weight formats (``q8_0`` rounds the
 activations to 8 bits per block of 32, ``docs/results/quant/``).
@@ -38,6 +44,20 @@ from hogwild.loader import load_model
 from hogwild.quant.superweights import calibration_text
 
 
+def pinned(isa: int, fn):
+    """``fn`` with the kernels pinned to instruction set ``isa`` for each call."""
+
+    def call(*args):
+        lib = kernels.library()
+        assert lib.hw_isa(isa) == isa
+        try:
+            return fn(*args)
+        finally:
+            lib.hw_isa(0)
+
+    return call
+
+
 class Pinned:
     """The loaded model with the kernels pinned to one instruction set for each call."""
 
@@ -45,12 +65,14 @@ class Pinned:
         self.loaded, self.isa, self.config = loaded, isa, loaded.config
 
     def model(self, ids, plan):
-        lib = kernels.library()
-        assert lib.hw_isa(self.isa) == self.isa
-        try:
-            return self.loaded.model(ids, plan)
-        finally:
-            lib.hw_isa(0)
+        return pinned(self.isa, self.loaded.model)(ids, plan)
+
+
+class PinnedStore(Pinned):
+    """The same, reading through the engine's KV store (the native attention kernel runs)."""
+
+    def reader(self):
+        return pinned(self.isa, quality.ThroughStore(self.loaded, "auto").reader())
 
 
 def main() -> None:
@@ -66,11 +88,13 @@ def main() -> None:
     loaded = load_model(args.model, weights="bf16")
     ids = torch.tensor(loaded.tokenizer(calibration_text())["input_ids"][: args.tokens], dtype=torch.long)
     quality.CHUNK = kernels.MAX_ROWS
-    numbers = quality.compare(Pinned(loaded, 2), Pinned(loaded, 3), ids)
     doc = {"model": args.model, "weights": "bf16", "reference": "avx512 (fp32 activations)",
-           "candidate": "amx (bf16 activations)", "text": "hogwild/quant/data/coriolanus.txt", **numbers}
-    # the reference's own perplexity, for the two side by side
-    doc["perplexity_reference"] = quality.compare(Pinned(loaded, 3), Pinned(loaded, 2), ids)["perplexity"]
+           "candidate": "amx (bf16 activations)", "text": "hogwild/quant/data/coriolanus.txt"}
+    for name, side in (("linear", Pinned), ("engine", PinnedStore)):
+        numbers = quality.compare(side(loaded, 2), side(loaded, 3), ids)
+        # the reference's own perplexity, for the two side by side
+        numbers["perplexity_reference"] = quality.compare(side(loaded, 3), side(loaded, 2), ids)["perplexity"]
+        doc[name] = numbers
     print(json.dumps(doc, indent=1))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

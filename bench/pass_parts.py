@@ -36,10 +36,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    from hogwild.kernels import build
+    from hogwild.kernels import build, ops  # noqa: F401 (ops declares the kernels it wraps)
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(ROOT / "src"))
-    from hogwild.kernels import build
+    from hogwild.kernels import build, ops  # noqa: F401 (ops declares the kernels it wraps)
 from hogwild.models.shapes import SHAPES
 
 ISA_NAMES = {1: "avx2", 2: "avx512", 3: "amx"}
@@ -58,11 +58,7 @@ def load_library() -> ctypes.CDLL:
     lib = build.library()
     if lib is None:
         raise SystemExit(f"native kernels unavailable: {build.status()}")
-    P, I = ctypes.c_void_p, ctypes.c_int
-    lib.hw_linear.restype, lib.hw_linear.argtypes = I, [P, P, I, P, P, I, I, I, I, I]
-    lib.hw_attend.restype = I
-    lib.hw_attend.argtypes = [P, P, I, I, I, I, P, P, P, P, P, P, P, ctypes.c_int64, I, ctypes.c_float, I]
-    lib.hw_isa.restype, lib.hw_isa.argtypes = I, [I]
+    build.declare({"hw_isa": (ctypes.c_int, [ctypes.c_int])})  # the rest as hogwild.kernels.ops declares them
     return lib
 
 
@@ -125,7 +121,8 @@ class Pass:
         rc = lib.hw_attend(self.q.data_ptr(), self.att.data_ptr(), self.rows, c.num_heads, c.num_kv_heads, c.head_dim,
                            self.row_start.data_ptr(), self.pair_slot.data_ptr(), self.pair_len.data_ptr(),
                            self.cos.data_ptr(), self.sin.data_ptr(), k.data_ptr(), self.pool_v[layer].data_ptr(),
-                           k.shape[1] * k.shape[2], int(k.dtype == torch.bfloat16), 1 / math.sqrt(c.head_dim), threads)
+                           k.shape[1] * k.shape[2], int(k.dtype == torch.bfloat16), None, 0, 1 / math.sqrt(c.head_dim),
+                           threads)
         if rc != 0:
             raise RuntimeError(f"hw_attend failed ({rc})")
 

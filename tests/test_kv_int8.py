@@ -19,7 +19,7 @@ from hogwild.core.cache import COMPACT_SLOT, PoolFullError, KVStore, dequantize,
 from hogwild.core.engine import Engine
 from hogwild.errors import InvalidRequestError
 
-from kernel_isa import isa, restore_threads  # noqa: F401 (fixtures used by name)
+from kernel_isa import ISAS, isa, restore_threads  # noqa: F401 (fixtures used by name)
 from test_batch import SPECS, model_for, same, script, trace_batched
 from test_kernel_attention import _dense_attention
 from tiny import forced_tokens, lockstep, random_script, tiny_config, tiny_model, toy_decode
@@ -123,6 +123,38 @@ def test_attention_kernel_reads_int8_blocks(heads, kv_heads, d, isa) -> None:
         kernels.attend(q, row_start, slots, lens, cos, sin, kf[0], vf[0], scale, 443, pool, 0, cap + 1)
     with pytest.raises(ValueError):  # a compact pair and no int8 pool: refused by C
         kernels.attend(q, row_start, slots, lens, cos, sin, kf[0], vf[0], scale, 443)
+
+
+@needs_kernels
+@pytest.mark.skipif(not kernels.available() or 3 not in ISAS, reason="no AMX on this CPU")
+def test_int8_blocks_take_the_fp32_loops_next_to_tiles() -> None:
+    """On AMX a call mixing bf16 blocks (on the tiles) and int8 ones: the int8 work items take
+    the fp32 loops, so a row reading only int8 blocks has the AVX-512 path's bits."""
+    torch.manual_seed(5)
+    heads, kv_heads, d, cap = 9, 3, 64, 600
+    kf, vf = torch.randn(kv_heads, cap, d).to(torch.bfloat16), torch.randn(kv_heads, cap, d).to(torch.bfloat16)
+    k8, ks = quantize(torch.randn(1, kv_heads, cap, d))
+    v8, vs = quantize(torch.randn(1, kv_heads, cap, d))
+    pool = kernels.compact_pool(k8, v8, ks, vs)
+    pairs = [(0, COMPACT_SLOT, 300), (0, COMPACT_SLOT + 350, 45), (1, COMPACT_SLOT, 300), (1, 0, 290)]
+    q = torch.randn(2, heads, d)
+    angles = torch.rand(len(pairs), d // 2) * 6
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+    args = (q, torch.tensor([0, 2, 4], dtype=torch.int32), torch.tensor([s for _, s, _ in pairs]),
+            torch.tensor([n for _, _, n in pairs], dtype=torch.int32), cos, sin, kf, vf, 1 / math.sqrt(d), 290,
+            pool, 0, 395)
+    lib = kernels.library()
+    outs = {}
+    for isa_id in (2, 3):
+        assert lib.hw_isa(isa_id) == isa_id
+        try:
+            outs[isa_id] = kernels.attend(*args)
+        finally:
+            lib.hw_isa(0)
+    assert kernels.attention_rounds(kf)
+    assert torch.equal(outs[2][0], outs[3][0])  # int8 blocks only: the same loops
+    assert not torch.equal(outs[2][1], outs[3][1])  # its bf16 block went to the tiles
+    assert (outs[2][1] - outs[3][1]).abs().max() < 1e-2
 
 
 @pytest.mark.parametrize("attention", ["torch", "auto"])

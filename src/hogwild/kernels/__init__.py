@@ -35,6 +35,7 @@ from .ops import (
     compact_pool,
     linear,
     linear_rounds_input,
+    attention_rounds,
     rmsnorm,
     silu_mul,
     span,
@@ -44,7 +45,7 @@ from .ops import (
 
 __all__ = [
     "COMPACT_SLOT", "CompactPool", "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
-    "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "available", "can_pack", "compact_pool",
+    "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "attention_rounds", "available", "can_pack", "compact_pool",
     "format_supported", "library", "linear", "linear_rounds_input", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
     "span", "status", "store_kv", "supports_attention",
 ]

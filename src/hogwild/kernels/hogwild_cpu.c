@@ -18,8 +18,9 @@
  * build turns off floating-point contraction (-ffp-contract=off) so a C expression rounds
  * the same wherever it is inlined. tests/test_kernels.py checks it bit for bit.
  *
- * Everything is computed in fp32 but the bf16 linear on AMX tiles, which reads activations as
- * bf16 (amx_linear says why that is worth it). Built on first use by hogwild/kernels/build.py and
+ * Everything is computed in fp32 but on AMX tiles, where the bf16 linear reads activations as
+ * bf16 and the attention over a bf16 store reads queries and softmax weights as bf16
+ * (amx_linear and amx_group say why that is worth it). Built on first use by hogwild/kernels/build.py and
  * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
  */
 #include <immintrin.h>
@@ -463,6 +464,18 @@ typedef struct {
 
 static inline int amx_fits(int N, int K) { return N % 16 == 0 && K % 32 == 0 && K > 0; }
 
+/* The tile configuration of every AMX kernel: 8 tiles of 16 rows x 64 bytes. A constant, not
+ * a local filled before the load: GCC does not see that LDTILECFG reads its operand and may
+ * drop the stores that fill a local (it did, and the tiles stayed unconfigured). */
+static const AmxConfig AMX_TILES = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+/* Configure this thread's tiles (each kernel releases them when done). */
+static HW_AMX void amx_tiles_on(void) { _tile_loadconfig(&AMX_TILES); }
+
 /* x [M, K] fp32 -> bf16 B tiles, one per 16 rows (padded with zeros) and 32 keys: tile
  * (mb, kc) at xp + (mb * K/32 + kc) * 512; its row r holds, for each of its 16 rows m, the
  * keys 2r and 2r + 1 of the chunk. */
@@ -518,14 +531,7 @@ static HW_AMX int amx_linear(const float *x, const uint16_t *w, const float *b, 
     size_t ws = (size_t)K * 2;  /* bytes between weight rows */
 #pragma omp parallel num_threads(threads)
     {
-        AmxConfig cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.palette = 1;
-        for (int t = 0; t < 8; t++) {
-            cfg.colsb[t] = 64;
-            cfg.rows[t] = 16;
-        }
-        _tile_loadconfig(&cfg);
+        amx_tiles_on();
         float acc[256] __attribute__((aligned(64)));
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
         int g0 = (int)((int64_t)groups * t / nt), g1 = (int)((int64_t)groups * (t + 1) / nt);
@@ -1314,6 +1320,301 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     }
 }
 
+/* ------------------------------------------------------------------ AMX attention (bf16 pools)
+ *
+ * Where the linears run on AMX tiles (isa 3), a work item over a bf16 pool with head_dim a
+ * multiple of 32 runs on the tile unit too (amx_attends): with many rows per pass (batched
+ * runs, large teams) attention is most of what the linears left, and the FMA loops above
+ * reach a fifth of the FMA peak on it. A work item is one unit of keys (at most UNIT_KEYS)
+ * against its members' G queries each (nq <= MAX_Q = 2 tiles of 16 queries):
+ *
+ * - scores, taken transposed as in amx_linear: S^T [keys, queries] = K q^T, the A operand 16
+ *   keys x 32 dims loaded straight from the pool (the unit's last partial 16 keys from a
+ *   zero-padded copy, so nothing past the block is read), the B operand the rotated, scaled
+ *   queries rounded to bf16 and pair-interleaved once per item;
+ * - softmax over the whole unit at once (it fits: UNIT_KEYS x 32 scores): per query its max
+ *   m over the unit's keys, p = exp(s - m) rounded to bf16, l = sum of the rounded p in key
+ *   order. With queries in the lanes of S^T's rows these are plain vertical operations;
+ * - values: acc [queries, D] = P V, the A operand P (rounded, keys pair-interleaved per query
+ *   via one 16 x 16 word transpose per 32 keys), the B operand V pair-interleaved per 32 keys
+ *   (keys past the unit are zeros, with p = 0), accumulated over the unit's 32-key steps in
+ *   tiles; (m, l, acc) go to the same partial results attend_group writes, merged alike.
+ *
+ * What it changes: queries and weights are read as bf16 (as the AMX linear reads x), so rows
+ * differ from the FMA path's in the last bits; keys and values are the pool's bf16 exactly,
+ * and every sum is fp32. Batch invariance: each score and each value sum is one tile cell
+ * accumulated over its own keys in a fixed order (dims in steps of 32, then keys in steps of
+ * 32, ascending) whatever other queries share the tile; m and l are per lane; nothing
+ * depends on the item's other members, the thread or where the block sits in the pool. */
+#define AMX_Q 16 /* queries per tile */
+
+/* exp(x) for x <= 0, 16 lanes: exp8_nonpositive's steps, on AVX-512. */
+static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps((__mmask16)~underflow, p, _mm512_castsi512_ps(e));
+}
+
+/* Per-thread work buffers of amx_group, 64-byte aligned (one allocation per call). */
+typedef struct {
+    float *qf;      /* rotated, scaled queries [MAX_Q, D] fp32 */
+    uint16_t *qt;   /* query B tiles [2][D/32][16 rows x 32] */
+    float *st;      /* scores, key-major [UNIT_KEYS][MAX_Q] */
+    uint16_t *pt;   /* weight A tiles [2][UNIT_KEYS/32][16 x 32] */
+    uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
+    uint16_t *kpad; /* a partial 16 keys, zero padded [16][D] */
+    float *ct;      /* one accumulator tile [16][16] */
+} AmxWork;
+
+static size_t amx_work_bytes(int D) {
+    return sizeof(float) * ((size_t)MAX_Q * D + (size_t)UNIT_KEYS * MAX_Q + 256) +
+           sizeof(uint16_t) * ((size_t)2 * D * 16 + (size_t)2 * UNIT_KEYS * 16 + (size_t)UNIT_KEYS * D + 16 * (size_t)D);
+}
+
+static void amx_work_at(AmxWork *w, char *base, int D) {
+    w->qf = (float *)base;
+    w->st = w->qf + (size_t)MAX_Q * D;
+    w->ct = w->st + (size_t)UNIT_KEYS * MAX_Q;
+    w->qt = (uint16_t *)(w->ct + 256);
+    w->pt = w->qt + (size_t)2 * D * 16;
+    w->vt = w->pt + (size_t)2 * UNIT_KEYS * 16;
+    w->kpad = w->vt + (size_t)UNIT_KEYS * D;
+}
+
+/* r[0..15], 16 rows of 16 words, transposed in registers and stored: out[c * 16 + i] =
+ * word c of r[i] (pairs of rows interleaved per 128-bit lane, then pairs of pairs, then the
+ * lanes gathered in two shuffles). */
+static inline __attribute__((always_inline)) HW_AMX void amx_transpose_store(const __m512i *r, uint32_t *out) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + k], lane L: word 4L + k of rows 4i .. 4i + 3 */
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512i v0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), v1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xdd);
+        __m512i v2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88), v3 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xdd);
+        _mm512_storeu_si512(out + (size_t)k * 16, _mm512_shuffle_i32x4(v0, v2, 0x88));
+        _mm512_storeu_si512(out + (size_t)(4 + k) * 16, _mm512_shuffle_i32x4(v1, v3, 0x88));
+        _mm512_storeu_si512(out + (size_t)(8 + k) * 16, _mm512_shuffle_i32x4(v0, v2, 0xdd));
+        _mm512_storeu_si512(out + (size_t)(12 + k) * 16, _mm512_shuffle_i32x4(v1, v3, 0xdd));
+    }
+}
+
+/* Ask for rows [first, first + n) of a head's block (row_bytes each) to be fetched into
+ * cache: a work item reads its keys and values once, from memory when many runs each have
+ * their own prompt, so they are requested a few tiles before they are needed. */
+static inline void amx_prefetch(const uint16_t *rows, int first, int n, size_t row_bytes) {
+    const char *p = (const char *)rows + (size_t)first * row_bytes, *end = p + (size_t)n * row_bytes;
+    for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+}
+
+#define AMX_AHEAD 64 /* keys requested ahead of the score tiles */
+
+/* One work item on the tile unit (see above): members' queries against keys [slot, slot +
+ * count) of KV head kh of a bf16 pool; writes each member's (m, l, acc) into `part` as
+ * attend_group does. The caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
+static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
+                             int D, int Hkv, const float *pair_cos, const float *pair_sin, const uint16_t *kbase,
+                             const uint16_t *vbase, int64_t head_stride, float scale, float *part, size_t per,
+                             const AmxWork *w) {
+    int nq = nm * G, nqt = (nq + AMX_Q - 1) / AMX_Q, KS = D / 32, DT = D / 16;
+    int count = members[0].count, steps = (count + 31) / 32;
+    size_t row_bytes = (size_t)D * 2;
+    const uint16_t *k0 = kbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
+    const uint16_t *v0 = vbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
+    /* queries: rotated per member's pair, scaled, then bf16 pairs as TDPBF16PS's B operand */
+    for (int i = 0; i < nm; i++) {
+        const Unit *u = &list[members[i].unit];
+        const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
+        for (int g = 0; g < G; g++)
+            rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, w->qf + (size_t)(i * G + g) * D, D,
+                     scale);
+    }
+    for (int qt = 0; qt < nqt; qt++)
+        for (int ks = 0; ks < KS; ks++) {
+            __m512i rows[16];
+            for (int c = 0; c < AMX_Q; c++) {
+                int qi = qt * AMX_Q + c;
+                const float *qr = w->qf + (size_t)qi * D + ks * 32;
+                rows[c] = qi < nq ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(qr + 16), _mm512_loadu_ps(qr))
+                                  : _mm512_setzero_si512();
+            }
+            amx_transpose_store(rows, (uint32_t *)(w->qt + ((size_t)qt * KS + ks) * 512));
+        }
+    /* scores S^T, 16 keys a tile: rows of st are keys, lanes queries. Keys are requested
+     * AMX_AHEAD ahead, values as their keys are scored (they are read after the softmax). */
+    amx_prefetch(k0, 0, count < AMX_AHEAD ? count : AMX_AHEAD, row_bytes);
+    for (int kt = 0; kt * 16 < count; kt++) {
+        const uint16_t *a = k0 + (size_t)kt * 16 * D;
+        int have = count - kt * 16, ahead = kt * 16 + AMX_AHEAD;
+        if (ahead < count) amx_prefetch(k0, ahead, count - ahead < 16 ? count - ahead : 16, row_bytes);
+        amx_prefetch(v0, kt * 16, have < 16 ? have : 16, row_bytes);
+        if (have < 16) {
+            memcpy(w->kpad, a, (size_t)have * row_bytes);
+            memset(w->kpad + (size_t)have * D, 0, (size_t)(16 - have) * row_bytes);
+            a = w->kpad;
+        }
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int ks = 0; ks < KS; ks++) {
+            _tile_loadd(2, a + ks * 32, row_bytes);
+            _tile_loadd(3, w->qt + (size_t)ks * 512, 64);
+            _tile_dpbf16ps(0, 2, 3);
+            if (nqt > 1) {
+                _tile_loadd(4, w->qt + ((size_t)KS + ks) * 512, 64);
+                _tile_dpbf16ps(1, 2, 4);
+            }
+        }
+        _tile_stored(0, w->st + (size_t)kt * 16 * MAX_Q, MAX_Q * 4);
+        if (nqt > 1) _tile_stored(1, w->st + (size_t)kt * 16 * MAX_Q + AMX_Q, MAX_Q * 4);
+    }
+    /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
+     * weights pair-interleaved per query (A tiles of P) */
+    float ms[MAX_Q], ls[MAX_Q];
+    const __m512i pair_idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int qt = 0; qt < nqt; qt++) {
+        const float *col = w->st + qt * AMX_Q;
+        __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
+        for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * MAX_Q));
+        for (int s = 0; s < steps; s++) {
+            __m512i words[16];
+            for (int t = 0; t < 16; t++) {
+                int j = s * 32 + 2 * t;
+                __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * MAX_Q), m))
+                                      : _mm512_setzero_ps();
+                __m512 e1 = j + 1 < count
+                                ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * MAX_Q), m))
+                                : _mm512_setzero_ps();
+                __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
+                __m512 r0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+                __m512 r1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+                l = _mm512_add_ps(l, r0);
+                l = _mm512_add_ps(l, r1);
+                words[t] = _mm512_permutexvar_epi16(pair_idx, b);
+            }
+            amx_transpose_store(words, (uint32_t *)(w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512));
+        }
+        _mm512_storeu_ps(ms + qt * AMX_Q, m);
+        _mm512_storeu_ps(ls + qt * AMX_Q, l);
+    }
+    /* values pair-interleaved per 32 keys and 16 dims (B tiles), zeros past the unit */
+    const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                            6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
+                                            54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    for (int s = 0; s < steps; s++)
+        for (int t = 0; t < 16; t++) {
+            int j = s * 32 + 2 * t;
+            const uint16_t *a = v0 + (size_t)j * D, *b = a + D;
+            for (int d = 0; d < D; d += 32) {
+                __m512i va = j < count ? _mm512_loadu_si512(a + d) : _mm512_setzero_si512();
+                __m512i vb = j + 1 < count ? _mm512_loadu_si512(b + d) : _mm512_setzero_si512();
+                uint16_t *tile = w->vt + ((size_t)s * DT + d / 16) * 512 + t * 32;
+                _mm512_storeu_si512(tile, _mm512_permutex2var_epi16(va, lo_idx, vb));
+                _mm512_storeu_si512(tile + 512, _mm512_permutex2var_epi16(va, hi_idx, vb));
+            }
+        }
+    /* acc = P V, four 16-dim tiles at a time over the unit's 32-key steps */
+    for (int qt = 0; qt < nqt; qt++)
+        for (int dt0 = 0; dt0 < DT; dt0 += 4) {
+            int nd = DT - dt0 < 4 ? DT - dt0 : 4;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int s = 0; s < steps; s++) {
+                const uint16_t *vs = w->vt + ((size_t)s * DT + dt0) * 512;
+                _tile_loadd(4, w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512, 64);
+                _tile_loadd(5, vs, 64);
+                _tile_dpbf16ps(0, 4, 5);
+                if (nd > 1) {
+                    _tile_loadd(6, vs + 512, 64);
+                    _tile_dpbf16ps(1, 4, 6);
+                }
+                if (nd > 2) {
+                    _tile_loadd(7, vs + 1024, 64);
+                    _tile_dpbf16ps(2, 4, 7);
+                }
+                if (nd > 3) {
+                    _tile_loadd(5, vs + 1536, 64);
+                    _tile_dpbf16ps(3, 4, 5);
+                }
+            }
+            for (int i = 0; i < nd; i++) {
+                if (i == 0) AMX_STORE(0, w->ct);
+                else if (i == 1) AMX_STORE(1, w->ct);
+                else if (i == 2) AMX_STORE(2, w->ct);
+                else AMX_STORE(3, w->ct);
+                for (int c = 0; c < AMX_Q && qt * AMX_Q + c < nq; c++) {
+                    int qi = qt * AMX_Q + c, mi = qi / G, g = qi % G;
+                    float *base = part + per * ((size_t)members[mi].unit * Hkv + kh);
+                    memcpy(base + 2 * G + (size_t)g * D + (size_t)(dt0 + i) * 16, w->ct + c * 16, 16 * sizeof(float));
+                }
+            }
+        }
+    for (int qi = 0; qi < nq; qi++) {
+        float *base = part + per * ((size_t)members[qi / G].unit * Hkv + kh);
+        base[qi % G] = ms[qi];
+        base[G + qi % G] = ls[qi];
+    }
+}
+
+/* 1 when hw_attend runs a head layout over a bf16 pool on the tile unit in the current set
+ * (queries and weights then rounded to bf16; int8 blocks still take attend_group). */
+int hw_attend_amx(int D, int bf16) { return isa_now() == 3 && bf16 && D % 32 == 0 && D <= MAX_D; }
+
+/* The work items of hw_attend when hw_attend_amx: each thread loads the tile configuration
+ * and runs its items, int8 ones through attend_group. Returns 0 or -1 (no scratch). */
+static HW_AMX int amx_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start, int items,
+                              int H, int G, int D, int Hkv, const float *pair_cos, const float *pair_sin,
+                              const void *kbase, const void *vbase, int64_t head_stride, const Compact *pk, int layer,
+                              float scale, float *part, size_t per, int threads) {
+    size_t bytes = (amx_work_bytes(D) + 63) / 64 * 64;
+    char *scratch = (char *)aligned_alloc(64, bytes * (size_t)threads);
+    if (!scratch) return -1;
+#pragma omp parallel num_threads(threads)
+    {
+        amx_tiles_on();
+        AmxWork w;
+        amx_work_at(&w, scratch + bytes * (size_t)omp_get_thread_num(), D);
+#pragma omp for schedule(dynamic, 1)
+        for (int it = 0; it < items; it++) {
+            int gr = it / Hkv, kh = it % Hkv;
+            int first = group_start[gr], nm = group_start[gr + 1] - first;
+            if (keys[first].slot >= COMPACT_SLOT)
+                attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
+                             head_stride, 1, pk, layer, scale, part, per);
+            else
+                amx_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
+                          (const uint16_t *)vbase, head_stride, scale, part, per, &w);
+        }
+        _tile_release();
+    }
+    free(scratch);
+    return 0;
+}
+
 /* Whether attend_group's fixed-size buffers hold this head layout (rotate-half RoPE needs an
  * even head_dim). hogwild.kernels.supports_attention is the same test on the Python side. */
 static int heads_supported(int H, int Hkv, int D) {
@@ -1343,7 +1644,9 @@ static int heads_supported(int H, int Hkv, int D) {
  * not sums; so do AVX-512's 16-score blocks, whose reduce16 sums each dot product by one
  * tree); a row's units are merged in its own order. The dot products' order depends on the
  * instruction set (AVX-512 for head_dim % 32 == 0 where the CPU has it, see scores5_block;
- * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both. */
+ * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both.
+ * With AMX and a bf16 pool (hw_attend_amx) a work item runs on the tile unit (amx_group),
+ * int8 blocks of the compact store excepted: per tile cell, as invariant as the rest. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
@@ -1396,12 +1699,24 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
     }
     group_start[groups] = units;
     int items = groups * Hkv;
+    if (hw_attend_amx(D, bf16)) {
+        if (amx_attends(q, list, keys, group_start, items, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
+                        head_stride, pk, layer, scale, part, per, threads) != 0) {
+            free(list);
+            free(keys);
+            free(group_start);
+            free(row_unit);
+            free(part);
+            return -1;
+        }
+    } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int it = 0; it < items; it++) {
-        int gr = it / Hkv, kh = it % Hkv;
-        int first = group_start[gr], nm = group_start[gr + 1] - first;
-        attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase, head_stride,
-                     bf16, pk, layer, scale, part, per);
+        for (int it = 0; it < items; it++) {
+            int gr = it / Hkv, kh = it % Hkv;
+            int first = group_start[gr], nm = group_start[gr + 1] - first;
+            attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase, head_stride,
+                         bf16, pk, layer, scale, part, per);
+        }
     }
     /* merge the units of each row: weights exp(m_u - max) */
 #pragma omp parallel for schedule(static) num_threads(threads)
