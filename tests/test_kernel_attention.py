@@ -38,11 +38,14 @@ def _dense_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale):
     return out
 
 
-def _tile_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale, unit=256):
+def _tile_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale, k_scale=None, v_scale=None, unit=256):
     """What the AMX path computes (``kernels.attention_rounds``): per unit of at most 256 keys
     (cut from each pair's start), the query rotated and scaled in fp32 and rounded to bf16,
-    weights exp(score - the unit's max) rounded to bf16, their sum and the weighted values;
-    the units of a row merged by log-sum-exp. Scores and sums in float64."""
+    weights e = exp(score - the unit's max), their sum rounded to bf16 per weight, and the
+    values weighted by e rounded to bf16; the units of a row merged by log-sum-exp. Scores
+    and sums in float64. Int8 blocks: pools of the int8 values with ``k_scale``/``v_scale``
+    [kv_heads, slots] (1 elsewhere): scores times the key's scale, e times the value's scale
+    before its rounding for the values."""
     rows, heads, d = q.shape
     g = heads // k_pool.shape[0]
     out = torch.empty(rows, heads, d, dtype=torch.float64)
@@ -59,10 +62,14 @@ def _tile_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale, unit=25
                 sl = slice(start + first, start + min(n, first + unit))
                 keys = k_pool[:, sl].double().repeat_interleave(g, dim=0)
                 scores = torch.einsum("hd,hnd->hn", qr, keys)
+                if k_scale is not None:
+                    scores = scores * k_scale[:, sl].double().repeat_interleave(g, dim=0)
                 m = scores.max(dim=-1, keepdim=True).values
-                w = (scores - m).exp().to(torch.bfloat16).double()
+                e = (scores - m).exp()
+                w = e if v_scale is None else e * v_scale[:, sl].double().repeat_interleave(g, dim=0)
                 values = v_pool[:, sl].double().repeat_interleave(g, dim=0)
-                parts.append((m, w.sum(-1, keepdim=True), torch.einsum("hn,hnd->hd", w, values)))
+                parts.append((m, e.to(torch.bfloat16).double().sum(-1, keepdim=True),
+                              torch.einsum("hn,hnd->hd", w.to(torch.bfloat16).double(), values)))
         best = torch.stack([m for m, _, _ in parts]).max(dim=0).values
         den = sum(l * (m - best).exp() for m, l, _ in parts)
         out[r] = sum(acc * (m - best).exp() for m, _, acc in parts) / den

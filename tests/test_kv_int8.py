@@ -21,7 +21,7 @@ from hogwild.errors import InvalidRequestError
 
 from kernel_isa import ISAS, isa, restore_threads  # noqa: F401 (fixtures used by name)
 from test_batch import SPECS, model_for, same, script, trace_batched
-from test_kernel_attention import _dense_attention
+from test_kernel_attention import _dense_attention, _tile_attention
 from tiny import forced_tokens, lockstep, random_script, tiny_config, tiny_model, toy_decode
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"native kernels: {kernels.status()}")
@@ -127,34 +127,42 @@ def test_attention_kernel_reads_int8_blocks(heads, kv_heads, d, isa) -> None:
 
 @needs_kernels
 @pytest.mark.skipif(not kernels.available() or 3 not in ISAS, reason="no AMX on this CPU")
-def test_int8_blocks_take_the_fp32_loops_next_to_tiles() -> None:
-    """On AMX a call mixing bf16 blocks (on the tiles) and int8 ones: the int8 work items take
-    the fp32 loops, so a row reading only int8 blocks has the AVX-512 path's bits."""
-    torch.manual_seed(5)
-    heads, kv_heads, d, cap = 9, 3, 64, 600
+@pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 64), (8, 1, 128)])
+def test_int8_blocks_on_the_tiles(heads, kv_heads, d) -> None:
+    """On AMX a call mixing bf16 and int8 blocks runs both on the tiles: the int8 keys and
+    values widened to bf16 exactly, the scales applied to scores and weights; equal to a
+    float64 model of that rounding (as for bf16 blocks in test_kernel_attention.py)."""
+    torch.manual_seed(d)
+    cap = 600
     kf, vf = torch.randn(kv_heads, cap, d).to(torch.bfloat16), torch.randn(kv_heads, cap, d).to(torch.bfloat16)
     k8, ks = quantize(torch.randn(1, kv_heads, cap, d))
     v8, vs = quantize(torch.randn(1, kv_heads, cap, d))
     pool = kernels.compact_pool(k8, v8, ks, vs)
-    pairs = [(0, COMPACT_SLOT, 300), (0, COMPACT_SLOT + 350, 45), (1, COMPACT_SLOT, 300), (1, 0, 290)]
-    q = torch.randn(2, heads, d)
+    pairs = [(0, COMPACT_SLOT, 300), (0, COMPACT_SLOT + 350, 45), (1, COMPACT_SLOT, 300), (1, 0, 290),
+             (2, COMPACT_SLOT + 10, 7), (2, 300, 3)]
+    rows = 3
+    q = torch.randn(rows, heads, d)
     angles = torch.rand(len(pairs), d // 2) * 6
     cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
-    args = (q, torch.tensor([0, 2, 4], dtype=torch.int32), torch.tensor([s for _, s, _ in pairs]),
-            torch.tensor([n for _, _, n in pairs], dtype=torch.int32), cos, sin, kf, vf, 1 / math.sqrt(d), 290,
+    args = (q, torch.tensor([0, 2, 4, 6], dtype=torch.int32), torch.tensor([s for _, s, _ in pairs]),
+            torch.tensor([n for _, _, n in pairs], dtype=torch.int32), cos, sin, kf, vf, 1 / math.sqrt(d), 303,
             pool, 0, 395)
     lib = kernels.library()
-    outs = {}
-    for isa_id in (2, 3):
-        assert lib.hw_isa(isa_id) == isa_id
-        try:
-            outs[isa_id] = kernels.attend(*args)
-        finally:
-            lib.hw_isa(0)
-    assert kernels.attention_rounds(kf)
-    assert torch.equal(outs[2][0], outs[3][0])  # int8 blocks only: the same loops
-    assert not torch.equal(outs[2][1], outs[3][1])  # its bf16 block went to the tiles
-    assert (outs[2][1] - outs[3][1]).abs().max() < 1e-2
+    assert lib.hw_isa(3) == 3
+    try:
+        assert kernels.attention_rounds(kf)
+        got = kernels.attend(*args).double()
+    finally:
+        lib.hw_isa(0)
+    # one pool: the bf16 blocks, then the int8 values (scale 1 for the bf16 ones)
+    keys, values = torch.cat([kf.float(), k8[0].float()], 1), torch.cat([vf.float(), v8[0].float()], 1)
+    k_scale, v_scale = torch.cat([torch.ones(kv_heads, cap), ks[0]], 1), torch.cat([torch.ones(kv_heads, cap), vs[0]], 1)
+    flat = [(r, s - COMPACT_SLOT + cap if s >= COMPACT_SLOT else s, n) for r, s, n in pairs]
+    err = (got - _tile_attention(q, flat, keys, values, cos, sin, 1 / math.sqrt(d), k_scale, v_scale)).abs()
+    assert err.mean().item() < 1e-6 and err.max().item() < 1e-3  # rare bf16 neighbours, as there
+    dense = _dense_attention(q, flat, torch.cat([kf.float(), dequantize(k8, ks)[0]], 1),
+                             torch.cat([vf.float(), dequantize(v8, vs)[0]], 1), cos, sin, 1 / math.sqrt(d))
+    assert (got - dense).abs().max().item() < 1e-2
 
 
 @pytest.mark.parametrize("attention", ["torch", "auto"])

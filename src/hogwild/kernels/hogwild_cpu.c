@@ -1320,10 +1320,11 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     }
 }
 
-/* ------------------------------------------------------------------ AMX attention (bf16 pools)
+/* ------------------------------------------------------------------ AMX attention (bf16 stores)
  *
  * Where the linears run on AMX tiles (isa 3), a work item over a bf16 pool with head_dim a
- * multiple of 32 runs on the tile unit too (amx_attends): with many rows per pass (batched
+ * multiple of 32 (or over its store's int8 part, see amx_group) runs on the tile unit too
+ * (amx_attends): with many rows per pass (batched
  * runs, large teams) attention is most of what the linears left, and the FMA loops above
  * reach a fifth of the FMA peak on it. A work item is one unit of keys (at most UNIT_KEYS)
  * against its members' G queries each (nq <= MAX_Q = 2 tiles of 16 queries):
@@ -1377,12 +1378,13 @@ typedef struct {
     uint16_t *pt;   /* weight A tiles [2][UNIT_KEYS/32][16 x 32] */
     uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
     uint16_t *kpad; /* a partial 16 keys, zero padded [16][D] */
+    uint16_t *kv8;  /* a unit's int8 keys, then its values, as bf16 [UNIT_KEYS][D] */
     float *ct;      /* one accumulator tile [16][16] */
 } AmxWork;
 
 static size_t amx_work_bytes(int D) {
     return sizeof(float) * ((size_t)MAX_Q * D + (size_t)UNIT_KEYS * MAX_Q + 256) +
-           sizeof(uint16_t) * ((size_t)2 * D * 16 + (size_t)2 * UNIT_KEYS * 16 + (size_t)UNIT_KEYS * D + 16 * (size_t)D);
+           sizeof(uint16_t) * ((size_t)2 * D * 16 + (size_t)2 * UNIT_KEYS * 16 + (size_t)2 * UNIT_KEYS * D + 16 * (size_t)D);
 }
 
 static void amx_work_at(AmxWork *w, char *base, int D) {
@@ -1393,6 +1395,27 @@ static void amx_work_at(AmxWork *w, char *base, int D) {
     w->pt = w->qt + (size_t)2 * D * 16;
     w->vt = w->pt + (size_t)2 * UNIT_KEYS * 16;
     w->kpad = w->vt + (size_t)UNIT_KEYS * D;
+    w->kv8 = w->kpad + (size_t)16 * D;
+}
+
+/* n int8 rows of D values (D % 32 == 0) as bf16 rows, exactly (|q| <= 127 has 7 bits), and
+ * zero rows up to the next multiple of 16, so whole 16-key tiles can be loaded. */
+static inline HW_AMX void amx_int8_rows(const int8_t *src, int n, int D, uint16_t *dst) {
+    int padded = (n + 15) / 16 * 16;
+    for (int j = 0; j < n && j < 32; j++) _mm_prefetch((const char *)(src + (size_t)j * D), _MM_HINT_T0);
+    for (int j = 0; j < padded; j++) {
+        if (j + 32 < n) _mm_prefetch((const char *)(src + (size_t)(j + 32) * D), _MM_HINT_T0);
+        for (int d = 0; d < D; d += 32) {
+            __m512i out = _mm512_setzero_si512();
+            if (j < n) {
+                __m256i b = _mm256_loadu_si256((const __m256i *)(src + (size_t)j * D + d));
+                __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+                __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+                out = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            }
+            _mm512_storeu_si512(dst + (size_t)j * D + d, out);
+        }
+    }
 }
 
 /* r[0..15], 16 rows of 16 words, transposed in registers and stored: out[c * 16 + i] =
@@ -1423,7 +1446,7 @@ static inline __attribute__((always_inline)) HW_AMX void amx_transpose_store(con
 /* Ask for rows [first, first + n) of a head's block (row_bytes each) to be fetched into
  * cache: a work item reads its keys and values once, from memory when many runs each have
  * their own prompt, so they are requested a few tiles before they are needed. */
-static inline void amx_prefetch(const uint16_t *rows, int first, int n, size_t row_bytes) {
+static inline void amx_prefetch(const void *rows, int first, int n, size_t row_bytes) {
     const char *p = (const char *)rows + (size_t)first * row_bytes, *end = p + (size_t)n * row_bytes;
     for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
 }
@@ -1431,17 +1454,35 @@ static inline void amx_prefetch(const uint16_t *rows, int first, int n, size_t r
 #define AMX_AHEAD 64 /* keys requested ahead of the score tiles */
 
 /* One work item on the tile unit (see above): members' queries against keys [slot, slot +
- * count) of KV head kh of a bf16 pool; writes each member's (m, l, acc) into `part` as
- * attend_group does. The caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
+ * count) of KV head kh of a bf16 pool, or of layer `layer` of the int8 part `pk` for slots
+ * from COMPACT_SLOT on; writes each member's (m, l, acc) into `part` as attend_group does.
+ * Int8 blocks: the unit's int8 keys, then values, are widened to bf16 exactly; each score
+ * is multiplied by its key's scale after the tile product, and each weight by its value's
+ * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). The
+ * caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
 static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
                              int D, int Hkv, const float *pair_cos, const float *pair_sin, const uint16_t *kbase,
-                             const uint16_t *vbase, int64_t head_stride, float scale, float *part, size_t per,
-                             const AmxWork *w) {
+                             const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
+                             float *part, size_t per, const AmxWork *w) {
     int nq = nm * G, nqt = (nq + AMX_Q - 1) / AMX_Q, KS = D / 32, DT = D / 16;
     int count = members[0].count, steps = (count + 31) / 32;
     size_t row_bytes = (size_t)D * 2;
-    const uint16_t *k0 = kbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
-    const uint16_t *v0 = vbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
+    int compact = members[0].slot >= COMPACT_SLOT;
+    const uint16_t *k0, *v0;
+    const int8_t *v8 = NULL;
+    const float *kscale = NULL, *vscale = NULL;
+    if (compact) {
+        size_t line = ((size_t)layer * Hkv + kh) * (size_t)pk->capacity + (size_t)(members[0].slot - COMPACT_SLOT);
+        amx_int8_rows(pk->k + line * D, count, D, w->kv8);
+        k0 = w->kv8;
+        v0 = w->kv8; /* its values replace the keys there after the scores */
+        v8 = pk->v + line * D;
+        kscale = pk->ks + line;
+        vscale = pk->vs + line;
+    } else {
+        k0 = kbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
+        v0 = vbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
+    }
     /* queries: rotated per member's pair, scaled, then bf16 pairs as TDPBF16PS's B operand */
     for (int i = 0; i < nm; i++) {
         const Unit *u = &list[members[i].unit];
@@ -1463,13 +1504,17 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
         }
     /* scores S^T, 16 keys a tile: rows of st are keys, lanes queries. Keys are requested
      * AMX_AHEAD ahead, values as their keys are scored (they are read after the softmax). */
-    amx_prefetch(k0, 0, count < AMX_AHEAD ? count : AMX_AHEAD, row_bytes);
+    if (!compact) amx_prefetch(k0, 0, count < AMX_AHEAD ? count : AMX_AHEAD, row_bytes);
     for (int kt = 0; kt * 16 < count; kt++) {
         const uint16_t *a = k0 + (size_t)kt * 16 * D;
         int have = count - kt * 16, ahead = kt * 16 + AMX_AHEAD;
-        if (ahead < count) amx_prefetch(k0, ahead, count - ahead < 16 ? count - ahead : 16, row_bytes);
-        amx_prefetch(v0, kt * 16, have < 16 ? have : 16, row_bytes);
-        if (have < 16) {
+        if (compact) {
+            amx_prefetch(v8, kt * 16, have < 16 ? have : 16, (size_t)D);
+        } else {
+            if (ahead < count) amx_prefetch(k0, ahead, count - ahead < 16 ? count - ahead : 16, row_bytes);
+            amx_prefetch(v0, kt * 16, have < 16 ? have : 16, row_bytes);
+        }
+        if (have < 16 && !compact) { /* int8 rows were padded with zeros when widened */
             memcpy(w->kpad, a, (size_t)have * row_bytes);
             memset(w->kpad + (size_t)have * D, 0, (size_t)(16 - have) * row_bytes);
             a = w->kpad;
@@ -1488,6 +1533,12 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
         _tile_stored(0, w->st + (size_t)kt * 16 * MAX_Q, MAX_Q * 4);
         if (nqt > 1) _tile_stored(1, w->st + (size_t)kt * 16 * MAX_Q + AMX_Q, MAX_Q * 4);
     }
+    if (compact) /* scores of int8 keys times each key's scale */
+        for (int j = 0; j < count; j++)
+            for (int qt = 0; qt < nqt; qt++) {
+                float *row = w->st + (size_t)j * MAX_Q + qt * AMX_Q;
+                _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
+            }
     /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
      * weights pair-interleaved per query (A tiles of P) */
     float ms[MAX_Q], ls[MAX_Q];
@@ -1511,6 +1562,9 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                 __m512 r1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
                 l = _mm512_add_ps(l, r0);
                 l = _mm512_add_ps(l, r1);
+                if (compact) /* the weights the int8 values take: times each value's scale */
+                    b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e1, _mm512_set1_ps(j + 1 < count ? vscale[j + 1] : 0.0f)),
+                                                     _mm512_mul_ps(e0, _mm512_set1_ps(j < count ? vscale[j] : 0.0f)));
                 words[t] = _mm512_permutexvar_epi16(pair_idx, b);
             }
             amx_transpose_store(words, (uint32_t *)(w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512));
@@ -1523,6 +1577,7 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                                             6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
                                             54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    if (compact) amx_int8_rows(v8, count, D, w->kv8);
     for (int s = 0; s < steps; s++)
         for (int t = 0; t < 16; t++) {
             int j = s * 32 + 2 * t;
@@ -1581,11 +1636,11 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
 }
 
 /* 1 when hw_attend runs a head layout over a bf16 pool on the tile unit in the current set
- * (queries and weights then rounded to bf16; int8 blocks still take attend_group). */
+ * (queries and weights then rounded to bf16), the int8 blocks of its compact store too. */
 int hw_attend_amx(int D, int bf16) { return isa_now() == 3 && bf16 && D % 32 == 0 && D <= MAX_D; }
 
 /* The work items of hw_attend when hw_attend_amx: each thread loads the tile configuration
- * and runs its items, int8 ones through attend_group. Returns 0 or -1 (no scratch). */
+ * and runs its items (bf16 and int8 blocks alike). Returns 0 or -1 (no scratch). */
 static HW_AMX int amx_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start, int items,
                               int H, int G, int D, int Hkv, const float *pair_cos, const float *pair_sin,
                               const void *kbase, const void *vbase, int64_t head_stride, const Compact *pk, int layer,
@@ -1602,12 +1657,8 @@ static HW_AMX int amx_attends(const float *q, const Unit *list, const UnitKey *k
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
-            if (keys[first].slot >= COMPACT_SLOT)
-                attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
-                             head_stride, 1, pk, layer, scale, part, per);
-            else
-                amx_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
-                          (const uint16_t *)vbase, head_stride, scale, part, per, &w);
+            amx_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
+                      (const uint16_t *)vbase, head_stride, pk, layer, scale, part, per, &w);
         }
         _tile_release();
     }
@@ -1645,8 +1696,9 @@ static int heads_supported(int H, int Hkv, int D) {
  * tree); a row's units are merged in its own order. The dot products' order depends on the
  * instruction set (AVX-512 for head_dim % 32 == 0 where the CPU has it, see scores5_block;
  * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both.
- * With AMX and a bf16 pool (hw_attend_amx) a work item runs on the tile unit (amx_group),
- * int8 blocks of the compact store excepted: per tile cell, as invariant as the rest. */
+ * With AMX and a bf16 pool (hw_attend_amx) every work item runs on the tile unit
+ * (amx_group), int8 blocks of the compact store included: per tile cell, as invariant as
+ * the rest. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,

@@ -126,8 +126,9 @@ def linear_rounds_input(weight: torch.Tensor) -> bool:
 def attention_rounds(k_pool: torch.Tensor) -> bool:
     """Does :func:`attend` read queries and softmax weights as bf16 over this pool? Yes where
     it runs on AMX tiles: a bf16 pool with head_dim a multiple of 32, on a CPU with AMX, unless
-    the instruction set is pinned lower (keys, values and every sum stay exact / fp32; int8
-    blocks of a compact store take the fp32 loops either way)."""
+    the instruction set is pinned lower (keys, values and every sum stay exact / fp32). The
+    int8 blocks of a compact store beside such a pool go on the tiles too, widened to bf16
+    exactly, with their scales applied to scores and weights."""
     lib = _lib_or_fail()
     return bool(lib.hw_attend_amx(int(k_pool.shape[-1]), int(k_pool.dtype == torch.bfloat16)))
 
