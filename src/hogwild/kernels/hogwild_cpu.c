@@ -1371,32 +1371,41 @@ static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m
     return _mm512_maskz_mul_ps((__mmask16)~underflow, p, _mm512_castsi512_ps(e));
 }
 
-/* Per-thread work buffers of amx_group, 64-byte aligned (one allocation per call). */
+/* Work buffers of amx_group, sized for head_dim up to MAX_D. */
 typedef struct {
     float *qf;      /* rotated, scaled queries [MAX_Q, D] fp32 */
-    uint16_t *qt;   /* query B tiles [2][D/32][16 rows x 32] */
     float *st;      /* scores, key-major [UNIT_KEYS][MAX_Q] */
+    float *ct;      /* one accumulator tile [16][16] */
+    uint16_t *qt;   /* query B tiles [2][D/32][16 rows x 32] */
     uint16_t *pt;   /* weight A tiles [2][UNIT_KEYS/32][16 x 32] */
     uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
-    uint16_t *kpad; /* a partial 16 keys, zero padded [16][D] */
-    uint16_t *kv8;  /* a unit's int8 keys, then its values, as bf16 [UNIT_KEYS][D] */
-    float *ct;      /* one accumulator tile [16][16] */
+    uint16_t *rows; /* keys as bf16 rows [UNIT_KEYS][D]: an int8 unit's keys, then its values,
+                       widened; a bf16 unit's last partial 16 keys, zero padded */
 } AmxWork;
 
-static size_t amx_work_bytes(int D) {
-    return sizeof(float) * ((size_t)MAX_Q * D + (size_t)UNIT_KEYS * MAX_Q + 256) +
-           sizeof(uint16_t) * ((size_t)2 * D * 16 + (size_t)2 * UNIT_KEYS * 16 + (size_t)2 * UNIT_KEYS * D + 16 * (size_t)D);
-}
-
-static void amx_work_at(AmxWork *w, char *base, int D) {
-    w->qf = (float *)base;
-    w->st = w->qf + (size_t)MAX_Q * D;
-    w->ct = w->st + (size_t)UNIT_KEYS * MAX_Q;
-    w->qt = (uint16_t *)(w->ct + 256);
-    w->pt = w->qt + (size_t)2 * D * 16;
-    w->vt = w->pt + (size_t)2 * UNIT_KEYS * 16;
-    w->kpad = w->vt + (size_t)UNIT_KEYS * D;
-    w->kv8 = w->kpad + (size_t)16 * D;
+/* This thread's work buffers: allocated on its first AMX attention call and kept, since the
+ * OpenMP threads live as long as the process, so the call of every layer and pass allocates
+ * nothing (~350 KB per thread). NULL when the allocation fails. */
+static const AmxWork *amx_work(void) {
+    static __thread AmxWork w;
+    static __thread char *mem;
+    if (!mem) {
+        size_t f = sizeof(float), h = sizeof(uint16_t); /* every part a multiple of 64 bytes */
+        size_t parts[7] = {f * MAX_Q * MAX_D, f * UNIT_KEYS * MAX_Q, f * 256, h * 2 * MAX_D * 16,
+                           h * 2 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D};
+        size_t total = 0;
+        for (int i = 0; i < 7; i++) total += parts[i];
+        if (!(mem = (char *)aligned_alloc(64, total))) return NULL;
+        char *at = mem;
+        w.qf = (float *)at;
+        w.st = (float *)(at += parts[0]);
+        w.ct = (float *)(at += parts[1]);
+        w.qt = (uint16_t *)(at += parts[2]);
+        w.pt = (uint16_t *)(at += parts[3]);
+        w.vt = (uint16_t *)(at += parts[4]);
+        w.rows = (uint16_t *)(at += parts[5]);
+    }
+    return &w;
 }
 
 /* n int8 rows of D values (D % 32 == 0) as bf16 rows, exactly (|q| <= 127 has 7 bits), and
@@ -1474,9 +1483,9 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
     const float *kscale = NULL, *vscale = NULL;
     if (compact) {
         size_t line = ((size_t)layer * Hkv + kh) * (size_t)pk->capacity + (size_t)(members[0].slot - COMPACT_SLOT);
-        amx_int8_rows(pk->k + line * D, count, D, w->kv8);
-        k0 = w->kv8;
-        v0 = w->kv8; /* its values replace the keys there after the scores */
+        amx_int8_rows(pk->k + line * D, count, D, w->rows);
+        k0 = w->rows;
+        v0 = w->rows; /* its values replace the keys there after the scores */
         v8 = pk->v + line * D;
         kscale = pk->ks + line;
         vscale = pk->vs + line;
@@ -1516,9 +1525,9 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
             amx_prefetch(v0, kt * 16, have < 16 ? have : 16, row_bytes);
         }
         if (have < 16 && !compact) { /* int8 rows were padded with zeros when widened */
-            memcpy(w->kpad, a, (size_t)have * row_bytes);
-            memset(w->kpad + (size_t)have * D, 0, (size_t)(16 - have) * row_bytes);
-            a = w->kpad;
+            memcpy(w->rows, a, (size_t)have * row_bytes);
+            memset(w->rows + (size_t)have * D, 0, (size_t)(16 - have) * row_bytes);
+            a = w->rows;
         }
         _tile_zero(0);
         _tile_zero(1);
@@ -1578,7 +1587,7 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                                             6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
                                             54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
-    if (compact) amx_int8_rows(v8, count, D, w->kv8);
+    if (compact) amx_int8_rows(v8, count, D, w->rows);
     for (int s = 0; s < steps; s++)
         for (int t = 0; t < 16; t++) {
             int j = s * 32 + 2 * t;
@@ -1641,30 +1650,29 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
 int hw_attend_amx(int D, int bf16) { return isa_now() == 3 && bf16 && D % 32 == 0 && D <= MAX_D; }
 
 /* The work items of hw_attend when hw_attend_amx: each thread loads the tile configuration
- * and runs its items (bf16 and int8 blocks alike). Returns 0 or -1 (no scratch). */
+ * and runs its items (bf16 and int8 blocks alike) in its own work buffers (amx_work).
+ * Returns 0 or -1 (a thread's buffers could not be allocated). */
 static HW_AMX int amx_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start, int items,
                               int H, int G, int D, int Hkv, const float *pair_cos, const float *pair_sin,
                               const void *kbase, const void *vbase, int64_t head_stride, const Compact *pk, int layer,
                               float scale, float *part, size_t per, int threads) {
-    size_t bytes = (amx_work_bytes(D) + 63) / 64 * 64;
-    char *scratch = (char *)aligned_alloc(64, bytes * (size_t)threads);
-    if (!scratch) return -1;
-#pragma omp parallel num_threads(threads)
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
     {
+        const AmxWork *w = amx_work();
+        failed = !w;
         amx_tiles_on();
-        AmxWork w;
-        amx_work_at(&w, scratch + bytes * (size_t)omp_get_thread_num(), D);
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
-            amx_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
-                      (const uint16_t *)vbase, head_stride, pk, layer, scale, part, per, &w);
+            if (w)
+                amx_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
+                          (const uint16_t *)vbase, head_stride, pk, layer, scale, part, per, w);
         }
         _tile_release();
     }
-    free(scratch);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 /* Whether attend_group's fixed-size buffers hold this head layout (rotate-half RoPE needs an
