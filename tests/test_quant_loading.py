@@ -109,6 +109,26 @@ def test_smollm2_as_stored_equals_the_conversion():
         assert torch.equal(dense, reference[name]), name
 
 
+def test_native_load_stays_light():
+    """A native load neither initialises the meta model nor concatenates meta placeholders
+    (either imports torch._dynamo, 1 s of every load), and its blocks are torch-owned
+    writable copies (not views of the read-only file map)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hogwild.loader import load_model; "
+            "m = load_model('smollm2-135m', dtype='native'); "
+            "print(m.weights, 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["native", "False"], done.stdout
+    assert "not writable" not in done.stderr
+    blocks = np.frombuffer(bytes(range(34)) * 4, dtype=np.uint8)
+    blocks.flags.writeable = False
+    weight = as_quant_weight("t", blocks, int(T.Q8_0), 4, 32)
+    assert weight.data.shape == (4, 34) and weight.data.numpy().flags.writeable
+
+
 def test_weight_setting_is_one_option():
     assert parse_weights(None) == "auto"
     assert parse_weights("float32") == parse_weights(torch.float32) == "fp32"

@@ -136,16 +136,30 @@ def replace_modules(model: nn.Module, kind: type[nn.Module], make: Callable[[nn.
 
 def _concat_linears(*linears: nn.Linear) -> nn.Linear:
     first = linears[0]
-    out = sum(l.out_features for l in linears)
-    # made on the meta device, then given uninitialised memory where the weights live: no
-    # full-size fp32 init on the CPU (minutes for a 32B model), no second copy
-    fused = nn.Linear(first.in_features, out, bias=first.bias is not None, device="meta",
-                      dtype=first.weight.dtype)
     with torch.no_grad():  # each written once; parts still on the meta device stay there
-        fused.weight = nn.Parameter(torch.cat([l.weight for l in linears]), requires_grad=False)
-        if first.bias is not None:
-            fused.bias = nn.Parameter(torch.cat([l.bias for l in linears]), requires_grad=False)
-    return fused
+        weight = _cat([l.weight for l in linears])
+        bias = _cat([l.bias for l in linears]) if first.bias is not None else None
+    return _linear_from(weight, bias)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat, except for parts on the meta device (a loader's placeholders), made
+    directly: concatenating meta tensors imports torch._dynamo, 1 s of a model load."""
+    if any(p.is_meta for p in parts):
+        return torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype, device="meta")
+    return torch.cat(parts)
+
+
+def _linear_from(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """An ``nn.Linear`` around existing tensors, never initialised: no full-size random init
+    (minutes of fp32 for a 32B model), no second copy, and no meta-device init, whose
+    decompositions import torch._dynamo (1 s of every model load)."""
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.out_features, linear.in_features = weight.shape
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    linear.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    return linear
 
 
 class DecoderLayer(nn.Module):
@@ -164,7 +178,14 @@ class DecoderLayer(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        if torch.empty(0).is_meta:
+            # Built to receive loaded weights: no random init. nn.Embedding's init goes
+            # through a function that imports torch._dynamo on first use, 1 s of every
+            # model load (docs/results/quant/load/README.md).
+            table = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
+            self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, _weight=table)
+        else:
+            self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_eps)
 
