@@ -153,7 +153,7 @@ EXAMPLE_MOD_3 = [
 ]
 
 # First steps. Worker 0 proposes a plan; the others start in different directions.
-OPENING_SOLO = "First, let me restate what the problem asks:"
+OPENING_SOLO = "Let's solve this step by step."
 OPENING_LEAD = "Hi, I'm {me}. Here is how I suggest we split the work:"
 OPENINGS_OTHERS = (
     "Hi, I'm {me}. While {lead} writes the plan, I will start by",
