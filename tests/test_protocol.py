@@ -22,6 +22,7 @@ from hogwild.protocol import (
     is_step_end,
     render_chat,
 )
+from hogwild.protocol.step_end import header_lines
 
 PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 
@@ -186,6 +187,26 @@ def test_step_end_only_looks_at_the_tail():
     assert not is_step_end(text)
     assert not is_step_end(text + " 3 and 5")
     assert is_step_end(text + " 3 and 5.\n\n")
+
+
+def test_a_step_ends_where_another_step_or_a_view_section_starts():
+    """Small models write the next step's header or the combined view's section titles inside
+    their own step and go on as another worker; the step ends at that line instead."""
+    headers = header_lines(["Alice", "Bob"])
+    plan = " Here is how I suggest we split the work:\n\n- Problem 1: Alice\n- Problem 2: Bob\n\n"
+    for line in ("### Your own current step", "### Unfinished steps of the others, still being written",
+                 "**Bob [4]:** Hi, I'm Bob. I am calculating", "** Alice **[5]:** I continue", "**(Bob [3]:** ok"):
+        text = plan + line + "\n"
+        assert is_step_end(text, headers=headers), line
+        assert not is_step_end(text), line  # without the rule the list keeps the step open
+    for line in ("I agree with Bob: the total is 27", "**Problem 2:**", "## Answer"):
+        assert not is_step_end(" We continue:\n" + line + "\n", headers=headers), line
+    assert not is_step_end(" I agree with Bob\n", headers=headers)
+    assert not is_step_end("**Bob [4]:** the first line continues the fed header\n", headers=headers)
+    protocol = Protocol(num_workers=2)
+    assert protocol.is_step_end(plan + "### Your own current step\n")
+    assert protocol.is_step_end(plan + "**Bob [2]:** Hi, I'm Bob.\n")
+    assert not Protocol(num_workers=2, names=["Carol", "Dave"]).is_step_end(plan + "**Bob [2]:** Hi.\n")
 
 
 # --------------------------------------------------------------------------- protocol texts

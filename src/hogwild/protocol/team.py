@@ -29,7 +29,7 @@ from .chat import encoder, prefix_ends, render_chat, stop_ids, thinking_open, wi
 from .examples import DEFAULT_FEW_SHOT, FEW_SHOT_MIN_CONTEXT, few_shot_examples
 from .loops import Repeat
 from .observer import step_observer
-from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, is_step_end
+from .step_end import LIST_STEP_CHARS, STEP_END_CHARS, header_lines, is_step_end
 from .texts import (
     CHECK_IN_TEXT, CHECK_RESULT, CHECK_IN_TEXT_SOLO, FOLLOW_ASSIGNMENT, FORCED_ANSWER_LEAD,
     FORCED_ANSWER_TEXT, FORCED_ANSWER_TEXT_SOLO, FORCED_ANSWER_TEXT_VERIFIED,
@@ -296,10 +296,10 @@ class Protocol:
                 raise IndexError(f"worker {worker} out of range (0..{len(names) - 1})")
             return tuple(encode(self.header_text(worker, step, bool(check_in))))
 
-        limit, least = self.list_step_chars, self.min_step_chars
+        limit, least, headers = self.list_step_chars, self.min_step_chars, header_lines(names)
 
         def step_end(text: str) -> bool:
-            return is_step_end(text, limit, least)
+            return is_step_end(text, limit, least, headers)
 
         prompt_text = texts[id(prompt_ids)]
         thinking = thinking_open(prompt_text)
@@ -324,7 +324,7 @@ class Protocol:
         )
 
     def is_step_end(self, text: str) -> bool:
-        return is_step_end(text, self.list_step_chars, self.min_step_chars)
+        return is_step_end(text, self.list_step_chars, self.min_step_chars, header_lines(self.worker_names))
 
     # ------------------------------------------------------------------ forced answer
 
