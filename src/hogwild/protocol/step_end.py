@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from ..answers import extract_boxed
 
@@ -82,6 +83,11 @@ def header_lines(names: Sequence[str]) -> re.Pattern[str]:
     Small models write these inside their own step and go on as another worker (the format
     probe of issue 12: 40 of 58 steps with long steps, 9 of 230 in the product's team;
     docs/results/collaboration/README.md); :func:`is_step_end` ends the step at such a line."""
+    return _header_lines(tuple(names))
+
+
+@lru_cache(maxsize=64)
+def _header_lines(names: tuple[str, ...]) -> re.Pattern[str]:
     alternatives = "|".join(re.escape(name) for name in names)
     return re.compile(rf"^[\s*_(]*(?:{alternatives})[\s*_]*\[\d+\]|^\s*#{{1,6}}\s.*\bsteps?\b", re.IGNORECASE)
 
