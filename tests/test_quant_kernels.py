@@ -6,6 +6,7 @@ the same dequantized weights."""
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -230,6 +231,21 @@ def test_avx512_tiles_give_the_avx2_bits(name, restore_threads) -> None:
             assert all(torch.equal(a, b) for a, b in zip(wide, narrow))
     finally:
         set_isa(before)
+
+
+def test_environment_caps_the_quantized_kernels_too() -> None:
+    """HOGWILD_KERNEL_ISA=avx2 (benchmarks compare instruction sets with it) also keeps the
+    quantized kernels on their AVX2 tiles."""
+    import subprocess
+    import sys
+
+    if set_isa(-1) != 2:
+        pytest.skip("no AVX-512 here")
+    code = "from hogwild.kernels.qlinear import set_isa; print(set_isa(-1))"
+    for cap, isa in (("avx2", "1"), ("avx512", "2")):
+        env = {**os.environ, "HOGWILD_KERNEL_ISA": cap}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0 and done.stdout.split()[-1] == isa, (cap, done.stdout, done.stderr)
 
 
 def test_corrections_and_scale(mode) -> None:

@@ -416,6 +416,9 @@ static int isa_env(void) {
     return known;
 }
 
+/* The cap HOGWILD_KERNEL_ISA sets (0 none, 1 AVX2, 2 AVX-512), for hogwild_quant.c too. */
+int hw_isa_cap(void) { return isa_env(); }
+
 static inline int isa_best(void) { return cpu_amx() ? 3 : hw_cpu_avx512() ? 2 : 1; }
 
 static inline int isa_now(void) {

@@ -714,12 +714,14 @@ DEFINE_K512_TILES(qt5_q5_k, QF_Q5_K)
 DEFINE_K512_TILES(qt5_q6_k, QF_Q6_K)
 
 /* Whether the AVX-512 tiles run: the CPU has AVX-512 F/BW/VL/DQ, unless hw_qlinear_isa
- * turned them off. They give the AVX2 tiles' bits (see q_tile_k512). */
+ * turned them off or HOGWILD_KERNEL_ISA=avx2 caps the kernels. They give the AVX2 tiles'
+ * bits (see q_tile_k512). */
 static int q_isa_forced = 0;
 
 int hw_cpu_avx512(void); /* hogwild_cpu.c, linked into the same library */
 
-static inline int q_isa(void) { return q_isa_forced ? q_isa_forced : hw_cpu_avx512() ? 2 : 1; }
+int hw_isa_cap(void);    /* hogwild_cpu.c */
+static inline int q_isa(void) { return q_isa_forced ? q_isa_forced : hw_cpu_avx512() && hw_isa_cap() != 1 ? 2 : 1; }
 
 /* Force the quantized kernels' instruction set: 1 AVX2, 2 AVX-512, 0 the best available;
  * -1 only asks. Returns the one in force, or -1 when the CPU lacks the requested one. For
