@@ -439,9 +439,10 @@ static inline __attribute__((always_inline)) void q_tile_int(const QJob *j, int 
         float mnb[QNR_MAX][8];
         for (int c = o; c < o + oc; c++) {
             if (c % per == 0)
-                for (int col = 0; col < NR; col++) q_prefetch(wr[col] + (size_t)(c / per) * q_bytes(fmt), 1);
-            if (per > 1 && c % per == 0)
-                for (int col = 0; col < NR; col++) q_head(wr[col], c / per, fmt, &hd[col]);
+                for (int col = 0; col < NR; col++) {
+                    q_prefetch(wr[col] + (size_t)(c / per) * q_bytes(fmt), 1);
+                    if (per > 1) q_head(wr[col], c / per, fmt, &hd[col]);
+                }
             QChunk ch[QNR_MAX];
             __m256i qa[QNR_MAX];
             for (int col = 0; col < NR; col++) {
@@ -743,9 +744,10 @@ static inline __attribute__((always_inline)) void q_tile_f32(const QJob *j, int 
     QHead hd[QNR_MAX];
     for (int c = 0; c < j->C; c++) {
         if (c % per == 0)
-            for (int col = 0; col < NR; col++) q_prefetch(wr[col] + (size_t)(c / per) * q_bytes(fmt), 1);
-        if (per > 1 && c % per == 0)
-            for (int col = 0; col < NR; col++) q_head(wr[col], c / per, fmt, &hd[col]);
+            for (int col = 0; col < NR; col++) {
+                q_prefetch(wr[col] + (size_t)(c / per) * q_bytes(fmt), 1);
+                if (per > 1) q_head(wr[col], c / per, fmt, &hd[col]);
+            }
         QChunk ch[QNR_MAX];
         for (int col = 0; col < NR; col++) ch[col] = q_chunk(wr[col], c, fmt, &hd[col]);
         for (int g = 0; g < 4; g++) {
