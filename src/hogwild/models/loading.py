@@ -12,6 +12,7 @@ weights are read. Everything a user can get wrong ends in a :class:`HogwildError
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from collections.abc import Collection
 from pathlib import Path
@@ -20,11 +21,13 @@ from typing import Any
 import torch
 
 from ..errors import InvalidRequestError, ModelLoadError
-from . import registry
+from . import ready, registry
 from .config import ModelConfig, check_model_type
 from .hf import brief, quiet
 from .hub import resolve, weight_files
 from .llama import CausalLM
+
+log = logging.getLogger(__name__)
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -174,6 +177,14 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
     files = weight_files(directory)
     if not files:
         raise ModelLoadError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
+    # bf16/fp16 weights come from a ready file once one exists (hogwild.models.ready)
+    ready_file = stamp = None
+    if dtype in ready.DTYPES and not skip and all(f.suffix == ".safetensors" for f in files):
+        ready_file, stamp = ready.path_for(directory, dtype), ready.fingerprint(files, dtype)
+        model = _from_ready(config, ready.load(ready_file, stamp), device)
+        if model is not None:
+            return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
+                               source=str(directory))
     state = _read_weights(files, dtype, device, skip)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     embed_key = "model.embed_tokens.weight"
@@ -202,8 +213,41 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval().requires_grad_(False)
     model.fuse_projections()
+    if ready_file is not None and stamp is not None:
+        ready.save(ready_file, _ready_state(model, config), stamp)
     return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
                        source=str(directory))
+
+
+def _ready_state(model: CausalLM, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The fused model's tensors as a ready file stores them (on the CPU; a tied output
+    matrix once, as the embedding)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def _from_ready(config: ModelConfig, state: dict[str, torch.Tensor] | None, device: torch.device) -> CausalLM | None:
+    """The fused model over a ready file's mapped tensors (moved when ``device`` is not the
+    CPU), or None when there is no usable file: then the caller loads as usual and writes one."""
+    if state is None:
+        return None
+    with torch.device("meta"):
+        model = CausalLM(config)
+    model.fuse_projections()
+    if device.type != "cpu":
+        state = {k: v.to(device) for k, v in state.items()}
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state.get("model.embed_tokens.weight")
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, TypeError) as error:
+        log.warning("the ready weights do not fit the model (%s); reading the checkpoint", brief(error))
+        return None
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval().requires_grad_(False)
 
 
 def _load_tokenizer(directory: Path) -> Any | None:
