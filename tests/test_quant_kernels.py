@@ -363,3 +363,36 @@ def test_decoder_on_quantized_weights(case, mode) -> None:
         for a, b in pairs:
             worst = max(worst, ((a - b).abs().max() / b.abs().max()).item())
     assert worst < (1e-4 if mode == "f32" else 5e-2), worst
+
+
+def test_native_subblock_fit_matches_the_reference():
+    """hw_fit_subblocks against hogwild.quant.encode.fit_subblocks: the same search, sums in
+    another order, so equal up to fp32 rounding (where two candidates' errors tie within it,
+    either may win: both reach the same error)."""
+    from hogwild.kernels.qlinear import fit_subblocks as native_fit
+    from hogwild.quant.encode import fit_subblocks
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6000, 32, generator=g) * torch.rand(6000, 1, generator=g)
+    x[:40] = 0.25  # equal values: positive, negative, zero
+    x[40:80] = -0.5
+    x[80:120] = 0.0
+    x[120:160, 7] *= 40  # one outlier
+    ref, ours = fit_subblocks(x, 15), native_fit(x, 15)
+    for a, b in zip(ref, ours):
+        close = torch.isclose(a, b, rtol=1e-4, atol=1e-6)
+        assert float(close.float().mean()) > 0.98
+    assert torch.equal(ours[0][:120], ref[0][:120]) and torch.equal(ours[1][:120], ref[1][:120])
+
+    def weighted(scale, offset):
+        levels = torch.where(scale[:, None] > 0, ((x - offset[:, None]) / scale[:, None].clamp(min=1e-30)).round(), 0)
+        w = x.pow(2).mean(-1, keepdim=True).sqrt() + x.abs()
+        return (w * (scale[:, None] * levels.clamp(0, 15) + offset[:, None] - x).pow(2)).sum(-1).double()
+
+    e_ref, e_ours = weighted(*ref), weighted(*ours)
+    lo = x.amin(-1).clamp(max=0.0)
+    e_plain = weighted((x.amax(-1) - lo) / 15, lo)  # c = 10 of the search: never beaten by it
+    assert bool((e_ours <= e_plain * (1 + 1e-4) + 1e-9).all()) and bool((e_ref <= e_plain * (1 + 1e-4) + 1e-9).all())
+    assert abs(float(e_ours.sum() / e_ref.sum()) - 1) < 0.01  # ties flip both ways
+    with pytest.raises(ValueError, match="rows of 32"):
+        native_fit(torch.zeros(4, 16), 15)

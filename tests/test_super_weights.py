@@ -50,7 +50,9 @@ def test_guard_keeps_the_weight_exact_and_its_block_precise():
         plain = quantize(w, fmt)
         kept = guard(w, fmt, [(3, 40)])
         back = dequantize(kept, torch.float64)
-        assert back[3, 40] == torch.tensor(2.5, dtype=torch.float64), fmt
+        # exact in fp32, the precision the kernels compute in (the correction is an fp32
+        # delta on top of the block's decoded value, whatever that value is)
+        assert back[3, 40].float() == 2.5 and abs(float(back[3, 40]) - 2.5) <= 2.5 * 2**-24, fmt
         assert kept.fix_index.tolist() == [[3, 40]]
         block = slice(32, 64)
         err_plain = (dequantize(plain)[3, block] - w[3, block]).abs().max()

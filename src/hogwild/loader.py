@@ -11,7 +11,8 @@ The weight setting (``weights=``, the CLI's ``--weights``; ``dtype=`` is its old
 one of :data:`hogwild.quant.plan.WEIGHT_CHOICES`. ``fp32``/``bf16`` load float weights as
 before. ``native`` keeps a GGUF's quantized blocks as stored and computes with the native
 quantized kernels; ``q8_0``/``q4_k``/``mxfp4``/``nvfp4`` quantize every linear on load
-(round-to-nearest, a GGUF dequantized first) with the super-weight guard. ``auto`` (the
+(each value to its nearest code; q4_k searches its sub-block scales first; a GGUF
+dequantized first) with the super-weight guard. ``auto`` (the
 default) is ``native`` for a GGUF on CPU when the quantized kernels are available, else
 ``fp32``. Without the kernels a quantized setting still computes with its quantized values,
 dequantized into float modules (the PyTorch fallback).
@@ -31,6 +32,7 @@ from .models import loading
 from .models.loading import LoadedModel
 from .models.registry import DEFAULT_MODEL
 from .kernels import quant_install
+from .kernels.qlinear import fit_subblocks
 from .quant import plan
 from .quant import superweights as sw
 
@@ -83,7 +85,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str | torch.dtype | Non
         note = f"GGUF blocks as stored: {plan.describe_formats(qweights)}"
     else:
         supers = find_guarded(loaded) if guard else []
-        qweights = plan.rtn_weights(loaded.model, setting, supers)
+        # q4_k's scale search in C when the kernels are here (the PyTorch reference is ~10 x slower)
+        qweights = plan.rtn_weights(loaded.model, setting, supers, fit=fit_subblocks if kernels else None)
         loaded.super_weights = supers
         note = f"quantized on load: {plan.describe_formats(qweights)}; {len(supers)} super weights kept exact"
     loaded.weights = setting

@@ -39,6 +39,7 @@
  * different tiles. tests/test_quant_kernels.py checks it bit for bit.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -925,5 +926,96 @@ int hw_qlinear(const float *x, const void *w, int fmt, float scale, const int32_
     }
     free(xq);
     free(xd);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ encoder: sub-block fit
+ *
+ * For each sub-block of 32 values x, the scale s >= 0 and offset m <= 0 of a 4-bit-style
+ * code x ~ s * l + m (l in 0..nmax) that hogwild.quant.encode.fit_subblocks defines (that
+ * function is the reference; this is the same search, vectorised, for quantize-on-load of
+ * large models): with weights w_i = rms(x) + |x_i| and mn = min(min x, 0), for each of
+ * steps + 1 inverse scales t_c = (nmax + lo + width * c) / (max x - mn), the codes
+ * l = clamp(round(t_c * (x - mn)), 0, nmax) (round half to even) are fitted by weighted
+ * least squares, s and m together (m forced to 0 when the free fit puts it above 0); the
+ * candidate with the smallest weighted squared error wins (the first of equals). All equal
+ * values (max = mn): s = 0, m = mn. Sums are fp32 over the 32 lanes in a fixed tree, so
+ * results match the reference up to fp32 rounding (which may pick another of two candidates
+ * whose errors tie within it). Returns 0. */
+static inline float q_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float q_sum32(const __m256 *v) {
+    return q_hsum8(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
+}
+
+int hw_fit_subblocks(const float *x, int64_t count, int nmax, int steps, float lo, float width, float *scale,
+                     float *offset, int threads) {
+#pragma omp parallel for schedule(static, 1024) num_threads(threads)
+    for (int64_t b = 0; b < count; b++) {
+        const float *p = x + b * 32;
+        __m256 v[4], w[4], xm[4];
+        float mn = 0.0f, mx = p[0];
+        for (int i = 0; i < 32; i++) {
+            mn = p[i] < mn ? p[i] : mn;
+            mx = p[i] > mx ? p[i] : mx;
+        }
+        if (mx <= mn) { /* every value equal (and <= 0) */
+            scale[b] = 0.0f;
+            offset[b] = mn;
+            continue;
+        }
+        __m256 sq[4];
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(p + 8 * i);
+            sq[i] = _mm256_mul_ps(v[i], v[i]);
+        }
+        float rms = sqrtf(q_sum32(sq) / 32.0f);
+        const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps(), top = _mm256_set1_ps((float)nmax);
+        __m256 wx[4];
+        for (int i = 0; i < 4; i++) {
+            w[i] = _mm256_add_ps(_mm256_set1_ps(rms), _mm256_andnot_ps(sign, v[i]));
+            wx[i] = _mm256_mul_ps(w[i], v[i]);
+            xm[i] = _mm256_sub_ps(v[i], _mm256_set1_ps(mn));
+        }
+        float sw = q_sum32(w), sx = q_sum32(wx), range = mx - mn;
+        float best = INFINITY, bs = range / (float)nmax, bm = mn;
+        for (int c = 0; c <= steps; c++) {
+            __m256 t = _mm256_set1_ps(((float)nmax + lo + width * (float)c) / range);
+            __m256 l[4], wl[4], wl2[4], wxl[4];
+            for (int i = 0; i < 4; i++) {
+                l[i] = _mm256_round_ps(_mm256_mul_ps(xm[i], t), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                l[i] = _mm256_min_ps(_mm256_max_ps(l[i], zero), top);
+                wl[i] = _mm256_mul_ps(w[i], l[i]);
+                wl2[i] = _mm256_mul_ps(wl[i], l[i]);
+                wxl[i] = _mm256_mul_ps(wl[i], v[i]);
+            }
+            float sl = q_sum32(wl), sl2 = q_sum32(wl2), sxl = q_sum32(wxl);
+            float det = sw * sl2 - sl * sl;
+            if (!(det > 0.0f)) continue;
+            float s = (sw * sxl - sx * sl) / det, m = (sl2 * sx - sl * sxl) / det;
+            if (m > 0.0f) {
+                m = 0.0f;
+                s = sxl / sl2;
+            }
+            __m256 e[4], vs = _mm256_set1_ps(s), vm = _mm256_set1_ps(m);
+            for (int i = 0; i < 4; i++) {
+                __m256 r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(vs, l[i]), vm), v[i]);
+                e[i] = _mm256_mul_ps(w[i], _mm256_mul_ps(r, r));
+            }
+            float err = q_sum32(e);
+            if (err < best) {
+                best = err;
+                bs = s;
+                bm = m;
+            }
+        }
+        scale[b] = bs;
+        offset[b] = bm;
+    }
     return 0;
 }

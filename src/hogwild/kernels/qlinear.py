@@ -30,6 +30,7 @@ declare({
     "hw_qlinear_mode": (_I, [_I]),
     "hw_qformat_supported": (_I, [_I]),
     "hw_qlinear_isa": (_I, [_I]),
+    "hw_fit_subblocks": (_I, [_P, ctypes.c_int64, _I, _I, ctypes.c_float, ctypes.c_float, _P, _P, _I]),
 })
 
 #: the kernel's two arithmetics (see hogwild_quant.c): int8 activations with integer dot
@@ -61,6 +62,24 @@ def format_supported(ggml_type: int) -> bool:
     """Whether the native kernels read this ggml block type (False without the kernels)."""
     lib = library()
     return lib is not None and bool(lib.hw_qformat_supported(int(ggml_type)))
+
+
+def fit_subblocks(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`hogwild.quant.encode.fit_subblocks` in C (``hw_fit_subblocks``): the same
+    search, about 10 x faster, for quantize-on-load of large models (the loader passes it
+    to the encoder when the kernels are here). Equal to the reference up to fp32 rounding of
+    the sums, which may pick the other of two candidates whose errors tie within it."""
+    from ..quant.encode import SEARCH_LO, SEARCH_STEPS, SEARCH_WIDTH
+
+    lib = _lib_or_fail()
+    x = x.detach().to(torch.float32).contiguous()
+    _need(x.dim() == 2 and x.shape[1] == 32, f"fit_subblocks wants rows of 32 values, got {tuple(x.shape)}")
+    scale, offset = torch.empty(x.shape[0]), torch.empty(x.shape[0])
+    with span("fit_subblocks"):
+        rc = lib.hw_fit_subblocks(x.data_ptr(), x.shape[0], int(nmax), SEARCH_STEPS, SEARCH_LO, SEARCH_WIDTH,
+                                  scale.data_ptr(), offset.data_ptr(), threads())
+    check_rc(rc, "hw_fit_subblocks")
+    return scale, offset
 
 
 def _lib_or_fail() -> ctypes.CDLL:

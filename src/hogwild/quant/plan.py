@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import InvalidRequestError
 from ..models.config import ModelConfig
 from ..models.llama import CausalLM
-from .encode import ENCODABLE
+from .encode import ENCODABLE, Fit
 from .gguf_tensors import read_gguf
 from .superweights import SuperWeight, guard
 from .weights import QuantWeight, block_format
@@ -161,9 +161,12 @@ def quantized_linears(model: CausalLM) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def rtn_weights(model: CausalLM, fmt: str, supers: list[SuperWeight] | None = None) -> dict[str, QuantWeight]:
-    """Every linear of a float ``model`` quantized to ``fmt`` round-to-nearest, by module path;
-    the ``supers`` (from :func:`find_super_weights`) kept exact in their ``down_proj``."""
+def rtn_weights(model: CausalLM, fmt: str, supers: list[SuperWeight] | None = None,
+                fit: Fit | None = None) -> dict[str, QuantWeight]:
+    """Every linear of a float ``model`` quantized to ``fmt`` on load, by module path: each
+    value rounded to its nearest code (q4_k's scales searched first, by ``fit`` when given:
+    :func:`hogwild.quant.encode.quantize`); the ``supers`` (from :func:`find_super_weights`)
+    kept exact in their ``down_proj``."""
     cells: dict[str, list[tuple[int, int]]] = {}
     for s in supers or ():
         cells.setdefault(f"model.layers.{s.layer}.mlp.down_proj", []).append((s.row, s.col))
@@ -176,7 +179,7 @@ def rtn_weights(model: CausalLM, fmt: str, supers: list[SuperWeight] | None = No
         if target != fmt:
             log.info("%s: rows of %d weights are not a multiple of %s's block of %d; encoded as %s",
                      name, linear.in_features, fmt, block_format(fmt).block, target)
-        out[name] = guard(linear.weight, target, cells.get(name, []))
+        out[name] = guard(linear.weight, target, cells.get(name, []), fit)
     return out
 
 

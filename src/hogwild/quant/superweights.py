@@ -29,7 +29,7 @@ import torch
 
 from ..models.llama import CausalLM
 from .dequant import dequantize
-from .encode import quantize
+from .encode import Fit, quantize
 from .weights import QuantWeight
 
 log = logging.getLogger(__name__)
@@ -120,15 +120,16 @@ def find_super_weights(
     return found
 
 
-def guard(weight: torch.Tensor, fmt: str, cells: list[tuple[int, int]]) -> QuantWeight:
-    """Quantize ``weight`` to ``fmt`` with the weights at ``cells`` (row, col) kept exact:
-    held out of their blocks (set to 0) and restored through ``fix_index``/``fix_delta``."""
+def guard(weight: torch.Tensor, fmt: str, cells: list[tuple[int, int]], fit: Fit | None = None) -> QuantWeight:
+    """Quantize ``weight`` to ``fmt`` (``fit``: see :func:`quantize`) with the weights at
+    ``cells`` (row, col) kept exact: held out of their blocks (set to 0) and restored
+    through ``fix_index``/``fix_delta``."""
     if not cells:
-        return quantize(weight, fmt)
+        return quantize(weight, fmt, fit)
     held = weight.detach().float().clone()
     index = torch.tensor(sorted(set(cells)), dtype=torch.long)
     held[index[:, 0], index[:, 1]] = 0.0
-    q = quantize(held, fmt)
+    q = quantize(held, fmt, fit)
     plain = dequantize(q, torch.float64, fixes=False)[index[:, 0], index[:, 1]]
     original = weight.detach()[index[:, 0], index[:, 1]].double()
     q.fix_index = index.to(torch.int32)
