@@ -824,7 +824,7 @@ int hw_store_kv(const float *k, const float *v, const int64_t *slots, const floa
 #define MAX_G 16
 #define MAX_D 256
 #define CHUNK 32
-#define MAX_Q 32 /* query vectors (rows x heads of a KV head) computed together per work item */
+#define MAX_Q 32 /* query vectors (rows x heads of a KV head) computed together per work item (FMA path; AMX: AMX_MAX_Q) */
 
 typedef struct {
     int row;
@@ -1330,7 +1330,7 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
  * (amx_attends): with many rows per pass (batched
  * runs, large teams) attention is most of what the linears left, and the FMA loops above
  * reach a fifth of the FMA peak on it. A work item is one unit of keys (at most UNIT_KEYS)
- * against its members' G queries each (nq <= MAX_Q = 2 tiles of 16 queries):
+ * against its members' G queries each (nq <= AMX_MAX_Q = 3 tiles of 16 queries):
  *
  * - scores, taken transposed as in amx_linear: S^T [keys, queries] = K q^T, the A operand 16
  *   keys x 32 dims loaded straight from the pool (the unit's last partial 16 keys from a
@@ -1351,6 +1351,10 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
  * 32, ascending) whatever other queries share the tile; m and l are per lane; nothing
  * depends on the item's other members, the thread or where the block sits in the pool. */
 #define AMX_Q 16 /* queries per tile */
+/* queries per work item on the tile unit: 3 tiles, so 16 rows of a 3-query GQA group (a
+ * 16-worker team, or 8 runs x 2 workers) score a shared block in one item; with 2 tiles
+ * they took two, each paying the item's fixed costs (value tiles, query packing). */
+#define AMX_MAX_Q (3 * AMX_Q)
 
 /* exp(x) for x <= 0, 16 lanes: exp8_nonpositive's steps, lane for lane the same results, on
  * 512-bit registers (running exp8_nonpositive on the two halves made the kernel ~10 % slower). */
@@ -1376,11 +1380,10 @@ static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m
 
 /* Work buffers of amx_group, sized for head_dim up to MAX_D. */
 typedef struct {
-    float *qf;      /* rotated, scaled queries [MAX_Q, D] fp32 */
-    float *st;      /* scores, key-major [UNIT_KEYS][MAX_Q] */
-    float *ct;      /* one accumulator tile [16][16] */
-    uint16_t *qt;   /* query B tiles [2][D/32][16 rows x 32] */
-    uint16_t *pt;   /* weight A tiles [2][UNIT_KEYS/32][16 x 32] */
+    float *qf;      /* rotated, scaled queries [AMX_MAX_Q, D] fp32; then each query's P V row */
+    float *st;      /* scores, key-major [UNIT_KEYS][AMX_MAX_Q] */
+    uint16_t *qt;   /* query B tiles [3][D/32][16 rows x 32] */
+    uint16_t *pt;   /* weight A tiles [3][UNIT_KEYS/32][16 x 32] */
     uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
     uint16_t *rows; /* keys as bf16 rows [UNIT_KEYS][D]: an int8 unit's keys, then its values,
                        widened; a bf16 unit's last partial 16 keys, zero padded */
@@ -1388,25 +1391,24 @@ typedef struct {
 
 /* This thread's work buffers: allocated on its first AMX attention call and kept, since the
  * OpenMP threads live as long as the process, so the call of every layer and pass allocates
- * nothing (~350 KB per thread). NULL when the allocation fails. */
+ * nothing (~420 KB per thread). NULL when the allocation fails. */
 static const AmxWork *amx_work(void) {
     static __thread AmxWork w;
     static __thread char *mem;
     if (!mem) {
         size_t f = sizeof(float), h = sizeof(uint16_t); /* every part a multiple of 64 bytes */
-        size_t parts[7] = {f * MAX_Q * MAX_D, f * UNIT_KEYS * MAX_Q, f * 256, h * 2 * MAX_D * 16,
-                           h * 2 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D};
+        size_t parts[6] = {f * AMX_MAX_Q * MAX_D, f * UNIT_KEYS * AMX_MAX_Q, h * 3 * MAX_D * 16,
+                           h * 3 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D};
         size_t total = 0;
-        for (int i = 0; i < 7; i++) total += parts[i];
+        for (int i = 0; i < 6; i++) total += parts[i];
         if (!(mem = (char *)aligned_alloc(64, total))) return NULL;
         char *at = mem;
         w.qf = (float *)at;
         w.st = (float *)(at += parts[0]);
-        w.ct = (float *)(at += parts[1]);
-        w.qt = (uint16_t *)(at += parts[2]);
-        w.pt = (uint16_t *)(at += parts[3]);
-        w.vt = (uint16_t *)(at += parts[4]);
-        w.rows = (uint16_t *)(at += parts[5]);
+        w.qt = (uint16_t *)(at += parts[1]);
+        w.pt = (uint16_t *)(at += parts[2]);
+        w.vt = (uint16_t *)(at += parts[3]);
+        w.rows = (uint16_t *)(at += parts[4]);
     }
     return &w;
 }
@@ -1534,41 +1536,48 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
         }
         _tile_zero(0);
         _tile_zero(1);
+        _tile_zero(2);
         for (int ks = 0; ks < KS; ks++) {
-            _tile_loadd(2, a + ks * 32, row_bytes);
-            _tile_loadd(3, w->qt + (size_t)ks * 512, 64);
-            _tile_dpbf16ps(0, 2, 3);
+            _tile_loadd(3, a + ks * 32, row_bytes);
+            _tile_loadd(4, w->qt + (size_t)ks * 512, 64);
+            _tile_dpbf16ps(0, 3, 4);
             if (nqt > 1) {
-                _tile_loadd(4, w->qt + ((size_t)KS + ks) * 512, 64);
-                _tile_dpbf16ps(1, 2, 4);
+                _tile_loadd(5, w->qt + ((size_t)KS + ks) * 512, 64);
+                _tile_dpbf16ps(1, 3, 5);
+            }
+            if (nqt > 2) {
+                _tile_loadd(6, w->qt + ((size_t)2 * KS + ks) * 512, 64);
+                _tile_dpbf16ps(2, 3, 6);
             }
         }
-        _tile_stored(0, w->st + (size_t)kt * 16 * MAX_Q, MAX_Q * 4);
-        if (nqt > 1) _tile_stored(1, w->st + (size_t)kt * 16 * MAX_Q + AMX_Q, MAX_Q * 4);
+        float *srow = w->st + (size_t)kt * 16 * AMX_MAX_Q;
+        _tile_stored(0, srow, AMX_MAX_Q * 4);
+        if (nqt > 1) _tile_stored(1, srow + AMX_Q, AMX_MAX_Q * 4);
+        if (nqt > 2) _tile_stored(2, srow + 2 * AMX_Q, AMX_MAX_Q * 4);
     }
     if (compact) /* scores of int8 keys times each key's scale */
         for (int j = 0; j < count; j++)
             for (int qt = 0; qt < nqt; qt++) {
-                float *row = w->st + (size_t)j * MAX_Q + qt * AMX_Q;
+                float *row = w->st + (size_t)j * AMX_MAX_Q + qt * AMX_Q;
                 _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
             }
     /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
      * weights pair-interleaved per query (A tiles of P) */
-    float ms[MAX_Q], ls[MAX_Q];
+    float ms[AMX_MAX_Q], ls[AMX_MAX_Q];
     const __m512i pair_idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
                                               22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int qt = 0; qt < nqt; qt++) {
         const float *col = w->st + qt * AMX_Q;
         __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
-        for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * MAX_Q));
+        for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q));
         for (int s = 0; s < steps; s++) {
             __m512i words[16];
             for (int t = 0; t < 16; t++) {
                 int j = s * 32 + 2 * t;
-                __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * MAX_Q), m))
+                __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q), m))
                                       : _mm512_setzero_ps();
                 __m512 e1 = j + 1 < count
-                                ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * MAX_Q), m))
+                                ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * AMX_MAX_Q), m))
                                 : _mm512_setzero_ps();
                 __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
                 __m512 r0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
@@ -1629,22 +1638,20 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                     _tile_dpbf16ps(3, 4, 5);
                 }
             }
-            for (int i = 0; i < nd; i++) {
-                if (i == 0) AMX_STORE(0, w->ct);
-                else if (i == 1) AMX_STORE(1, w->ct);
-                else if (i == 2) AMX_STORE(2, w->ct);
-                else AMX_STORE(3, w->ct);
-                for (int c = 0; c < AMX_Q && qt * AMX_Q + c < nq; c++) {
-                    int qi = qt * AMX_Q + c, mi = qi / G, g = qi % G;
-                    float *base = part + per * ((size_t)members[mi].unit * Hkv + kh);
-                    memcpy(base + 2 * G + (size_t)g * D + (size_t)(dt0 + i) * 16, w->ct + c * 16, 16 * sizeof(float));
-                }
-            }
+            /* into qf (the queries are packed in qt by now), a query per row of D floats:
+             * the tiles go out together and the rows are copied once all have landed (read
+             * back one tile at a time, each load waited for its tile store) */
+            float *stage = w->qf + (size_t)qt * AMX_Q * D + (size_t)dt0 * 16;
+            _tile_stored(0, stage, D * 4);
+            if (nd > 1) _tile_stored(1, stage + 16, D * 4);
+            if (nd > 2) _tile_stored(2, stage + 32, D * 4);
+            if (nd > 3) _tile_stored(3, stage + 48, D * 4);
         }
     for (int qi = 0; qi < nq; qi++) {
         float *base = part + per * ((size_t)members[qi / G].unit * Hkv + kh);
         base[qi % G] = ms[qi];
         base[G + qi % G] = ls[qi];
+        memcpy(base + 2 * G + (size_t)(qi % G) * D, w->qf + (size_t)qi * D, (size_t)D * sizeof(float));
     }
 }
 
@@ -1751,7 +1758,8 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
     }
     row_unit[R] = u;
     qsort(keys, units, sizeof(UnitKey), unit_key_cmp);
-    int max_members = MAX_Q / G > 0 ? MAX_Q / G : 1;
+    int item_q = hw_attend_amx(D, bf16) ? AMX_MAX_Q : MAX_Q; /* queries a work item takes */
+    int max_members = item_q / G > 0 ? item_q / G : 1;
     int groups = 0;
     for (int i = 0; i < units; i++) {
         int same = i > 0 && keys[i].slot == keys[i - 1].slot && keys[i].count == keys[i - 1].count &&
