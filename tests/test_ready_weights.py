@@ -114,10 +114,47 @@ def test_unwritable_cache_still_loads(tmp_path, cache, monkeypatch, caplog):
     assert not list((cache / "ready").iterdir())  # no temporary file left behind
 
 
-def test_float32_loads_write_nothing(tmp_path, cache):
-    _tiny_hf("llama").save_pretrained(tmp_path / "m")
-    load_model(str(tmp_path / "m"), dtype="float32")
-    assert not (cache / "ready").exists()
+@pytest.mark.parametrize("kind", ["qwen2-tied", "llama-bias"])
+def test_float32_maps_its_source_and_keeps_only_the_fused_parts(kind, tmp_path, cache, monkeypatch):
+    """float32: the weights the fusion leaves alone map straight from the float32 checkpoint,
+    the fused projections from a ready file holding only them; the model is the one a plain
+    read gives, bit for bit."""
+    _tiny_hf(kind).save_pretrained(tmp_path / "m")
+    with monkeypatch.context() as m:
+        m.setattr(ready, "map_file", lambda path: (_ for _ in ()).throw(OSError("not mapped")))
+        plain = load_model(str(tmp_path / "m"), dtype="float32")  # the reading path
+    first = load_model(str(tmp_path / "m"), dtype="float32")  # maps, writes the fused parts
+    (path,) = (cache / "ready").glob("*-f32.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        kept = set(f.keys())
+    assert kept and all(("qkv_proj" in k) or ("gate_up_proj" in k) for k in kept)
+    with monkeypatch.context() as m:
+        _forbid_reading(m)
+        second = load_model(str(tmp_path / "m"), dtype="float32")
+    for other in (first, second):
+        a, b = _state(plain), _state(other)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(_logits(plain), _logits(other))
+    # o_proj comes from the source file's mapping, qkv from the ready file's
+    o = second.model.model.layers[0].self_attn.o_proj.weight.untyped_storage().data_ptr()
+    qkv = second.model.model.layers[0].self_attn.qkv_proj.weight.untyped_storage().data_ptr()
+    assert o != qkv
+    if second.config.tie_embeddings:
+        assert second.model.lm_head.weight is second.model.model.embed_tokens.weight
+
+
+def test_ready_files_of_deleted_checkpoints_are_removed(tmp_path, cache):
+    import shutil
+
+    for name in ("a", "b"):
+        _tiny_hf("llama").save_pretrained(tmp_path / name)
+    load_model(str(tmp_path / "a"), dtype="bfloat16")
+    assert len(list((cache / "ready").glob("a-*"))) == 1
+    shutil.rmtree(tmp_path / "a")
+    load_model(str(tmp_path / "b"), dtype="bfloat16")  # its write clears what a left
+    assert not list((cache / "ready").glob("a-*")) and len(list((cache / "ready").glob("b-*"))) == 1
 
 
 def test_a_killed_writer_leaves_nothing_that_lasts(tmp_path, cache):

@@ -185,6 +185,11 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
         if model is not None:
             return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
                                source=str(directory))
+    elif dtype == torch.float32 and device.type == "cpu" and not skip:
+        model = _mapped_float32(config, directory, files)
+        if model is not None:
+            return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
+                               source=str(directory))
     state = _read_weights(files, dtype, device, skip)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     embed_key = "model.embed_tokens.weight"
@@ -214,7 +219,7 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
     model.eval().requires_grad_(False)
     model.fuse_projections()
     if ready_file is not None and stamp is not None:
-        ready.save(ready_file, _ready_state(model, config), stamp)
+        ready.save(ready_file, _ready_state(model, config), stamp, directory)
     return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
                        source=str(directory))
 
@@ -244,6 +249,55 @@ def _from_ready(config: ModelConfig, state: dict[str, torch.Tensor] | None, devi
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, TypeError) as error:
         log.warning("the ready weights do not fit the model (%s); reading the checkpoint", brief(error))
+        return None
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval().requires_grad_(False)
+
+
+def _mapped_float32(config: ModelConfig, directory: Path, files: list[Path]) -> CausalLM | None:
+    """The fused float32 model with every weight mapped, nothing copied: the tensors the
+    fusion leaves alone straight from the float32 source (a GGUF's conversion is float32),
+    the fused q/k/v and gate/up projections from their ready file, which the first such load
+    writes (it concatenates them once, as a load without the file does each time). None
+    (read as usual) for a source that is not all-float32 safetensors or does not fit the
+    architecture; that path gives the error."""
+    if not all(f.suffix == ".safetensors" for f in files):
+        return None
+    source: dict[str, torch.Tensor] = {}
+    try:
+        for f in files:
+            source.update(ready.map_file(f)[1])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
+    source = {k: v for k, v in source.items() if not k.endswith("rotary_emb.inv_freq")}
+    if any(t.dtype != torch.float32 for t in source.values()):
+        return None
+    if config.tie_embeddings and "model.embed_tokens.weight" in source:
+        source["lm_head.weight"] = source["model.embed_tokens.weight"]
+    with torch.device("meta"):
+        model = CausalLM(config)
+    if set(model.state_dict()) != set(source):
+        return None
+    path, stamp = ready.path_for(directory, torch.float32), ready.fingerprint(files, torch.float32)
+    fused = ready.load(path, stamp)
+    if fused is None:  # fuse from the mapped source (one copy of the fused parts), then keep them
+        try:
+            model.load_state_dict(source, strict=True, assign=True)
+        except RuntimeError:
+            return None
+        model.fuse_projections()
+        if config.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        ready.save(path, {k: v for k, v in model.state_dict().items() if k not in source}, stamp, directory)
+        return model.eval().requires_grad_(False)
+    model.fuse_projections()
+    state = {k: source[k] if k in source else fused.get(k) for k in model.state_dict()}
+    if any(v is None for v in state.values()):
+        return None
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError:
         return None
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
