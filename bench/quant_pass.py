@@ -6,7 +6,7 @@ kernels; ``bf16``/``fp32``: float weights, as before) the model is loaded with
 workers decode; a pass is one ``batch.step()`` (N new tokens), timed ``--passes`` times after
 ``--warmup`` untimed ones, median reported (the engine of ``hogwild bench``: ``OursVariant``).
 
-With ``--llama-cpp DIR`` (the folder ``../shared/tools/llama-cpp-reference.sh`` prints) the
+With ``--llama-cpp DIR`` (the folder ``bench/build_llama_cpp.sh`` prints) the
 same GGUF runs in ``llama-batched-bench -pps`` (shared prompt, N parallel sequences, the same
 threads), and its time per pass is T_TG / TG; the ratio column is ours over llama.cpp's.
 

@@ -128,3 +128,31 @@ def test_bench_ratio_to_llama_cpp():
     llama = [dict(context=1024, gguf="m.gguf", cmd="", note="", ms={"1": 12.5, "4": 24.0})]  # keys as JSON has them
     bench.add_ratios(rows, llama)
     assert [r["vs_llama_cpp"] for r in rows] == [pytest.approx(0.8), pytest.approx(0.75), None]
+
+
+def test_requantize_names_llama_cpps_type_and_makes_it_pure(tmp_path):
+    """Each format ours has and llama.cpp has too is made with one type for every matrix:
+    MXFP4 under its MoE recipe's name, which --pure applies everywhere."""
+    tool = tmp_path / "llama-quantize"
+    tool.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\ncp /dev/null "$4"\n')
+    tool.chmod(0o755)
+    assert set(llama_cpp.LLAMA_TYPES) == {"q8_0", "q4_k", "mxfp4"}  # no NVFP4 encoder there
+    out = llama_cpp.requantize(tmp_path, tmp_path / "in.gguf", tmp_path / "mx.gguf", llama_cpp.LLAMA_TYPES["mxfp4"], 2)
+    assert out.is_file() and (tmp_path / "args").read_text().split() == [
+        "--allow-requantize", "--pure", str(tmp_path / "in.gguf"), str(tmp_path / "mx.partial"), "MXFP4_MOE", "2"]
+
+
+def test_quality_report_files(tmp_path):
+    """write(): the JSON, its table (the llama.cpp columns where any row has them) and the
+    plot next to it."""
+    row = dict(weights="q8_0", kv="auto", guard=True, tokens=64, mean_kl=0.004, max_kl=0.05, perplexity=40.1,
+               same_top1=0.96, super_weights=5, load_s=1.0, note="")
+    doc = dict(model="tiny", reference="bf16", text="t.txt", tokens=64, window=32,
+               results=[dict(row, llama_kl=0.0038, vs_llama_kl=1.05, llama_perplexity=40.0),
+                        dict(row, weights="nvfp4", mean_kl=0.29)])
+    path = quality.write(doc, tmp_path / "out")
+    assert path.name == "quality-tiny.json" and path.is_file()
+    table = (tmp_path / "out" / "quality-tiny.md").read_text()
+    assert "| q8_0 | auto | yes | 0.00400 |" in table and "1.05 x" in table and "| nvfp4 |" in table
+    png = (tmp_path / "out" / "quality-tiny.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -4,14 +4,14 @@ A CPU user's alternative to hogwild is llama.cpp, so ``hogwild bench --llama-cpp
 ``hogwild quality --llama-cpp DIR`` run its tools on the same file, text and threads and
 report our numbers as ratios to its. ``DIR`` holds the built binaries
 (``llama-batched-bench``, ``llama-quantize``, ``llama-perplexity``; the folder
-``../shared/tools/llama-cpp-reference.sh`` prints). Nothing here is imported by the engine.
+``bench/build_llama_cpp.sh`` builds and prints). Nothing here is imported by the engine.
 
 * :func:`batched_bench`: ms per decode pass of ``llama-batched-bench -pps`` (one shared
   prompt of ``context`` tokens, N parallel sequences), T_TG / TG from its table.
 * :func:`requantize`: a GGUF in another type, made by ``llama-quantize`` from the model's own
   file (``--allow-requantize``): ``BF16`` is the reference hogwild's quality report also uses
-  (the file's values, rounded to bf16); ``Q8_0`` and ``Q4_K`` are made ``--pure`` (one type
-  for every matrix): hogwild's quantize-on-load formats quantize every linear of the blocks
+  (the file's values, rounded to bf16); ``Q8_0``, ``Q4_K`` and MXFP4 are made ``--pure`` (one
+  type for every matrix): hogwild's quantize-on-load formats quantize every linear of the blocks
   and the output matrix, which the bundled models tie to the token embeddings, so llama.cpp
   quantizes that one table for both uses (its embedding lookup reads quantized rows, ours
   float ones).
@@ -28,8 +28,10 @@ from pathlib import Path
 
 from ..errors import InvalidRequestError
 
-#: llama-quantize type for each hogwild weight format it also has
-LLAMA_TYPES = {"q8_0": "Q8_0", "q4_k": "Q4_K"}
+#: llama-quantize type for each hogwild weight format it also has: MXFP4 is its MoE recipe's
+#: type (experts in MXFP4, the rest Q8_0), which ``--pure`` applies to every matrix; it has
+#: no NVFP4 encoder
+LLAMA_TYPES = {"q8_0": "Q8_0", "q4_k": "Q4_K", "mxfp4": "MXFP4_MOE"}
 
 
 def model_gguf(model: str) -> Path:
@@ -45,7 +47,7 @@ def binary(bin_dir: Path, name: str) -> Path:
     path = Path(bin_dir).expanduser() / name
     if not path.is_file():
         raise InvalidRequestError(
-            f"--llama-cpp: {path} does not exist (build llama.cpp with ../shared/tools/llama-cpp-reference.sh "
+            f"--llama-cpp: {path} does not exist (build llama.cpp with bench/build_llama_cpp.sh "
             "and give the folder it prints)")
     return path
 
