@@ -118,12 +118,14 @@ def test_unwritable_cache_still_loads(tmp_path, cache, monkeypatch, caplog):
 def test_float32_maps_its_source_and_keeps_only_the_fused_parts(kind, tmp_path, cache, monkeypatch):
     """float32: the weights the fusion leaves alone map straight from the float32 checkpoint,
     the fused projections from a ready file holding only them; the model is the one a plain
-    read gives, bit for bit."""
-    _tiny_hf(kind).save_pretrained(tmp_path / "m")
+    read gives, bit for bit. Only for checkpoints in hogwild's cache (replaced by renaming);
+    a user's directory is read as before."""
+    model_dir = cache / "converted" / "m"  # as a converted GGUF lives
+    _tiny_hf(kind).save_pretrained(model_dir)
     with monkeypatch.context() as m:
         m.setattr(ready, "map_file", lambda path: (_ for _ in ()).throw(OSError("not mapped")))
-        plain = load_model(str(tmp_path / "m"), dtype="float32")  # the reading path
-    first = load_model(str(tmp_path / "m"), dtype="float32")  # maps, writes the fused parts
+        plain = load_model(str(model_dir), dtype="float32")  # the reading path
+    first = load_model(str(model_dir), dtype="float32")  # maps, writes the fused parts
     (path,) = (cache / "ready").glob("*-f32.safetensors")
     from safetensors import safe_open
 
@@ -132,7 +134,7 @@ def test_float32_maps_its_source_and_keeps_only_the_fused_parts(kind, tmp_path, 
     assert kept and all(("qkv_proj" in k) or ("gate_up_proj" in k) for k in kept)
     with monkeypatch.context() as m:
         _forbid_reading(m)
-        second = load_model(str(tmp_path / "m"), dtype="float32")
+        second = load_model(str(model_dir), dtype="float32")
     for other in (first, second):
         a, b = _state(plain), _state(other)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -143,6 +145,9 @@ def test_float32_maps_its_source_and_keeps_only_the_fused_parts(kind, tmp_path, 
     assert o != qkv
     if second.config.tie_embeddings:
         assert second.model.lm_head.weight is second.model.model.embed_tokens.weight
+    _tiny_hf(kind).save_pretrained(tmp_path / "user")  # outside the cache: read, nothing written
+    load_model(str(tmp_path / "user"), dtype="float32")
+    assert not list((cache / "ready").glob("user-*"))
 
 
 def test_ready_files_of_deleted_checkpoints_are_removed(tmp_path, cache):

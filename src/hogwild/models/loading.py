@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidRequestError, ModelLoadError
+from ..paths import cache_dir
 from . import ready, registry
 from .config import ModelConfig, check_model_type
 from .hf import brief, quiet
@@ -259,9 +260,14 @@ def _mapped_float32(config: ModelConfig, directory: Path, files: list[Path]) -> 
     """The fused float32 model with every weight mapped, nothing copied: the tensors the
     fusion leaves alone straight from the float32 source (a GGUF's conversion is float32),
     the fused q/k/v and gate/up projections from their ready file, which the first such load
-    writes (it concatenates them once, as a load without the file does each time). None
-    (read as usual) for a source that is not all-float32 safetensors or does not fit the
-    architecture; that path gives the error."""
+    writes (it concatenates them once, as a load without the file does each time). Only for
+    checkpoints in hogwild's own cache (converted GGUFs, assembled models), which are
+    replaced by renaming a new directory into place: a file someone rewrites in place under
+    a live mapping would take the process down, so a user's directory is read (copied) as
+    before. None (read as usual) also for a source that is not all-float32 safetensors or
+    does not fit the architecture; that path gives the error."""
+    if not directory.resolve().is_relative_to(cache_dir().resolve()):
+        return None
     if not all(f.suffix == ".safetensors" for f in files):
         return None
     source: dict[str, torch.Tensor] = {}
