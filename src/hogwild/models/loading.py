@@ -178,19 +178,22 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
     files = weight_files(directory)
     if not files:
         raise ModelLoadError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
-    # bf16/fp16 weights come from a ready file once one exists (hogwild.models.ready)
+    def loaded(model: CausalLM) -> LoadedModel:
+        return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
+                           source=str(directory))
+
+    # weights mapped from files rather than read and copied (hogwild.models.ready): bf16/fp16
+    # from a ready file once one exists, float32 from its own source where it can
     ready_file = stamp = None
     if dtype in ready.DTYPES and not skip and all(f.suffix == ".safetensors" for f in files):
         ready_file, stamp = ready.path_for(directory, dtype), ready.fingerprint(files, dtype)
         model = _from_ready(config, ready.load(ready_file, stamp), device)
         if model is not None:
-            return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
-                               source=str(directory))
+            return loaded(model)
     elif dtype == torch.float32 and device.type == "cpu" and not skip:
         model = _mapped_float32(config, directory, files)
         if model is not None:
-            return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
-                               source=str(directory))
+            return loaded(model)
     state = _read_weights(files, dtype, device, skip)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     embed_key = "model.embed_tokens.weight"
@@ -221,8 +224,7 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
     model.fuse_projections()
     if ready_file is not None and stamp is not None:
         ready.save(ready_file, _ready_state(model, config), stamp, directory)
-    return LoadedModel(model=model, tokenizer=_load_tokenizer(directory), config=config, name=name,
-                       source=str(directory))
+    return loaded(model)
 
 
 def _ready_state(model: CausalLM, config: ModelConfig) -> dict[str, torch.Tensor]:
