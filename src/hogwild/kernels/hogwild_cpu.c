@@ -825,6 +825,13 @@ int hw_store_kv(const float *k, const float *v, const int64_t *slots, const floa
 #define MAX_D 256
 #define CHUNK 32
 #define MAX_Q 32 /* query vectors (rows x heads of a KV head) computed together per work item (FMA path; AMX: AMX_MAX_Q) */
+/* Work items a thread takes per grab: two groups, all their KV heads (items are group-major),
+ * in slot order, so a thread works through neighbouring blocks of the pool. Item-by-item
+ * grabs, which put both threads on the same groups at once, measured slower (SmolLM2, 16
+ * rows, 1k prompt: attention 10.0-10.7 -> 8.0-8.2 ms on AMX tiles, 17.2 -> 16.4 ms with FMA;
+ * whole contiguous halves were faster still on small blocks but left a thread idle behind
+ * the long ones). Results do not depend on it: it decides which thread runs an item. */
+#define ITEMS_PER_GRAB(Hkv) (2 * (Hkv))
 
 typedef struct {
     int row;
@@ -1672,7 +1679,7 @@ static HW_AMX int amx_attends(const float *q, const Unit *list, const UnitKey *k
         const AmxWork *w = amx_work();
         failed = !w;
         amx_tiles_on();
-#pragma omp for schedule(dynamic, 2 * Hkv) /* whole groups per grab: see hw_attend */
+#pragma omp for schedule(dynamic, ITEMS_PER_GRAB(Hkv))
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
@@ -1773,13 +1780,7 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
                               head_stride, pk, layer, scale, part, per, threads)) != 0)
             goto done;
     } else {
-        /* Items are handed out two groups (all their KV heads) at a time, in slot order, so a
-         * thread works through neighbouring blocks of the pool. Item-by-item grabs, which put
-         * both threads on the same groups at once, measured slower (SmolLM2, 16 rows, 1k
-         * prompt: attention 10.0-10.7 -> 8.0-8.2 ms on AMX tiles, 17.2 -> 16.4 ms with FMA;
-         * whole contiguous halves were faster still on small blocks but left a thread idle
-         * behind the long ones). Results do not depend on it. */
-#pragma omp parallel for schedule(dynamic, 2 * Hkv) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, ITEMS_PER_GRAB(Hkv)) num_threads(threads)
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;

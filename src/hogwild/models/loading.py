@@ -218,13 +218,18 @@ def _load_directory(directory: Path, name: str, dtype: torch.dtype, device: torc
         model.load_state_dict(state, strict=not skip, assign=True)
     except RuntimeError as error:
         raise ModelLoadError(f"the weights in {directory} do not fit the config: {brief(error)}") from None
-    if config.tie_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.eval().requires_grad_(False)
-    model.fuse_projections()
+    _finish(model, config).fuse_projections()
     if ready_file is not None and stamp is not None:
         ready.save(ready_file, _ready_state(model, config), stamp, directory)
     return loaded(model)
+
+
+def _finish(model: CausalLM, config: ModelConfig) -> CausalLM:
+    """A model whose weights are in place: the output tied to the embeddings where the
+    config says so (one tensor, as transformers has it), in inference mode."""
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval().requires_grad_(False)
 
 
 def _ready_state(model: CausalLM, config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -253,9 +258,7 @@ def _from_ready(config: ModelConfig, state: dict[str, torch.Tensor] | None, devi
     except (RuntimeError, TypeError) as error:
         log.warning("the ready weights do not fit the model (%s); reading the checkpoint", brief(error))
         return None
-    if config.tie_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.eval().requires_grad_(False)
+    return _finish(model, config)
 
 
 def _mapped_float32(config: ModelConfig, directory: Path, files: list[Path]) -> CausalLM | None:
@@ -294,11 +297,9 @@ def _mapped_float32(config: ModelConfig, directory: Path, files: list[Path]) -> 
             model.load_state_dict(source, strict=True, assign=True)
         except RuntimeError:
             return None
-        model.fuse_projections()
-        if config.tie_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
+        _finish(model, config).fuse_projections()
         ready.save(path, {k: v for k, v in model.state_dict().items() if k not in source}, stamp, directory)
-        return model.eval().requires_grad_(False)
+        return model
     model.fuse_projections()
     state = {k: source[k] if k in source else fused.get(k) for k in model.state_dict()}
     if any(v is None for v in state.values()):
@@ -307,9 +308,7 @@ def _mapped_float32(config: ModelConfig, directory: Path, files: list[Path]) -> 
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:
         return None
-    if config.tie_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.eval().requires_grad_(False)
+    return _finish(model, config)
 
 
 def _load_tokenizer(directory: Path) -> Any | None:
