@@ -179,3 +179,16 @@ def test_a_killed_writer_leaves_nothing_that_lasts(tmp_path, cache):
     alive.write_bytes(b"being written")
     load_model(str(tmp_path / "m"), dtype="bfloat16")
     assert path.is_file() and not orphan.exists() and alive.exists()
+
+
+def test_a_nearly_full_disk_gets_no_ready_file(tmp_path, cache, monkeypatch, caplog):
+    """The file is written only with room to spare behind it; the load goes on without it."""
+    from collections import namedtuple
+
+    _tiny_hf("llama").save_pretrained(tmp_path / "m")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ready.shutil, "disk_usage", lambda path: usage(1 << 40, (1 << 40) - (32 << 20), 32 << 20))
+    with caplog.at_level(logging.INFO, logger="hogwild.models.ready"):
+        loaded = load_model(str(tmp_path / "m"), dtype="bfloat16")
+    assert "not writing ready weights" in caplog.text and not list((cache / "ready").glob("*.safetensors"))
+    assert loaded.model.dtype == torch.bfloat16

@@ -113,8 +113,10 @@ def save(path: Path, state: dict[str, torch.Tensor], stamp: str, source: Path) -
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(path)
         _remove_stale(path.parent)
+        # leave room behind it (a quarter of its size, at least 64 MB): a cache that fills the
+        # disk would cost more than the speed it buys
         free = shutil.disk_usage(path.parent).free
-        if free < need + (1 << 30):
+        if free < need + max(need // 4, 64 << 20):
             log.info("not writing ready weights to %s: %d MB free, %d MB needed", path.parent,
                      free >> 20, need >> 20)
             return
