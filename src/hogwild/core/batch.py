@@ -40,6 +40,7 @@ from .attention import FastPlan, GpuPlan, KernelPlan, QueryGroup, ReferencePlan
 from .cache import KVStore, PoolFullError, kv_setting
 from .events import Event
 from .graphs import GRAPH_MAX_ROWS, PassGraphs
+from .sampling import greedy_ids
 
 
 class Run(Protocol):
@@ -284,7 +285,7 @@ class Batch:
                     ids += seg_ids
                     groups += seg_groups
                 logits = self.forward(ids, groups, rows, decode=True)
-                picks = logits.argmax(-1).tolist()
+                picks = greedy_ids(logits)
                 at = 0
                 for run, _, _, seg_rows in pack:
                     logits_of[run].append(logits[at : at + len(seg_rows)])

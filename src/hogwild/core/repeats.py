@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .sampling import greedy_ids
+
 
 class NgramBan:
     """The n-grams written so far in a run's steps, as (n-1 tokens) -> tokens that followed."""
@@ -52,7 +54,7 @@ class NgramBan:
         already read, or None to read it here)."""
         if sampled:
             return self.mask(logits, steps), None if greedy is None else list(greedy)
-        picks = list(greedy) if greedy is not None else logits.argmax(-1).tolist()
+        picks = list(greedy) if greedy is not None else greedy_ids(logits)
         return logits, self.fix_greedy(logits, steps, picks)
 
     def mask(self, logits: torch.Tensor, steps: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -1698,59 +1698,57 @@ static int heads_supported(int H, int Hkv, int D) {
     return Hkv > 0 && H % Hkv == 0 && H / Hkv <= MAX_G && D > 0 && D <= MAX_D && D % 2 == 0;
 }
 
-/* Attention of R rows over their views, for one layer.
- *
- * q [R, H, D] fp32, un-rotated. Row r sees pairs row_start[r] .. row_start[r+1]-1; pair p is
- * one view entry: keys at pool slots pair_slot[p] .. + pair_len[p] - 1 (already limited to
- * what the row may see), scored with the query rotated by (pair_cos[p], pair_sin[p]).
- * Pools: [Hkv, capacity, D] of this layer; a pair whose slots are at or above COMPACT_SLOT
- * reads layer `layer` of the int8 part `pk` instead (a block never spans both; -2 without
- * `pk`). out [R, H, D] fp32. Returns 0, -1 when a scratch allocation fails, or -2 for a head layout beyond the fixed-size work buffers
- * (more than MAX_G query heads per KV head, head_dim above MAX_D or odd). Any number of rows
- * and pairs: scratch is allocated per call.
- *
- * Work: each pair is cut into units of at most UNIT_KEYS keys; units that read the same keys
- * (the prompt, history steps, markers seen by several rows) are computed together, so a
- * shared block is read once per layer however many rows see it; partial results of a row's
- * units are merged by log-sum-exp at the end.
- *
- * Batch invariance: a row's result depends on its own pairs and the keys they read, never on
- * which other rows share the call or a work item, nor on where its blocks sit in the pool.
- * Units are cut from each pair's own start; every query of a work item is scored, soft-maxed
- * and accumulated on its own (the 2 x 4 score blocks and 4-query value blocks share loads,
- * not sums; so do AVX-512's 16-score blocks, whose reduce16 sums each dot product by one
- * tree); a row's units are merged in its own order. The dot products' order depends on the
- * instruction set (AVX-512 for head_dim % 32 == 0 where the CPU has it, see scores5_block;
- * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both.
- * With AMX and a bf16 pool (hw_attend_amx) every work item runs on the tile unit
- * (amx_group), int8 blocks of the compact store included: per tile cell, as invariant as
- * the rest. */
-int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
-              const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
-              const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
-              float scale, int threads) {
-    if (!heads_supported(H, Hkv, D)) return -2;
-    if (!pk)
+/* The work of hw_attend for one pass (it depends on the views, not on the layer, so the
+ * decoder builds it once per pass): the units in row order, their keys sorted by slot,
+ * the groups of units reading the same keys, and `part`, the units' partial results. */
+typedef struct {
+    int rows, units, groups;
+    Unit *list;
+    UnitKey *keys;
+    int *group_start; /* [groups + 1] into keys */
+    int *row_unit;    /* [rows + 1] into list */
+    float *part;      /* [units, Hkv, per] */
+    size_t per;       /* floats per unit and KV head: G (m), G (l), G x D (weighted values) */
+} AttendPlan;
+
+static void attend_plan_free(AttendPlan *pl) {
+    free(pl->list);
+    free(pl->keys);
+    free(pl->group_start);
+    free(pl->row_unit);
+    free(pl->part);
+    memset(pl, 0, sizeof(*pl));
+}
+
+/* Cut every pair into units of at most UNIT_KEYS keys and group the units reading the same
+ * keys, a work item taking at most `item_q` queries (G per member). Returns 0, -1 when an
+ * allocation fails (pl then holds nothing), or -2 for int8 slots without a compact part. */
+static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32_t *row_start,
+                       const int64_t *pair_slot, const int32_t *pair_len, int has_compact, int item_q) {
+    memset(pl, 0, sizeof(*pl));
+    if (!has_compact)
         for (int p = 0; p < row_start[R]; p++)
             if (pair_slot[p] >= COMPACT_SLOT) return -2;
-    int G = H / Hkv;
     int units = 0;
     for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
     int alloc = units > 0 ? units : 1;
-    Unit *list = (Unit *)malloc(sizeof(Unit) * alloc);
-    UnitKey *keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
-    int *group_start = (int *)malloc(sizeof(int) * (alloc + 1));
-    int *row_unit = (int *)malloc(sizeof(int) * (R + 1));
-    size_t per = (size_t)G * (D + 2);
-    float *part = (float *)malloc(sizeof(float) * per * (size_t)Hkv * alloc);
-    int rc = 0;
-    if (!list || !keys || !group_start || !row_unit || !part) {
-        rc = -1;
-        goto done;
+    pl->rows = R;
+    pl->units = units;
+    pl->per = (size_t)G * (D + 2);
+    pl->list = (Unit *)malloc(sizeof(Unit) * alloc);
+    pl->keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
+    pl->group_start = (int *)malloc(sizeof(int) * (alloc + 1));
+    pl->row_unit = (int *)malloc(sizeof(int) * (R + 1));
+    pl->part = (float *)malloc(sizeof(float) * pl->per * (size_t)Hkv * alloc);
+    if (!pl->list || !pl->keys || !pl->group_start || !pl->row_unit || !pl->part) {
+        attend_plan_free(pl);
+        return -1;
     }
+    Unit *list = pl->list;
+    UnitKey *keys = pl->keys;
     int u = 0;
     for (int r = 0; r < R; r++) {
-        row_unit[r] = u;
+        pl->row_unit[r] = u;
         for (int p = row_start[r]; p < row_start[r + 1]; p++)
             for (int first = 0; first < pair_len[p]; first += UNIT_KEYS) {
                 list[u].row = r;
@@ -1763,22 +1761,35 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
                 u++;
             }
     }
-    row_unit[R] = u;
+    pl->row_unit[R] = u;
     qsort(keys, units, sizeof(UnitKey), unit_key_cmp);
-    int item_q = hw_attend_amx(D, bf16) ? AMX_MAX_Q : MAX_Q; /* queries a work item takes */
     int max_members = item_q / G > 0 ? item_q / G : 1;
     int groups = 0;
     for (int i = 0; i < units; i++) {
         int same = i > 0 && keys[i].slot == keys[i - 1].slot && keys[i].count == keys[i - 1].count &&
-                   i - group_start[groups - 1] < max_members;
-        if (!same) group_start[groups++] = i;
+                   i - pl->group_start[groups - 1] < max_members;
+        if (!same) pl->group_start[groups++] = i;
     }
-    group_start[groups] = units;
-    int items = groups * Hkv;
+    pl->group_start[groups] = units;
+    pl->groups = groups;
+    return 0;
+}
+
+/* hw_attend over a plan built for these rows and views (attend_plan with item_q as
+ * hw_attend_amx decides); returns 0 or -1 (a thread's AMX buffers could not be allocated). */
+static int attend_planned(const AttendPlan *pl, const float *q, float *out, int H, int Hkv, int D,
+                          const float *pair_cos, const float *pair_sin, const void *kbase, const void *vbase,
+                          int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, int threads) {
+    int G = H / Hkv, R = pl->rows, items = pl->groups * Hkv;
+    const Unit *list = pl->list;
+    const UnitKey *keys = pl->keys;
+    const int *group_start = pl->group_start, *row_unit = pl->row_unit;
+    float *part = pl->part;
+    size_t per = pl->per;
     if (hw_attend_amx(D, bf16)) {
-        if ((rc = amx_attends(q, list, keys, group_start, items, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
-                              head_stride, pk, layer, scale, part, per, threads)) != 0)
-            goto done;
+        if (amx_attends(q, list, keys, group_start, items, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
+                        head_stride, pk, layer, scale, part, per, threads) != 0)
+            return -1;
     } else {
 #pragma omp parallel for schedule(dynamic, ITEMS_PER_GRAB(Hkv)) num_threads(threads)
         for (int it = 0; it < items; it++) {
@@ -1814,12 +1825,50 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
             for (int d = 0; d < D; d++) o[d] *= inv;
         }
     }
-done:
-    free(list);
-    free(keys);
-    free(group_start);
-    free(row_unit);
-    free(part);
+    return 0;
+}
+
+/* Queries a work item takes: AMX_MAX_Q on the tile unit, else MAX_Q. */
+static int attend_item_q(int D, int bf16) { return hw_attend_amx(D, bf16) ? AMX_MAX_Q : MAX_Q; }
+
+/* Attention of R rows over their views, for one layer.
+ *
+ * q [R, H, D] fp32, un-rotated. Row r sees pairs row_start[r] .. row_start[r+1]-1; pair p is
+ * one view entry: keys at pool slots pair_slot[p] .. + pair_len[p] - 1 (already limited to
+ * what the row may see), scored with the query rotated by (pair_cos[p], pair_sin[p]).
+ * Pools: [Hkv, capacity, D] of this layer; a pair whose slots are at or above COMPACT_SLOT
+ * reads layer `layer` of the int8 part `pk` instead (a block never spans both; -2 without
+ * `pk`). out [R, H, D] fp32. Returns 0, -1 when a scratch allocation fails, or -2 for a head layout beyond the fixed-size work buffers
+ * (more than MAX_G query heads per KV head, head_dim above MAX_D or odd). Any number of rows
+ * and pairs: scratch is allocated per call.
+ *
+ * Work: each pair is cut into units of at most UNIT_KEYS keys; units that read the same keys
+ * (the prompt, history steps, markers seen by several rows) are computed together, so a
+ * shared block is read once per layer however many rows see it; partial results of a row's
+ * units are merged by log-sum-exp at the end.
+ *
+ * Batch invariance: a row's result depends on its own pairs and the keys they read, never on
+ * which other rows share the call or a work item, nor on where its blocks sit in the pool.
+ * Units are cut from each pair's own start; every query of a work item is scored, soft-maxed
+ * and accumulated on its own (the 2 x 4 score blocks and 4-query value blocks share loads,
+ * not sums; so do AVX-512's 16-score blocks, whose reduce16 sums each dot product by one
+ * tree); a row's units are merged in its own order. The dot products' order depends on the
+ * instruction set (AVX-512 for head_dim % 32 == 0 where the CPU has it, see scores5_block;
+ * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both.
+ * With AMX and a bf16 pool (hw_attend_amx) every work item runs on the tile unit
+ * (amx_group), int8 blocks of the compact store included: per tile cell, as invariant as
+ * the rest. */
+int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
+              const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
+              const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
+              float scale, int threads) {
+    if (!heads_supported(H, Hkv, D)) return -2;
+    AttendPlan pl;
+    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, attend_item_q(D, bf16));
+    if (rc != 0) return rc;
+    rc = attend_planned(&pl, q, out, H, Hkv, D, pair_cos, pair_sin, kbase, vbase, head_stride, bf16, pk, layer,
+                        scale, threads);
+    attend_plan_free(&pl);
     return rc;
 }
 
@@ -1894,19 +1943,10 @@ int64_t hw_decode_scratch(const Dims *dm, int rows) {
     return (int64_t)rows * (dm->hidden + (qd + 2 * kd) + qd + kd + kd + qd + 4 * (int64_t)dm->inter);
 }
 
-/* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
- * in place. Pools are [layers, kv_heads, capacity, head_dim]; layer_stride and head_stride in
- * elements; `pk` is the store's int8 part (NULL: none; slots at or above COMPACT_SLOT use
- * it). Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest is
- * allocated per call). Returns 0; -2, before touching anything, for a head layout the
- * attention kernel does not support; -1 when scratch could not be allocated, -2 for a weight
- * format not built in (x is then partly updated; hogwild.kernels.native checks formats first).
- *
- * Every step is batch invariant (hw_linear, hw_qlinear, hw_attend; norms, gate and key storage are per
- * row), so a row's output is the same bits whichever rows share the pass. */
-int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const Dims *dm, const PassInfo *ps,
-                     void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, const Compact *pk,
-                     float *scratch) {
+/* One layer l for the pass's rows (hw_decode_layers), attention on the pass's plan `pl`. */
+static int decode_layer(float *x, const LayerWeights *w, int l, const Dims *dm, const PassInfo *ps,
+                        const AttendPlan *pl, void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride,
+                        const Compact *pk, float *scratch) {
     int R = ps->rows, H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim, E = dm->hidden, I = dm->inter;
     int qd = H * D, kd = Hkv * D, qkvd = qd + 2 * kd;
     float *h = scratch;                  /* [R, E] normed input */
@@ -1919,48 +1959,68 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     float *act = gu + (size_t)R * 2 * I; /* [R, I] */
     float *up = act + (size_t)R * I;     /* [R, I]: up, when separate from the gate */
     size_t es = dm->kv_bf16 ? 2 : 4;
-    if (!heads_supported(H, Hkv, D)) return -2;
-    for (int l = 0; l < num_layers; l++) {
-        const LayerWeights *w = &layers[l];
-        int rc;
-        hw_rmsnorm(x, w->ln_in, h, R, E, dm->eps);
-        if (w->qkv[1].w) {
-            if ((rc = hw_linear_any(&w->qkv[0], h, q, R, qd, E, 0, dm->threads)) != 0) return rc;
-            if ((rc = hw_linear_any(&w->qkv[1], h, k, R, kd, E, 0, dm->threads)) != 0) return rc;
-            if ((rc = hw_linear_any(&w->qkv[2], h, v, R, kd, E, 0, dm->threads)) != 0) return rc;
-        } else {
-            if ((rc = hw_linear_any(&w->qkv[0], h, qkv, R, qkvd, E, 0, dm->threads)) != 0) return rc;
-            for (int r = 0; r < R; r++) {
-                const float *src = qkv + (size_t)r * qkvd;
-                memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
-                memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
-                memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
-            }
+    int rc;
+    hw_rmsnorm(x, w->ln_in, h, R, E, dm->eps);
+    if (w->qkv[1].w) {
+        if ((rc = hw_linear_any(&w->qkv[0], h, q, R, qd, E, 0, dm->threads)) != 0) return rc;
+        if ((rc = hw_linear_any(&w->qkv[1], h, k, R, kd, E, 0, dm->threads)) != 0) return rc;
+        if ((rc = hw_linear_any(&w->qkv[2], h, v, R, kd, E, 0, dm->threads)) != 0) return rc;
+    } else {
+        if ((rc = hw_linear_any(&w->qkv[0], h, qkv, R, qkvd, E, 0, dm->threads)) != 0) return rc;
+        for (int r = 0; r < R; r++) {
+            const float *src = qkv + (size_t)r * qkvd;
+            memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
+            memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
+            memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
         }
-        if (w->q_norm) hw_rmsnorm(q, w->q_norm, q, R * H, D, dm->eps);
-        if (w->k_norm) hw_rmsnorm(k, w->k_norm, k, R * Hkv, D, dm->eps);
-        char *kl = (char *)k_pool + (size_t)l * layer_stride * es, *vl = (char *)v_pool + (size_t)l * layer_stride * es;
-        if ((rc = hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk,
-                              l)) != 0)
-            return rc;
-        rc = hw_attend(q, att, R, H, Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_cos, ps->pair_sin,
-                       kl, vl, head_stride, dm->kv_bf16, pk, l, dm->scale, dm->threads);
-        if (rc != 0) return rc;
-        if ((rc = hw_linear_any(&w->o, att, x, R, E, qd, 1, dm->threads)) != 0) return rc;
-        hw_rmsnorm(x, w->ln_post, h, R, E, dm->eps);
-        if (w->gate_up[1].w) { /* separate gate and up: side by side per row, as fused */
-            if ((rc = hw_linear_any(&w->gate_up[0], h, act, R, I, E, 0, dm->threads)) != 0) return rc;
-            if ((rc = hw_linear_any(&w->gate_up[1], h, up, R, I, E, 0, dm->threads)) != 0) return rc;
-            for (int r = 0; r < R; r++) {
-                memcpy(gu + (size_t)r * 2 * I, act + (size_t)r * I, sizeof(float) * I);
-                memcpy(gu + (size_t)r * 2 * I + I, up + (size_t)r * I, sizeof(float) * I);
-            }
-        } else if ((rc = hw_linear_any(&w->gate_up[0], h, gu, R, 2 * I, E, 0, dm->threads)) != 0) {
-            return rc;
-        }
-        hw_silu_mul(gu, act, R, I);
-        if ((rc = hw_linear_any(&w->down, act, x, R, E, I, 1, dm->threads)) != 0) return rc;
     }
-    return 0;
+    if (w->q_norm) hw_rmsnorm(q, w->q_norm, q, R * H, D, dm->eps);
+    if (w->k_norm) hw_rmsnorm(k, w->k_norm, k, R * Hkv, D, dm->eps);
+    char *kl = (char *)k_pool + (size_t)l * layer_stride * es, *vl = (char *)v_pool + (size_t)l * layer_stride * es;
+    if ((rc = hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk,
+                          l)) != 0)
+        return rc;
+    if ((rc = attend_planned(pl, q, att, H, Hkv, D, ps->pair_cos, ps->pair_sin, kl, vl, head_stride, dm->kv_bf16, pk,
+                             l, dm->scale, dm->threads)) != 0)
+        return rc;
+    if ((rc = hw_linear_any(&w->o, att, x, R, E, qd, 1, dm->threads)) != 0) return rc;
+    hw_rmsnorm(x, w->ln_post, h, R, E, dm->eps);
+    if (w->gate_up[1].w) { /* separate gate and up: side by side per row, as fused */
+        if ((rc = hw_linear_any(&w->gate_up[0], h, act, R, I, E, 0, dm->threads)) != 0) return rc;
+        if ((rc = hw_linear_any(&w->gate_up[1], h, up, R, I, E, 0, dm->threads)) != 0) return rc;
+        for (int r = 0; r < R; r++) {
+            memcpy(gu + (size_t)r * 2 * I, act + (size_t)r * I, sizeof(float) * I);
+            memcpy(gu + (size_t)r * 2 * I + I, up + (size_t)r * I, sizeof(float) * I);
+        }
+    } else if ((rc = hw_linear_any(&w->gate_up[0], h, gu, R, 2 * I, E, 0, dm->threads)) != 0) {
+        return rc;
+    }
+    hw_silu_mul(gu, act, R, I);
+    return hw_linear_any(&w->down, act, x, R, E, I, 1, dm->threads);
 }
 
+/* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
+ * in place. Pools are [layers, kv_heads, capacity, head_dim]; layer_stride and head_stride in
+ * elements; `pk` is the store's int8 part (NULL: none; slots at or above COMPACT_SLOT use
+ * it). Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest is
+ * allocated per call). Returns 0; -2, before touching anything, for a head layout the
+ * attention kernel does not support or int8 slots without `pk`; -1 when scratch could not be
+ * allocated, -2 for a weight format not built in (x is then partly updated;
+ * hogwild.kernels.native checks formats first).
+ *
+ * Every step is batch invariant (hw_linear, hw_qlinear, hw_attend; norms, gate and key storage are per
+ * row), so a row's output is the same bits whichever rows share the pass. */
+int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const Dims *dm, const PassInfo *ps,
+                     void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride, const Compact *pk,
+                     float *scratch) {
+    int H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim;
+    if (!heads_supported(H, Hkv, D)) return -2;
+    /* the views are the same in every layer: one attention plan (and partial buffer) per pass */
+    AttendPlan pl;
+    int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, pk != NULL,
+                         attend_item_q(D, dm->kv_bf16));
+    for (int l = 0; l < num_layers && rc == 0; l++)
+        rc = decode_layer(x, &layers[l], l, dm, ps, &pl, k_pool, v_pool, layer_stride, head_stride, pk, scratch);
+    attend_plan_free(&pl);
+    return rc;
+}
