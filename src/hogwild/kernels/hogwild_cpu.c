@@ -1387,7 +1387,7 @@ static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m
 
 /* Work buffers of amx_group, sized for head_dim up to MAX_D. */
 typedef struct {
-    float *qf;      /* rotated, scaled queries [AMX_MAX_Q, D] fp32; then each query's P V row */
+    float *qf;      /* each query's P V row [AMX_MAX_Q, D] fp32 */
     float *st;      /* scores, key-major [UNIT_KEYS][AMX_MAX_Q] */
     uint16_t *qt;   /* query B tiles [3][D/32][16 rows x 32] */
     uint16_t *pt;   /* weight A tiles [3][UNIT_KEYS/32][16 x 32] */
@@ -1475,6 +1475,19 @@ static inline void amx_prefetch(const void *rows, int first, int n, size_t row_b
 
 #define AMX_AHEAD 64 /* keys requested ahead of the score tiles */
 
+/* Dims d0 .. d0 + 15 of rope_row(x, c, s) (D % 32 == 0, so they lie in one half): the same
+ * operations in the same order, so the same bits, without the row going through memory. */
+static inline __attribute__((always_inline)) HW_AMX __m512 amx_rope16(const float *x, const float *c, const float *s,
+                                                                      int d0, int D, float scale) {
+    int half = D / 2;
+    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(x + d0), _mm512_loadu_ps(c + d0));
+    if (d0 < half)
+        a = _mm512_sub_ps(a, _mm512_mul_ps(_mm512_loadu_ps(x + d0 + half), _mm512_loadu_ps(s + d0)));
+    else
+        a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_loadu_ps(x + d0 - half), _mm512_loadu_ps(s + d0)));
+    return _mm512_mul_ps(a, _mm512_set1_ps(scale));
+}
+
 /* One work item on the tile unit (see above): members' queries against keys [slot, slot +
  * count) of KV head kh of a bf16 pool, or of layer `layer` of the int8 part `pk` for slots
  * from COMPACT_SLOT on; writes each member's (m, l, acc) into `part` as attend_group does.
@@ -1505,21 +1518,22 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
         k0 = kbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
         v0 = vbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
     }
-    /* queries: rotated per member's pair, scaled, then bf16 pairs as TDPBF16PS's B operand */
-    for (int i = 0; i < nm; i++) {
-        const Unit *u = &list[members[i].unit];
-        const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
-        for (int g = 0; g < G; g++)
-            rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, w->qf + (size_t)(i * G + g) * D, D,
-                     scale);
+    /* queries: rotated per member's pair and scaled (rope_row's steps, 16 dims at a time, in
+     * registers), then bf16 pairs as TDPBF16PS's B operand */
+    const float *qx[AMX_MAX_Q], *qc[AMX_MAX_Q], *qs[AMX_MAX_Q];
+    for (int qi = 0; qi < nq; qi++) {
+        const Unit *u = &list[members[qi / G].unit];
+        qx[qi] = q + ((size_t)u->row * H + (size_t)kh * G + qi % G) * D;
+        qc[qi] = pair_cos + (size_t)u->pair * D;
+        qs[qi] = pair_sin + (size_t)u->pair * D;
     }
     for (int qt = 0; qt < nqt; qt++)
         for (int ks = 0; ks < KS; ks++) {
             __m512i rows[16];
             for (int c = 0; c < AMX_Q; c++) {
                 int qi = qt * AMX_Q + c;
-                const float *qr = w->qf + (size_t)qi * D + ks * 32;
-                rows[c] = qi < nq ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(qr + 16), _mm512_loadu_ps(qr))
+                rows[c] = qi < nq ? (__m512i)_mm512_cvtne2ps_pbh(amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32 + 16, D, scale),
+                                                                 amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32, D, scale))
                                   : _mm512_setzero_si512();
             }
             amx_transpose_store(rows, (uint32_t *)(w->qt + ((size_t)qt * KS + ks) * 512));
@@ -1645,9 +1659,9 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                     _tile_dpbf16ps(3, 4, 5);
                 }
             }
-            /* into qf (the queries are packed in qt by now), a query per row of D floats:
-             * the tiles go out together and the rows are copied once all have landed (read
-             * back one tile at a time, each load waited for its tile store) */
+            /* into qf, a query per row of D floats: the tiles go out together and the rows
+             * are copied once all have landed (read back one tile at a time, each load
+             * waited for its tile store) */
             float *stage = w->qf + (size_t)qt * AMX_Q * D + (size_t)dt0 * 16;
             _tile_stored(0, stage, D * 4);
             if (nd > 1) _tile_stored(1, stage + 16, D * 4);
