@@ -9,7 +9,7 @@ from hogwild.core.engine import Engine
 from hogwild.errors import InvalidRequestError
 from hogwild.core.events import HeaderEvent, SnapshotEvent, StepEvent, StopEvent, TokenEvent
 from hogwild.core.layouts import Layout, get_layout
-from hogwild.core.sampling import Sampling
+from hogwild.core.sampling import Sampling, greedy_ids
 from hogwild.core.script import Script
 
 from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
@@ -62,6 +62,14 @@ def test_sampling_is_seeded() -> None:
         Sampling(temperature=-1)
     with pytest.raises(InvalidRequestError):
         Sampling(top_p=0)
+
+
+def test_greedy_ids_are_argmax_first_of_ties() -> None:
+    logits = torch.randn(16, 1000, generator=torch.Generator().manual_seed(0))
+    logits[3, 10] = logits[3, 700] = logits[3].max() + 1  # a tie: the first index wins
+    logits[5] = 0.0  # a row of equal logits: index 0
+    assert greedy_ids(logits) == logits.argmax(-1).tolist()
+    assert greedy_ids(logits)[3] == 10 and greedy_ids(logits)[5] == 0
 
 
 def test_custom_layout() -> None:
