@@ -1716,7 +1716,7 @@ static int heads_supported(int H, int Hkv, int D) {
  * decoder builds it once per pass): the units in row order, their keys sorted by slot,
  * the groups of units reading the same keys, and `part`, the units' partial results. */
 typedef struct {
-    int rows, units, groups;
+    int rows, groups;
     Unit *list;
     UnitKey *keys;
     int *group_start; /* [groups + 1] into keys */
@@ -1747,7 +1747,6 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
     for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
     int alloc = units > 0 ? units : 1;
     pl->rows = R;
-    pl->units = units;
     pl->per = (size_t)G * (D + 2);
     pl->list = (Unit *)malloc(sizeof(Unit) * alloc);
     pl->keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
