@@ -38,38 +38,59 @@ def _dense_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale):
     return out
 
 
-def _tile_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale, k_scale=None, v_scale=None, unit=256):
-    """What the AMX path computes (``kernels.attention_rounds``): per unit of at most 256 keys
-    (cut from each pair's start), the query rotated and scaled in fp32 and rounded to bf16,
-    weights e = exp(score - the unit's max), their sum rounded to bf16 per weight, and the
-    values weighted by e rounded to bf16; the units of a row merged by log-sum-exp. Scores
-    and sums in float64. Int8 blocks: pools of the int8 values with ``k_scale``/``v_scale``
-    [kv_heads, slots] (1 elsewhere): scores times the key's scale, e times the value's scale
-    before its rounding for the values."""
+def _tile_units(pairs, r, int8_from=None, unit=256, short=32):
+    """Row r's units as the tile path cuts them (attend_plan): each pair from its own start in
+    units of at most ``unit`` keys; a pair shorter than ``short`` keys joins the row's unit
+    before it as a further segment when that unit began with at least ``short`` keys of one
+    pair, stays within ``unit`` keys, and neither is an int8 block (start >= ``int8_from``). A unit is a list of (pair index, first slot, keys)."""
+    units, open_ = [], False
+    for p, (row, start, n) in enumerate(pairs):
+        if row != r:
+            continue
+        int8 = int8_from is not None and start >= int8_from
+        if open_ and 0 < n < short and not int8 and sum(k for _, _, k in units[-1]) + n <= unit:
+            units[-1].append((p, start, n))
+            continue
+        open_ = False
+        for first in range(0, n, unit):
+            units.append([(p, start + first, min(n - first, unit))])
+            open_ = not int8 and min(n - first, unit) >= short
+    return units
+
+
+def _tile_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale, k_scale=None, v_scale=None, int8_from=None):
+    """What the AMX path computes (``kernels.attention_rounds``): per unit (:func:`_tile_units`),
+    the query rotated per segment's pair and scaled in fp32 and rounded to bf16, weights e =
+    exp(score - the unit's max), their sum rounded to bf16 per weight, and the values weighted
+    by e rounded to bf16; the units of a row merged by log-sum-exp. Scores and sums in
+    float64. Int8 blocks: pools of the int8 values with ``k_scale``/``v_scale`` [kv_heads,
+    slots] (1 elsewhere): scores times the key's scale, e times the value's scale before its
+    rounding for the values."""
     rows, heads, d = q.shape
     g = heads // k_pool.shape[0]
     out = torch.empty(rows, heads, d, dtype=torch.float64)
     half = d // 2
     for r in range(rows):
         parts = []
-        for p, (row, start, n) in enumerate(pairs):
-            if row != r:
-                continue
-            qr = q[r]
-            rotated = torch.cat((-qr[:, half:], qr[:, :half]), dim=-1)
-            qr = ((qr * rope_cos[p] + rotated * rope_sin[p]) * scale).to(torch.bfloat16).double()
-            for first in range(0, n, unit):
-                sl = slice(start + first, start + min(n, first + unit))
-                keys = k_pool[:, sl].double().repeat_interleave(g, dim=0)
-                scores = torch.einsum("hd,hnd->hn", qr, keys)
+        for segments in _tile_units(pairs, r, int8_from):
+            scores, weights_of, values = [], [], []
+            for p, start, n in segments:
+                qr = q[r]
+                rotated = torch.cat((-qr[:, half:], qr[:, :half]), dim=-1)
+                qr = ((qr * rope_cos[p] + rotated * rope_sin[p]) * scale).to(torch.bfloat16).double()
+                sl = slice(start, start + n)
+                sc = torch.einsum("hd,hnd->hn", qr, k_pool[:, sl].double().repeat_interleave(g, dim=0))
                 if k_scale is not None:
-                    scores = scores * k_scale[:, sl].double().repeat_interleave(g, dim=0)
-                m = scores.max(dim=-1, keepdim=True).values
-                e = (scores - m).exp()
-                w = e if v_scale is None else e * v_scale[:, sl].double().repeat_interleave(g, dim=0)
-                values = v_pool[:, sl].double().repeat_interleave(g, dim=0)
-                parts.append((m, e.to(torch.bfloat16).double().sum(-1, keepdim=True),
-                              torch.einsum("hn,hnd->hd", w.to(torch.bfloat16).double(), values)))
+                    sc = sc * k_scale[:, sl].double().repeat_interleave(g, dim=0)
+                scores.append(sc)
+                weights_of.append(None if v_scale is None else v_scale[:, sl].double().repeat_interleave(g, dim=0))
+                values.append(v_pool[:, sl].double().repeat_interleave(g, dim=0))
+            scores = torch.cat(scores, dim=1)
+            m = scores.max(dim=-1, keepdim=True).values
+            e = (scores - m).exp()
+            w = e if v_scale is None else e * torch.cat(weights_of, dim=1)
+            parts.append((m, e.to(torch.bfloat16).double().sum(-1, keepdim=True),
+                          torch.einsum("hn,hnd->hd", w.to(torch.bfloat16).double(), torch.cat(values, dim=1))))
         best = torch.stack([m for m, _, _ in parts]).max(dim=0).values
         den = sum(l * (m - best).exp() for m, l, _ in parts)
         out[r] = sum(acc * (m - best).exp() for m, _, acc in parts) / den

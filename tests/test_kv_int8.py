@@ -158,7 +158,7 @@ def test_int8_blocks_on_the_tiles(heads, kv_heads, d) -> None:
     keys, values = torch.cat([kf.float(), k8[0].float()], 1), torch.cat([vf.float(), v8[0].float()], 1)
     k_scale, v_scale = torch.cat([torch.ones(kv_heads, cap), ks[0]], 1), torch.cat([torch.ones(kv_heads, cap), vs[0]], 1)
     flat = [(r, s - COMPACT_SLOT + cap if s >= COMPACT_SLOT else s, n) for r, s, n in pairs]
-    err = (got - _tile_attention(q, flat, keys, values, cos, sin, 1 / math.sqrt(d), k_scale, v_scale)).abs()
+    err = (got - _tile_attention(q, flat, keys, values, cos, sin, 1 / math.sqrt(d), k_scale, v_scale, cap)).abs()
     assert err.mean().item() < 1e-6 and err.max().item() < 1e-3  # rare bf16 neighbours, as there
     dense = _dense_attention(q, flat, torch.cat([kf.float(), dequantize(k8, ks)[0]], 1),
                              torch.cat([vf.float(), dequantize(v8, vs)[0]], 1), cos, sin, 1 / math.sqrt(d))

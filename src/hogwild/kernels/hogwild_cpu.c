@@ -833,24 +833,61 @@ int hw_store_kv(const float *k, const float *v, const int64_t *slots, const floa
  * the long ones). Results do not depend on it: it decides which thread runs an item. */
 #define ITEMS_PER_GRAB(Hkv) (2 * (Hkv))
 
+/* A unit: keys of one row's view computed as one softmax. Its segments are consecutive pairs
+ * of the row: `pair` from key `first` (count0 keys), then the whole pairs pair + 1 ..
+ * pair + nseg - 1 (short ones joined on the tile unit, see attend_plan; elsewhere nseg = 1). */
 typedef struct {
     int row;
     int pair;
     int first; /* first key of the pair's block in this unit */
-    int count;
+    int count; /* keys in all segments */
+    int count0; /* keys in the first segment */
+    int nseg;
 } Unit;
 
 typedef struct {
     int64_t slot; /* first pool slot the unit reads */
     int count;
     int unit;
+    int nseg, count0, pair; /* the unit's segments, read from the pass's pairs: */
+    const int64_t *pair_slot;
+    const int32_t *pair_len;
 } UnitKey;
 
+/* Segment s of a unit: its first pool slot and its number of keys. */
+static inline void unit_segment(const UnitKey *k, int s, int64_t *slot, int *len) {
+    *slot = s == 0 ? k->slot : k->pair_slot[k->pair + s];
+    *len = s == 0 ? k->count0 : k->pair_len[k->pair + s];
+}
+
+/* Units ordered by the keys they read, segment by segment (a unit whose keys begin another's
+ * comes right before it), then by unit index. */
 static int unit_key_cmp(const void *a, const void *b) {
     const UnitKey *x = (const UnitKey *)a, *y = (const UnitKey *)b;
-    if (x->slot != y->slot) return x->slot < y->slot ? -1 : 1;
-    if (x->count != y->count) return x->count < y->count ? -1 : 1;
+    for (int s = 0; s < x->nseg && s < y->nseg; s++) {
+        int64_t xs, ys;
+        int xn, yn;
+        unit_segment(x, s, &xs, &xn);
+        unit_segment(y, s, &ys, &yn);
+        if (xs != ys) return xs < ys ? -1 : 1;
+        if (xn != yn) return xn < yn ? -1 : 1;
+    }
+    if (x->nseg != y->nseg) return x->nseg < y->nseg ? -1 : 1;
     return x->unit - y->unit;
+}
+
+/* Whether unit a's keys are the first keys of unit b's (same segments, a's last one no
+ * longer than b's): a can then share b's work item, its lanes masked past its own keys. */
+static int unit_is_prefix(const UnitKey *a, const UnitKey *b) {
+    if (a->nseg > b->nseg) return 0;
+    for (int s = 0; s < a->nseg; s++) {
+        int64_t as, bs;
+        int an, bn;
+        unit_segment(a, s, &as, &an);
+        unit_segment(b, s, &bs, &bn);
+        if (as != bs || (s < a->nseg - 1 ? an != bn : an > bn)) return 0;
+    }
+    return 1;
 }
 
 /* n rows of D values from a pool (fp32 or bf16) as fp32: the pool itself when fp32,
@@ -1388,7 +1425,8 @@ static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m
 /* Work buffers of amx_group, sized for head_dim up to MAX_D. */
 typedef struct {
     float *qf;      /* each query's P V row [AMX_MAX_Q, D] fp32 */
-    float *st;      /* scores, key-major [UNIT_KEYS][AMX_MAX_Q] */
+    float *st;      /* scores, key-major [UNIT_KEYS + 16][AMX_MAX_Q] (a segment's last tile may
+                       spill 15 rows past the unit) */
     uint16_t *qt;   /* query B tiles [3][D/32][16 rows x 32] */
     uint16_t *pt;   /* weight A tiles [3][UNIT_KEYS/32][16 x 32] */
     uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
@@ -1404,7 +1442,7 @@ static const AmxWork *amx_work(void) {
     static __thread char *mem;
     if (!mem) {
         size_t f = sizeof(float), h = sizeof(uint16_t); /* every part a multiple of 64 bytes */
-        size_t parts[6] = {f * AMX_MAX_Q * MAX_D, f * UNIT_KEYS * AMX_MAX_Q, h * 3 * MAX_D * 16,
+        size_t parts[6] = {f * AMX_MAX_Q * MAX_D, f * (UNIT_KEYS + 16) * AMX_MAX_Q, h * 3 * MAX_D * 16,
                            h * 3 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D};
         size_t total = 0;
         for (int i = 0; i < 6; i++) total += parts[i];
@@ -1488,9 +1526,12 @@ static inline __attribute__((always_inline)) HW_AMX __m512 amx_rope16(const floa
     return _mm512_mul_ps(a, _mm512_set1_ps(scale));
 }
 
-/* One work item on the tile unit (see above): members' queries against keys [slot, slot +
- * count) of KV head kh of a bf16 pool, or of layer `layer` of the int8 part `pk` for slots
- * from COMPACT_SLOT on; writes each member's (m, l, acc) into `part` as attend_group does.
+/* One work item on the tile unit (see above): members' queries against the keys of the last
+ * member's unit (its segments, each scored with every member's query rotated for that
+ * segment's pair; an earlier member, whose keys are the first of those, has its lanes masked
+ * past them) in KV head kh of a bf16 pool, or of layer `layer` of the int8 part `pk` for
+ * slots from COMPACT_SLOT on (one segment); writes each member's (m, l, acc) into `part` as
+ * attend_group does.
  * Int8 blocks: the unit's int8 keys, then values, are widened to bf16 exactly; each score
  * is multiplied by its key's scale after the tile product, and each weight by its value's
  * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). The
@@ -1500,81 +1541,94 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                              const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
                              float *part, size_t per, const AmxWork *w) {
     int nq = nm * G, nqt = (nq + AMX_Q - 1) / AMX_Q, KS = D / 32, DT = D / 16;
-    int count = members[0].count, steps = (count + 31) / 32;
+    const UnitKey *lead = &members[nm - 1]; /* the longest: the others' keys begin its keys */
+    int count = lead->count, steps = (count + 31) / 32;
     size_t row_bytes = (size_t)D * 2;
-    int compact = members[0].slot >= COMPACT_SLOT;
-    const uint16_t *k0, *v0;
+    int compact = lead->slot >= COMPACT_SLOT; /* one segment then (attend_plan) */
+    const uint16_t *vrow[UNIT_KEYS];          /* each key's value row */
     const int8_t *v8 = NULL;
     const float *kscale = NULL, *vscale = NULL;
     if (compact) {
-        size_t line = ((size_t)layer * Hkv + kh) * (size_t)pk->capacity + (size_t)(members[0].slot - COMPACT_SLOT);
+        size_t line = ((size_t)layer * Hkv + kh) * (size_t)pk->capacity + (size_t)(lead->slot - COMPACT_SLOT);
         amx_int8_rows(pk->k + line * D, count, D, w->rows);
-        k0 = w->rows;
-        v0 = w->rows; /* its values replace the keys there after the scores */
+        for (int j = 0; j < count; j++) vrow[j] = w->rows + (size_t)j * D; /* its values replace the keys there */
         v8 = pk->v + line * D;
         kscale = pk->ks + line;
         vscale = pk->vs + line;
-    } else {
-        k0 = kbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
-        v0 = vbase + (size_t)kh * head_stride + (size_t)members[0].slot * D;
     }
-    /* queries: rotated per member's pair and scaled (rope_row's steps, 16 dims at a time, in
-     * registers), then bf16 pairs as TDPBF16PS's B operand */
     const float *qx[AMX_MAX_Q], *qc[AMX_MAX_Q], *qs[AMX_MAX_Q];
-    for (int qi = 0; qi < nq; qi++) {
-        const Unit *u = &list[members[qi / G].unit];
-        qx[qi] = q + ((size_t)u->row * H + (size_t)kh * G + qi % G) * D;
-        qc[qi] = pair_cos + (size_t)u->pair * D;
-        qs[qi] = pair_sin + (size_t)u->pair * D;
-    }
-    for (int qt = 0; qt < nqt; qt++)
-        for (int ks = 0; ks < KS; ks++) {
-            __m512i rows[16];
-            for (int c = 0; c < AMX_Q; c++) {
-                int qi = qt * AMX_Q + c;
-                rows[c] = qi < nq ? (__m512i)_mm512_cvtne2ps_pbh(amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32 + 16, D, scale),
-                                                                 amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32, D, scale))
-                                  : _mm512_setzero_si512();
+    for (int qi = 0; qi < nq; qi++) qx[qi] = q + ((size_t)list[members[qi / G].unit].row * H + (size_t)kh * G + qi % G) * D;
+    /* per segment: its queries, then its scores S^T, 16 keys a tile, into rows at + .. of st
+     * (rows are keys, lanes queries; a partial last tile spills zero-key rows that the next
+     * segment overwrites). Keys are requested AMX_AHEAD ahead, values as their keys are
+     * scored (they are read after the softmax). */
+    for (int sg = 0, at = 0; sg < lead->nseg; sg++) {
+        int64_t slot;
+        int n;
+        unit_segment(lead, sg, &slot, &n);
+        /* queries: rotated per member's pair of this segment and scaled (rope_row's steps, 16
+         * dims at a time, in registers), then bf16 pairs as TDPBF16PS's B operand; a member
+         * whose keys end before this segment gets zeros (its lanes are masked below) */
+        for (int qi = 0; qi < nq; qi++) {
+            const UnitKey *m = &members[qi / G];
+            int pair = m->nseg > sg ? m->pair + sg : -1;
+            qc[qi] = pair < 0 ? NULL : pair_cos + (size_t)pair * D;
+            qs[qi] = pair < 0 ? NULL : pair_sin + (size_t)pair * D;
+        }
+        for (int qt = 0; qt < nqt; qt++)
+            for (int ks = 0; ks < KS; ks++) {
+                __m512i rows[16];
+                for (int c = 0; c < AMX_Q; c++) {
+                    int qi = qt * AMX_Q + c;
+                    rows[c] = qi < nq && qc[qi] ? (__m512i)_mm512_cvtne2ps_pbh(
+                                                      amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32 + 16, D, scale),
+                                                      amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32, D, scale))
+                                                : _mm512_setzero_si512();
+                }
+                amx_transpose_store(rows, (uint32_t *)(w->qt + ((size_t)qt * KS + ks) * 512));
             }
-            amx_transpose_store(rows, (uint32_t *)(w->qt + ((size_t)qt * KS + ks) * 512));
+        const uint16_t *k0 = compact ? w->rows : kbase + (size_t)kh * head_stride + (size_t)slot * D;
+        const uint16_t *v0 = compact ? NULL : vbase + (size_t)kh * head_stride + (size_t)slot * D;
+        if (!compact) {
+            for (int j = 0; j < n; j++) vrow[at + j] = v0 + (size_t)j * D;
+            amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
         }
-    /* scores S^T, 16 keys a tile: rows of st are keys, lanes queries. Keys are requested
-     * AMX_AHEAD ahead, values as their keys are scored (they are read after the softmax). */
-    if (!compact) amx_prefetch(k0, 0, count < AMX_AHEAD ? count : AMX_AHEAD, row_bytes);
-    for (int kt = 0; kt * 16 < count; kt++) {
-        const uint16_t *a = k0 + (size_t)kt * 16 * D;
-        int have = count - kt * 16, ahead = kt * 16 + AMX_AHEAD;
-        if (compact) {
-            amx_prefetch(v8, kt * 16, have < 16 ? have : 16, (size_t)D);
-        } else {
-            if (ahead < count) amx_prefetch(k0, ahead, count - ahead < 16 ? count - ahead : 16, row_bytes);
-            amx_prefetch(v0, kt * 16, have < 16 ? have : 16, row_bytes);
-        }
-        if (have < 16 && !compact) { /* int8 rows were padded with zeros when widened */
-            memcpy(w->rows, a, (size_t)have * row_bytes);
-            memset(w->rows + (size_t)have * D, 0, (size_t)(16 - have) * row_bytes);
-            a = w->rows;
-        }
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        for (int ks = 0; ks < KS; ks++) {
-            _tile_loadd(3, a + ks * 32, row_bytes);
-            _tile_loadd(4, w->qt + (size_t)ks * 512, 64);
-            _tile_dpbf16ps(0, 3, 4);
-            if (nqt > 1) {
-                _tile_loadd(5, w->qt + ((size_t)KS + ks) * 512, 64);
-                _tile_dpbf16ps(1, 3, 5);
+        for (int kt = 0; kt * 16 < n; kt++) {
+            const uint16_t *a = k0 + (size_t)kt * 16 * D;
+            int have = n - kt * 16, ahead = kt * 16 + AMX_AHEAD;
+            if (compact) {
+                amx_prefetch(v8, kt * 16, have < 16 ? have : 16, (size_t)D);
+            } else {
+                if (ahead < n) amx_prefetch(k0, ahead, n - ahead < 16 ? n - ahead : 16, row_bytes);
+                amx_prefetch(v0, kt * 16, have < 16 ? have : 16, row_bytes);
             }
-            if (nqt > 2) {
-                _tile_loadd(6, w->qt + ((size_t)2 * KS + ks) * 512, 64);
-                _tile_dpbf16ps(2, 3, 6);
+            if (have < 16 && !compact) { /* int8 rows were padded with zeros when widened */
+                memcpy(w->rows, a, (size_t)have * row_bytes);
+                memset(w->rows + (size_t)have * D, 0, (size_t)(16 - have) * row_bytes);
+                a = w->rows;
             }
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            for (int ks = 0; ks < KS; ks++) {
+                _tile_loadd(3, a + ks * 32, row_bytes);
+                _tile_loadd(4, w->qt + (size_t)ks * 512, 64);
+                _tile_dpbf16ps(0, 3, 4);
+                if (nqt > 1) {
+                    _tile_loadd(5, w->qt + ((size_t)KS + ks) * 512, 64);
+                    _tile_dpbf16ps(1, 3, 5);
+                }
+                if (nqt > 2) {
+                    _tile_loadd(6, w->qt + ((size_t)2 * KS + ks) * 512, 64);
+                    _tile_dpbf16ps(2, 3, 6);
+                }
+            }
+            float *srow = w->st + (size_t)(at + kt * 16) * AMX_MAX_Q;
+            _tile_stored(0, srow, AMX_MAX_Q * 4);
+            if (nqt > 1) _tile_stored(1, srow + AMX_Q, AMX_MAX_Q * 4);
+            if (nqt > 2) _tile_stored(2, srow + 2 * AMX_Q, AMX_MAX_Q * 4);
         }
-        float *srow = w->st + (size_t)kt * 16 * AMX_MAX_Q;
-        _tile_stored(0, srow, AMX_MAX_Q * 4);
-        if (nqt > 1) _tile_stored(1, srow + AMX_Q, AMX_MAX_Q * 4);
-        if (nqt > 2) _tile_stored(2, srow + 2 * AMX_Q, AMX_MAX_Q * 4);
+        at += n;
     }
     if (compact) /* scores of int8 keys times each key's scale */
         for (int j = 0; j < count; j++)
@@ -1582,6 +1636,10 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
                 float *row = w->st + (size_t)j * AMX_MAX_Q + qt * AMX_Q;
                 _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
             }
+    /* a member whose keys end earlier: its lanes past them out of the softmax (weight 0) */
+    for (int i = 0; i < nm - 1; i++)
+        for (int j = members[i].count; j < count; j++)
+            for (int g = 0; g < G; g++) w->st[(size_t)j * AMX_MAX_Q + i * G + g] = -INFINITY;
     /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
      * weights pair-interleaved per query (A tiles of P) */
     float ms[AMX_MAX_Q], ls[AMX_MAX_Q];
@@ -1624,10 +1682,9 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
     for (int s = 0; s < steps; s++)
         for (int t = 0; t < 16; t++) {
             int j = s * 32 + 2 * t;
-            const uint16_t *a = v0 + (size_t)j * D, *b = a + D;
             for (int d = 0; d < D; d += 32) {
-                __m512i va = j < count ? _mm512_loadu_si512(a + d) : _mm512_setzero_si512();
-                __m512i vb = j + 1 < count ? _mm512_loadu_si512(b + d) : _mm512_setzero_si512();
+                __m512i va = j < count ? _mm512_loadu_si512(vrow[j] + d) : _mm512_setzero_si512();
+                __m512i vb = j + 1 < count ? _mm512_loadu_si512(vrow[j + 1] + d) : _mm512_setzero_si512();
                 uint16_t *tile = w->vt + ((size_t)s * DT + d / 16) * 512 + t * 32;
                 _mm512_storeu_si512(tile, _mm512_permutex2var_epi16(va, lo_idx, vb));
                 _mm512_storeu_si512(tile + 512, _mm512_permutex2var_epi16(va, hi_idx, vb));
@@ -1721,6 +1778,8 @@ typedef struct {
     UnitKey *keys;
     int *group_start; /* [groups + 1] into keys */
     int *row_unit;    /* [rows + 1] into list */
+    const int64_t *pair_slot; /* the pass's pairs (the units' later segments) */
+    const int32_t *pair_len;
     float *part;      /* [units, Hkv, per] */
     size_t per;       /* floats per unit and KV head: G (m), G (l), G x D (weighted values) */
 } AttendPlan;
@@ -1734,11 +1793,25 @@ static void attend_plan_free(AttendPlan *pl) {
     memset(pl, 0, sizeof(*pl));
 }
 
+/* Pairs shorter than this join the unit before them on the tile unit (attend_plan). */
+#define SHORT_KEYS 32
+
 /* Cut every pair into units of at most UNIT_KEYS keys and group the units reading the same
- * keys, a work item taking at most `item_q` queries (G per member). Returns 0, -1 when an
- * allocation fails (pl then holds nothing), or -2 for int8 slots without a compact part. */
+ * keys, a work item taking at most MAX_Q queries (AMX_MAX_Q on the tile unit, `amx`; G per
+ * member). Returns 0, -1 when an allocation fails (pl then holds nothing), or -2 for int8
+ * slots without a compact part.
+ *
+ * On the tile unit (amx_group), a pair shorter than SHORT_KEYS joins the
+ * row's unit before it as a further segment, while the unit stays within UNIT_KEYS keys and
+ * both are in the full-precision pool: a team's markers ("unfinished" after each other
+ * worker's step, the section headers) and short steps then cost no work item and no partial
+ * result of their own. And a unit whose keys begin another's (a worker's own step, which the
+ * others see followed by a marker) joins that one's work item, its lanes masked past its own
+ * keys. Both depend only on the row's own view, so a row's result stays batch invariant; the
+ * masking gives the bits the unit's own item would (weights 0 add +0). */
 static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32_t *row_start,
-                       const int64_t *pair_slot, const int32_t *pair_len, int has_compact, int item_q) {
+                       const int64_t *pair_slot, const int32_t *pair_len, int has_compact, int amx) {
+    int item_q = amx ? AMX_MAX_Q : MAX_Q;
     memset(pl, 0, sizeof(*pl));
     if (!has_compact)
         for (int p = 0; p < row_start[R]; p++)
@@ -1748,6 +1821,8 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
     int alloc = units > 0 ? units : 1;
     pl->rows = R;
     pl->per = (size_t)G * (D + 2);
+    pl->pair_slot = pair_slot;
+    pl->pair_len = pair_len;
     pl->list = (Unit *)malloc(sizeof(Unit) * alloc);
     pl->keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
     pl->group_start = (int *)malloc(sizeof(int) * (alloc + 1));
@@ -1762,25 +1837,41 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
     int u = 0;
     for (int r = 0; r < R; r++) {
         pl->row_unit[r] = u;
-        for (int p = row_start[r]; p < row_start[r + 1]; p++)
-            for (int first = 0; first < pair_len[p]; first += UNIT_KEYS) {
+        int open = -1; /* the row's last unit, while a short pair may still join it */
+        for (int p = row_start[r]; p < row_start[r + 1]; p++) {
+            int len = pair_len[p];
+            if (open >= 0 && len > 0 && len < SHORT_KEYS && pair_slot[p] < COMPACT_SLOT &&
+                list[open].count + len <= UNIT_KEYS) {
+                list[open].nseg++;
+                list[open].count += len;
+                continue;
+            }
+            open = -1;
+            for (int first = 0; first < len; first += UNIT_KEYS) {
                 list[u].row = r;
                 list[u].pair = p;
                 list[u].first = first;
-                list[u].count = pair_len[p] - first < UNIT_KEYS ? pair_len[p] - first : UNIT_KEYS;
-                keys[u].slot = pair_slot[p] + first;
-                keys[u].count = list[u].count;
-                keys[u].unit = u;
+                list[u].count = list[u].count0 = len - first < UNIT_KEYS ? len - first : UNIT_KEYS;
+                list[u].nseg = 1;
+                if (amx && pair_slot[p] < COMPACT_SLOT) open = u;
                 u++;
             }
+        }
     }
     pl->row_unit[R] = u;
+    units = u;
+    for (int i = 0; i < units; i++) {
+        const Unit *un = &list[i];
+        keys[i] = (UnitKey){pair_slot[un->pair] + un->first, un->count, i, un->nseg, un->count0, un->pair,
+                            pair_slot, pair_len};
+    }
     qsort(keys, units, sizeof(UnitKey), unit_key_cmp);
     int max_members = item_q / G > 0 ? item_q / G : 1;
     int groups = 0;
     for (int i = 0; i < units; i++) {
-        int same = i > 0 && keys[i].slot == keys[i - 1].slot && keys[i].count == keys[i - 1].count &&
-                   i - pl->group_start[groups - 1] < max_members;
+        int same = i > 0 && i - pl->group_start[groups - 1] < max_members &&
+                   (amx ? unit_is_prefix(&keys[i - 1], &keys[i])
+                               : keys[i].slot == keys[i - 1].slot && keys[i].count == keys[i - 1].count);
         if (!same) pl->group_start[groups++] = i;
     }
     pl->group_start[groups] = units;
@@ -1841,9 +1932,6 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
     return 0;
 }
 
-/* Queries a work item takes: AMX_MAX_Q on the tile unit, else MAX_Q. */
-static int attend_item_q(int D, int bf16) { return hw_attend_amx(D, bf16) ? AMX_MAX_Q : MAX_Q; }
-
 /* Attention of R rows over their views, for one layer.
  *
  * q [R, H, D] fp32, un-rotated. Row r sees pairs row_start[r] .. row_start[r+1]-1; pair p is
@@ -1877,7 +1965,7 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
               float scale, int threads) {
     if (!heads_supported(H, Hkv, D)) return -2;
     AttendPlan pl;
-    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, attend_item_q(D, bf16));
+    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, hw_attend_amx(D, bf16));
     if (rc != 0) return rc;
     rc = attend_planned(&pl, q, out, H, Hkv, D, pair_cos, pair_sin, kbase, vbase, head_stride, bf16, pk, layer,
                         scale, threads);
@@ -2031,7 +2119,7 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     /* the views are the same in every layer: one attention plan (and partial buffer) per pass */
     AttendPlan pl;
     int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, pk != NULL,
-                         attend_item_q(D, dm->kv_bf16));
+                         hw_attend_amx(D, dm->kv_bf16));
     for (int l = 0; l < num_layers && rc == 0; l++)
         rc = decode_layer(x, &layers[l], l, dm, ps, &pl, k_pool, v_pool, layer_stride, head_stride, pk, scratch);
     attend_plan_free(&pl);
