@@ -1778,8 +1778,6 @@ typedef struct {
     UnitKey *keys;
     int *group_start; /* [groups + 1] into keys */
     int *row_unit;    /* [rows + 1] into list */
-    const int64_t *pair_slot; /* the pass's pairs (the units' later segments) */
-    const int32_t *pair_len;
     float *part;      /* [units, Hkv, per] */
     size_t per;       /* floats per unit and KV head: G (m), G (l), G x D (weighted values) */
 } AttendPlan;
@@ -1821,8 +1819,6 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
     int alloc = units > 0 ? units : 1;
     pl->rows = R;
     pl->per = (size_t)G * (D + 2);
-    pl->pair_slot = pair_slot;
-    pl->pair_len = pair_len;
     pl->list = (Unit *)malloc(sizeof(Unit) * alloc);
     pl->keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
     pl->group_start = (int *)malloc(sizeof(int) * (alloc + 1));
@@ -1879,7 +1875,7 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
     return 0;
 }
 
-/* hw_attend over a plan built for these rows and views (attend_plan with item_q as
+/* hw_attend over a plan built for these rows and views (attend_plan, `amx` as
  * hw_attend_amx decides); returns 0 or -1 (a thread's AMX buffers could not be allocated). */
 static int attend_planned(const AttendPlan *pl, const float *q, float *out, int H, int Hkv, int D,
                           const float *pair_cos, const float *pair_sin, const void *kbase, const void *vbase,
@@ -1943,10 +1939,11 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
  * (more than MAX_G query heads per KV head, head_dim above MAX_D or odd). Any number of rows
  * and pairs: scratch is allocated per call.
  *
- * Work: each pair is cut into units of at most UNIT_KEYS keys; units that read the same keys
- * (the prompt, history steps, markers seen by several rows) are computed together, so a
- * shared block is read once per layer however many rows see it; partial results of a row's
- * units are merged by log-sum-exp at the end.
+ * Work: each pair is cut into units of at most UNIT_KEYS keys (on the tile unit short pairs
+ * join the unit before them, see attend_plan); units that read the same keys (the prompt,
+ * history steps, markers seen by several rows) are computed together, so a shared block is
+ * read once per layer however many rows see it; partial results of a row's units are merged
+ * by log-sum-exp at the end.
  *
  * Batch invariance: a row's result depends on its own pairs and the keys they read, never on
  * which other rows share the call or a work item, nor on where its blocks sit in the pool.
