@@ -1,4 +1,4 @@
-"""Logit drift of the AMX paths: bf16 activations on the tile unit against fp32 activations.
+"""Logit drift of the bf16-activation paths (AMX tiles, AVX-512 BF16 dot tiles) against fp32 activations.
 
 On CPUs with AMX, the bf16-weight linear runs on the tile unit, which reads x as bf16
 (``amx_linear`` in ``hogwild_cpu.c``), and so does the attention over a bf16 store, which
@@ -15,12 +15,17 @@ per next-token distribution, both perplexities and top-1 agreement
 - ``engine``: through the engine's KV store (:class:`hogwild.bench.quality.ThroughStore`,
   steps of 64 tokens folded into history), so the native attention kernel runs too.
 
+``--isa avx512bf16`` compares the AVX-512 BF16 dot tiles instead (``dot_tile``: the linear
+reads x as bf16 as on AMX, the attention stays in fp32), on CPUs with AVX512_BF16; the
+file is then ``avx512bf16-drift-<model>.json``.
+
 For scale, ``hogwild quality`` reports the drift of the weight formats (``q8_0`` rounds the
 activations to 8 bits per block of 32, ``docs/results/quant/``).
 
 Usage::
 
     python bench/amx_drift.py --model smollm2-135m --tokens 1024 --out docs/results/bench-cpu/amx
+    python bench/amx_drift.py --isa avx512bf16 --out docs/results/bench-cpu/dot-tiles
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ except ImportError:  # not installed: run from a checkout
 from hogwild.bench import quality
 from hogwild.loader import load_model
 from hogwild.quant.superweights import calibration_text
+
+
+# hw_isa of each compared set, and what it reads as bf16
+CANDIDATES = {"amx": (4, "bf16 activations in the linears and attention"),
+              "avx512bf16": (3, "bf16 activations in the linears")}
 
 
 def pinned(isa: int, fn):
@@ -80,25 +90,27 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=None, help="directory for amx-drift-<model>.json")
+    ap.add_argument("--isa", default="amx", choices=list(CANDIDATES), help="the bf16-activation set to compare")
     args = ap.parse_args()
+    isa, what = CANDIDATES[args.isa]
     lib = kernels.library()
-    if lib is None or lib.hw_isa(3) != 3:
-        sys.exit("this CPU (or OS) has no AMX for the kernels: nothing to compare")
+    if lib is None or lib.hw_isa(isa) != isa:
+        sys.exit(f"this CPU (or OS) has no {args.isa} for the kernels: nothing to compare")
     lib.hw_isa(0)
     loaded = load_model(args.model, weights="bf16")
     ids = torch.tensor(loaded.tokenizer(calibration_text())["input_ids"][: args.tokens], dtype=torch.long)
     quality.CHUNK = kernels.MAX_ROWS
     doc = {"model": args.model, "weights": "bf16", "reference": "avx512 (fp32 activations)",
-           "candidate": "amx (bf16 activations)", "text": "hogwild/quant/data/coriolanus.txt"}
+           "candidate": f"{args.isa} ({what})", "text": "hogwild/quant/data/coriolanus.txt"}
     for name, side in (("linear", Pinned), ("engine", PinnedStore)):
-        numbers = quality.compare(side(loaded, 2), side(loaded, 3), ids)
+        numbers = quality.compare(side(loaded, 2), side(loaded, isa), ids)
         # the reference's own perplexity, for the two side by side
-        numbers["perplexity_reference"] = quality.compare(side(loaded, 3), side(loaded, 2), ids)["perplexity"]
+        numbers["perplexity_reference"] = quality.compare(side(loaded, isa), side(loaded, 2), ids)["perplexity"]
         doc[name] = numbers
     print(json.dumps(doc, indent=1))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"amx-drift-{args.model}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (args.out / f"{args.isa}-drift-{args.model}.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

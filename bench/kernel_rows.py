@@ -82,11 +82,11 @@ def compile_library(source: str, out_dir: Path, name: str) -> ctypes.CDLL:
 
 def pin_isa(lib: ctypes.CDLL, name: str) -> str:
     """Pin the library's instruction set (``hw_isa``) and return the one in effect."""
-    names = {1: "avx2", 2: "avx512", 3: "amx"}
+    names = {1: "avx2", 2: "avx512", 3: "avx512bf16", 4: "amx"}
     if not hasattr(lib, "hw_isa"):  # a kernel from before the run-time choice: AVX2 only
         return "avx2"
     lib.hw_isa.restype, lib.hw_isa.argtypes = ctypes.c_int, [ctypes.c_int]
-    request = {"auto": 0, "avx2": 1, "avx512": 2, "amx": 3}[name]
+    request = {"auto": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3, "amx": 4}[name]
     if lib.hw_isa(request) < 0:
         raise SystemExit(f"this CPU cannot run the {name} kernels")
     return names[lib.hw_isa(-1)]
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--no-before", action="store_true", help="skip the committed kernel")
     ap.add_argument("--no-torch", action="store_true", help="skip torch's F.linear")
     ap.add_argument("--base", default="HEAD", help="git revision of the before kernel")
-    ap.add_argument("--isa", choices=["auto", "avx2", "avx512", "amx"], default="auto",
+    ap.add_argument("--isa", choices=["auto", "avx2", "avx512", "avx512bf16", "amx"], default="auto",
                     help="instruction set of the after kernel (hw_isa; auto: the best the CPU has)")
     ap.add_argument("--out", type=Path, help="folder to write kernel_rows.json into")
     args = ap.parse_args()

@@ -11,8 +11,8 @@ combined layout's views are (``[prompt, header, other workers' steps..., header,
 What it leaves out (norms, the SiLU gate, storing keys, Python around the pass) is the
 "rest": ``hogwild bench`` times the whole pass, so rest = pass - the parts here.
 
-Each instruction set the library can run (``hw_isa``: AVX2, and AVX-512 and AMX where the CPU has
-it) is timed in the same build, round-robin, best of ``--rounds`` rounds, so a burst of other
+Each instruction set the library can run (``hw_isa``: AVX2, and AVX-512, AVX-512 BF16 and AMX where
+the CPU has it) is timed in the same build, round-robin, best of ``--rounds`` rounds, so a burst of other
 work on this shared machine hits both alike.
 
 Usage::
@@ -42,7 +42,7 @@ except ImportError:  # not installed: run from a checkout
     from hogwild.kernels import build, ops  # noqa: F401 (ops declares the kernels it wraps)
 from hogwild.models.shapes import SHAPES
 
-ISA_NAMES = {1: "avx2", 2: "avx512", 3: "amx"}
+ISA_NAMES = {1: "avx2", 2: "avx512", 3: "avx512bf16", 4: "amx"}
 STEP_KEYS = 8  # keys in each worker's current step block (the bench's passes are a few tokens in)
 HEADER_KEYS = 3  # the combined layout's constant blocks
 
@@ -163,7 +163,7 @@ def main() -> None:
     args = ap.parse_args()
 
     lib = load_library()
-    isas = [1] + [i for i in (2, 3) if lib.hw_isa(i) == i]
+    isas = [1] + [i for i in (2, 3, 4) if lib.hw_isa(i) == i]
     p = Pass(args.shape, args.runs, args.workers, args.context, getattr(torch, args.dtype))
     best = {i: {} for i in isas}
     load = os.getloadavg()[0]

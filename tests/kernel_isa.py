@@ -8,16 +8,18 @@ import torch
 
 from hogwild import kernels
 
-ISA_NAMES = {1: "avx2", 2: "avx512", 3: "amx"}
+ISA_NAMES = {1: "avx2", 2: "avx512", 3: "avx512bf16", 4: "amx"}
+AMX = 4  # hw_isa of the AMX tiles
 
 
 def _isas() -> list[int]:
-    """The instruction sets the kernels can run on this CPU (``hw_isa``): AVX2 always, AVX-512
-    and AMX where the CPU has them. Each gets the same correctness and invariance tests."""
+    """The instruction sets the kernels can run on this CPU (``hw_isa``): AVX2 always, AVX-512,
+    AVX-512 BF16 and AMX where the CPU has them. Each gets the same correctness and invariance
+    tests."""
     lib = kernels.library()
     if lib is None:
         return [1]
-    found = [1] + [i for i in (2, 3) if lib.hw_isa(i) == i]
+    found = [1] + [i for i in (2, 3, 4) if lib.hw_isa(i) == i]
     lib.hw_isa(0)
     return found
 

@@ -17,7 +17,7 @@ from hogwild.core.layouts import LAYOUTS
 from hogwild.kernels import KernelLinear, PackedLinear, prepare_for_cpu
 from hogwild.kernels.build import cpu_supported
 
-from kernel_isa import ISAS, isa, restore_threads  # noqa: F401 (fixtures used by name)
+from kernel_isa import AMX, ISAS, isa, restore_threads  # noqa: F401 (fixtures used by name)
 from tiny import forced_tokens, lockstep, random_script, tiny_model, toy_decode
 
 
@@ -128,23 +128,28 @@ def test_instruction_set_choice() -> None:
         lib.hw_isa(0)
     for out in outs[1:]:
         assert torch.allclose(out, outs[0], atol=1e-4 * math.sqrt(300))
-    if 3 not in ISAS:
-        return
-    # AMX takes bf16 weights of fitting shapes only, and reads x as bf16: the same as the
-    # AVX-512 path given the rounded x, up to the order of the fp32 sums
+    # the dot tiles (AVX512_BF16) take bf16 weights with K % 32 == 0, AMX those that also have
+    # N % 16 == 0; both read x as bf16: the same as the AVX-512 path given the rounded x, up
+    # to the order of the fp32 sums
     fits, odd = torch.randn(48, 320).to(torch.bfloat16), torch.randn(40, 320).to(torch.bfloat16)
+    ragged = torch.randn(48, 300).to(torch.bfloat16)  # K % 32 != 0: no set rounds x
     x = torch.randn(16, 320)
-    try:
-        assert lib.hw_isa(3) == 3
-        assert kernels.linear_rounds_input(fits) and not kernels.linear_rounds_input(odd)
-        assert not kernels.linear_rounds_input(fits.float())
-        on_tiles = kernels.linear(x, fits)
-        assert lib.hw_isa(2) == 2 and not kernels.linear_rounds_input(fits)
-        rounded_first = kernels.linear(x.to(torch.bfloat16).float(), fits)
-    finally:
-        lib.hw_isa(0)
-    assert torch.allclose(on_tiles, rounded_first, atol=1e-4 * math.sqrt(320))
-    assert not torch.allclose(on_tiles, kernels.linear(x, fits.float()), atol=1e-6)
+    for level in (3, AMX):
+        if level not in ISAS:
+            continue
+        try:
+            assert lib.hw_isa(level) == level
+            assert kernels.linear_rounds_input(fits) and kernels.linear_rounds_input(odd)
+            assert not kernels.linear_rounds_input(fits.float()) and not kernels.linear_rounds_input(ragged)
+            on_tiles = kernels.linear(x, fits), kernels.linear(x, odd)
+            assert lib.hw_isa(2) == 2 and not kernels.linear_rounds_input(fits)
+            rounded_first = kernels.linear(x.to(torch.bfloat16).float(), fits), kernels.linear(
+                x.to(torch.bfloat16).float(), odd)
+        finally:
+            lib.hw_isa(0)
+        for got, want in zip(on_tiles, rounded_first):
+            assert torch.allclose(got, want, atol=1e-4 * math.sqrt(320))
+        assert not torch.allclose(on_tiles[0], kernels.linear(x, fits.float()), atol=1e-6)
 
 
 @needs_kernels

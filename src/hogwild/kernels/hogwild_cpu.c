@@ -140,6 +140,7 @@ typedef struct {
     int Kv; /* keys the vector steps cover (K8 on AVX2); the rest is the scalar tail */
     int accumulate;
     const float *xv; /* x in the order the vector steps read it (x itself but for AVX-512 bf16) */
+    const uint16_t *xb; /* x rounded to bf16 rows [M, K] (the bf16 dot tiles only) */
 } LinJob;
 
 /* 8 weights as fp32; ES (2: bf16, 4: fp32) is a compile-time constant where it is used */
@@ -341,6 +342,91 @@ static inline __attribute__((always_inline)) HW_AVX512 void lin5_tile(const LinJ
 DEFINE_LIN5_TILES(lin5_tiles_f32, 4)
 DEFINE_LIN5_TILES(lin5_tiles_bf16, 2)
 
+/* AVX-512 BF16 tiles (isa 3): bf16 weights times x rounded to bf16 (nearest even, as on the
+ * AMX tiles), by VDPBF16PS, 32 products per instruction into 16 fp32 lanes, twice the FMA
+ * tiles' products per instruction; for CPUs with AVX512_BF16 and no AMX (AMD Zen 4 and later,
+ * Intel Cooper Lake), where a pass of many rows is bound by the multiply rate. Only for K a
+ * multiple of 32 (hw_linear_rounds; every supported model's projections). The order, fixed
+ * per element: acc (16 lanes) = VDPBF16PS steps over k32 = 0, 32, .. < K, ascending, lane l
+ * taking keys k32 + 2l and k32 + 2l + 1 in one step; then the lanes as in lin5_tile (pairs
+ * l, l + 8, then reduce8's tree), the bias, the accumulation into y. */
+#define HW_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i dot_reg(__m512i v) {
+    __asm__("" : "+v"(v));
+    return v;
+}
+
+static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_tile(const LinJob *j, int MR, int NR, int m0,
+                                                                         int n0, int k0, int k1, float *park, int ld,
+                                                                         int first, int last, const char *pf) {
+    __m512 a[LIN5_ACC];
+    const uint16_t *xr[LIN5_MR_MAX];
+    const char *wr[LIN5_NR_MAX];
+    for (int i = 0; i < MR; i++) xr[i] = j->xb + (size_t)(m0 + i) * j->K;
+    for (int c = 0; c < NR; c++) wr[c] = j->w + (size_t)(n0 + c) * j->K * 2;
+    for (int i = 0; i < MR; i++)
+        for (int c = 0; c < NR; c++)
+            a[i * NR + c] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(park + (size_t)i * ld + c * 16);
+    for (int k = k0; k < k1; k += 32) {
+        __m512i wv[LIN5_NR_MAX];
+        for (int c = 0; c < NR; c++) wv[c] = _mm512_loadu_si512(wr[c] + (size_t)k * 2);
+        if (pf)
+            for (int c = 0; c < NR; c++) _mm_prefetch(pf + ((size_t)c * j->K + k) * 2, _MM_HINT_T0);
+        for (int i = 0; i < MR; i++) {
+            __m512i xv = dot_reg(_mm512_loadu_si512(xr[i] + k));
+            for (int c = 0; c < NR; c++)
+                a[i * NR + c] = _mm512_dpbf16_ps(a[i * NR + c], (__m512bh)wv[c], (__m512bh)xv);
+        }
+    }
+    if (!last) {
+        for (int i = 0; i < MR; i++)
+            for (int c = 0; c < NR; c++) _mm512_storeu_ps(park + (size_t)i * ld + c * 16, a[i * NR + c]);
+        return;
+    }
+    const __m256 z = _mm256_setzero_ps();
+    float s[LIN5_ACC];
+    for (int e0 = 0; e0 < MR * NR; e0 += 8) {
+        __m256 v[8];
+        for (int e = 0; e < 8; e++)
+            v[e] = e0 + e < MR * NR ? _mm256_add_ps(_mm512_castps512_ps256(a[e0 + e]), _mm512_extractf32x8_ps(a[e0 + e], 1))
+                                    : z;
+        __m256 r = reduce8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+        if (e0 + 8 <= LIN5_ACC) _mm256_storeu_ps(s + e0, r);
+    }
+    for (int i = 0; i < MR; i++) {
+        float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
+        for (int c = 0; c < NR; c++) {
+            float t = s[i * NR + c];
+            if (j->b) t += j->b[n0 + c];
+            yr[c] = j->accumulate ? yr[c] + t : t;
+        }
+    }
+}
+
+#define DOT_T(MR, NR) \
+    case MR * 16 + NR: dot_tile(j, MR, NR, m0, n0, k0, k1, park, ld, first, last, pf); return;
+static HW_AVX512BF16 void dot_tiles_any(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1,
+                                        float *park, int ld, int first, int last, const char *pf) {
+    dot_tile(j, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);
+}
+static HW_AVX512BF16 void dot_tiles(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park,
+                                    int ld, int first, int last, const char *pf) {
+    switch (mr * 16 + nr) {
+        DOT_T(8, 3) DOT_T(7, 3) DOT_T(6, 3) DOT_T(5, 3) DOT_T(4, 3) DOT_T(3, 3) DOT_T(2, 3) DOT_T(1, 3)
+        DOT_T(4, 6) DOT_T(3, 6) DOT_T(2, 6) DOT_T(1, 6) DOT_T(3, 8) DOT_T(2, 8) DOT_T(1, 8)
+    default: dot_tiles_any(j, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);
+    }
+}
+
+/* x [M, K] (K % 32 == 0) as bf16 rows, nearest even (VCVTNE2PS2BF16, as amx_pack_x). */
+static HW_AVX512BF16 void dot_round_x(const float *x, uint16_t *out, int M, int K) {
+    for (size_t e = 0; e < (size_t)M * K; e += 32) {
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + e + 16), _mm512_loadu_ps(x + e));
+        _mm512_storeu_si512(out + e, (__m512i)v);
+    }
+}
+
 /* x in the order lin5_tile's bf16 steps read it: per 32 keys below K32, the 16 even-indexed
  * values, then the 16 odd-indexed ones; the tail as it is. */
 static HW_AVX512 void lin_even_odd(const float *x, float *out, int M, int K, int K32) {
@@ -367,9 +453,11 @@ static inline int lin_panel_width(int M) { return M >= 4 ? 3 : M == 3 ? 4 : M ==
 static inline int lin5_panel_width(int M) { return M >= 8 ? 3 : M >= 4 ? 6 : 8; }
 
 /* Which instruction set the linear and attention kernels use: 1 AVX2 + FMA, 2 AVX-512
- * (F, BW, VL, DQ), 3 AVX-512 plus AMX tiles for the bf16 linear (amx_linear). The best this
+ * (F, BW, VL, DQ), 3 AVX-512 with AVX512_BF16 (the dot tiles for the bf16 linear, dot_tile),
+ * 4 AMX tiles for the bf16 linear and attention (amx_linear, amx_group) besides. The best this
  * CPU and OS support unless hw_isa chose otherwise. A row's bits depend on this choice (the
- * reduction orders differ, and AMX reads activations as bf16), never on the batch. */
+ * reduction orders differ, and the dot and AMX tiles read activations as bf16), never on the
+ * batch. */
 static int isa_forced = 0;
 
 /* Whether the CPU has AVX-512 F/BW/VL/DQ: the one check, also used by hogwild_quant.c. */
@@ -405,21 +493,35 @@ static int cpu_amx(void) {
     return known;
 }
 
-/* HOGWILD_KERNEL_ISA=avx2 or =avx512 in the environment caps the set from the first call on
+/* HOGWILD_KERNEL_ISA=avx2, =avx512 or =avx512bf16 in the environment caps the set from the first call on
  * (benchmarks compare the sets on the whole engine that way); hw_isa overrides it. */
 static int isa_env(void) {
     static int known = -1;
     if (known < 0) {
         const char *e = getenv("HOGWILD_KERNEL_ISA");
-        known = !e ? 0 : strcmp(e, "avx2") == 0 ? 1 : strcmp(e, "avx512") == 0 ? 2 : 0;
+        known = !e                            ? 0
+                : strcmp(e, "avx2") == 0       ? 1
+                : strcmp(e, "avx512") == 0     ? 2
+                : strcmp(e, "avx512bf16") == 0 ? 3
+                                               : 0;
     }
     return known;
 }
 
-/* The cap HOGWILD_KERNEL_ISA sets (0 none, 1 AVX2, 2 AVX-512), for hogwild_quant.c too. */
+/* The cap HOGWILD_KERNEL_ISA sets (0 none, 1 AVX2, 2 AVX-512, 3 AVX-512 BF16), for hogwild_quant.c too. */
 int hw_isa_cap(void) { return isa_env(); }
 
-static inline int isa_best(void) { return cpu_amx() ? 3 : hw_cpu_avx512() ? 2 : 1; }
+/* AVX512_BF16 (CPUID leaf 7, subleaf 1: EAX bit 5) besides AVX-512: the dot tiles (isa 3). */
+static int cpu_bf16(void) {
+    static int known = -1;
+    if (known < 0) {
+        unsigned a, b, c, d;
+        known = hw_cpu_avx512() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1);
+    }
+    return known;
+}
+
+static inline int isa_best(void) { return cpu_amx() ? 4 : cpu_bf16() ? 3 : hw_cpu_avx512() ? 2 : 1; }
 
 static inline int isa_now(void) {
     if (isa_forced) return isa_forced;
@@ -427,19 +529,19 @@ static inline int isa_now(void) {
     return cap && cap < best ? cap : best;
 }
 
-/* request 1 (AVX2), 2 (AVX-512) or 3 (AMX) pins the kernels to that set, 0 goes back to the
+/* request 1 (AVX2), 2 (AVX-512), 3 (AVX-512 BF16) or 4 (AMX) pins the kernels to that set, 0 goes back to the
  * default (the best supported, or what HOGWILD_KERNEL_ISA says), a negative value only asks.
  * Returns the set in effect, or -1 (nothing changed) when the CPU lacks the requested one.
  * For tests and benchmarks; not thread safe against concurrent kernel calls. */
 int hw_isa(int request) {
     if (request > isa_best()) return -1;
-    if (request >= 0 && request <= 3) isa_forced = request;
+    if (request >= 0 && request <= 4) isa_forced = request;
     return isa_now();
 }
 
 /* ------------------------------------------------------------------ AMX linear (bf16)
  *
- * On CPUs with AMX (isa 3), the bf16-weight linear runs on the tile unit: 16 x 16 fp32
+ * On CPUs with AMX (isa 4), the bf16-weight linear runs on the tile unit: 16 x 16 fp32
  * accumulators, each TDPBF16PS multiplies 16 rows of 32 bf16 by 32 x 16 bf16. Its rate is
  * several times the FMA rate, so passes of many rows (batched runs, large teams) stop being
  * compute-bound; at 1-2 rows it reads the weights at about the FMA kernel's speed.
@@ -607,7 +709,13 @@ static HW_AMX int amx_linear(const float *x, const uint16_t *w, const float *b, 
 
 /* 1 when hw_linear computes [N, K] bf16 weights on the tile unit in the current set (x then
  * rounded to bf16), else 0. */
-int hw_linear_amx(int N, int K, int w_bf16) { return isa_now() == 3 && w_bf16 && amx_fits(N, K); }
+/* Where hw_linear rounds x to bf16: on the AMX tiles (isa 4, amx_fits) and on the dot tiles
+ * (isa 3 or 4, any other shape with K a multiple of 32); bf16 weights only. */
+static inline int lin_dot(int isa, int K, int w_bf16) { return isa >= 3 && w_bf16 && K % 32 == 0 && K > 0; }
+int hw_linear_rounds(int N, int K, int w_bf16) {
+    int isa = isa_now();
+    return (isa == 4 && w_bf16 && amx_fits(N, K)) || lin_dot(isa, K, w_bf16);
+}
 
 typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, int ld,
                          int first, int last, const char *pf);
@@ -619,19 +727,26 @@ typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0
 int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N, int K,
               int accumulate, int threads) {
     if (M <= 0 || N <= 0) return 0;
-    int isa = isa_now(), wide = isa >= 2;
-    if (isa == 3 && w_bf16 && amx_fits(N, K))
+    int isa = isa_now(), wide = isa >= 2, dot = lin_dot(isa, K, w_bf16);
+    if (isa == 4 && w_bf16 && amx_fits(N, K))
         return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
     int es = w_bf16 ? 2 : 4;
     int lanes = wide ? 16 : 8;          /* floats per accumulator */
     int step = wide ? 64 / es : 8;      /* keys per vector step */
     int mr_max = wide ? (M >= 8 ? 8 : 4) : LIN_MR;
     int nr = wide ? lin5_panel_width(M) : lin_panel_width(M);
-    LinTiles tiles = wide ? (es == 2 ? lin5_tiles_bf16 : lin5_tiles_f32) : (es == 2 ? lin_tiles_bf16 : lin_tiles_f32);
-    LinJob job = {x, (const char *)w, b, y, M, N, K, K / step * step, accumulate, x};
+    LinTiles tiles = dot ? dot_tiles
+                   : wide ? (es == 2 ? lin5_tiles_bf16 : lin5_tiles_f32)
+                          : (es == 2 ? lin_tiles_bf16 : lin_tiles_f32);
+    LinJob job = {x, (const char *)w, b, y, M, N, K, K / step * step, accumulate, x, NULL};
     const LinJob *j = &job;
     float *xeo = NULL;
-    if (wide && es == 2 && job.Kv > 0) {
+    if (dot) {
+        xeo = (float *)malloc(sizeof(uint16_t) * (size_t)M * K);
+        if (!xeo) return -1;
+        dot_round_x(x, (uint16_t *)xeo, M, K);
+        job.xb = (const uint16_t *)xeo;
+    } else if (wide && es == 2 && job.Kv > 0) {
         xeo = (float *)malloc(sizeof(float) * (size_t)M * K);
         if (!xeo) return -1;
         lin_even_odd(x, xeo, M, K, job.Kv);
@@ -1369,7 +1484,7 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
 
 /* ------------------------------------------------------------------ AMX attention (bf16 stores)
  *
- * Where the linears run on AMX tiles (isa 3), a work item over a bf16 pool with head_dim a
+ * Where the linears run on AMX tiles (isa 4), a work item over a bf16 pool with head_dim a
  * multiple of 32 (or over its store's int8 part, see amx_group) runs on the tile unit too
  * (amx_attends): with many rows per pass (batched
  * runs, large teams) attention is most of what the linears left, and the FMA loops above
@@ -1735,7 +1850,7 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
 
 /* 1 when hw_attend runs a head layout over a bf16 pool on the tile unit in the current set
  * (queries and weights then rounded to bf16), the int8 blocks of its compact store too. */
-int hw_attend_amx(int D, int bf16) { return isa_now() == 3 && bf16 && D % 32 == 0 && D <= MAX_D; }
+int hw_attend_amx(int D, int bf16) { return isa_now() == 4 && bf16 && D % 32 == 0 && D <= MAX_D; }
 
 /* The work items of hw_attend when hw_attend_amx: each thread loads the tile configuration
  * and runs its items (bf16 and int8 blocks alike) in its own work buffers (amx_work).

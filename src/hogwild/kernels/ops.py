@@ -68,7 +68,7 @@ def _compact_ref(compact: CompactPool | None, layer: int) -> int | None:
 
 declare({
     "hw_linear": (_I, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
-    "hw_linear_amx": (_I, [_I, _I, _I]),
+    "hw_linear_rounds": (_I, [_I, _I, _I]),
     "hw_attend_amx": (_I, [_I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
@@ -116,11 +116,13 @@ def _lib_or_fail() -> ctypes.CDLL:
 
 def linear_rounds_input(weight: torch.Tensor) -> bool:
     """Does :func:`linear` round x to bf16 for this weight? Yes where it runs on AMX tiles
-    (bf16 weights with rows a multiple of 16 and columns of 32, on a CPU with AMX, unless the
-    instruction set is pinned lower): the tile unit multiplies bf16 by bf16 into fp32."""
+    (bf16 weights with rows a multiple of 16 and columns of 32, on a CPU with AMX) or on the
+    AVX-512 BF16 dot tiles (bf16 weights with columns a multiple of 32, on a CPU with
+    AVX512_BF16), unless the instruction set is pinned lower: both multiply bf16 by bf16 into
+    fp32."""
     lib = _lib_or_fail()
     n, k = weight.shape
-    return bool(lib.hw_linear_amx(int(n), int(k), int(weight.dtype == torch.bfloat16)))
+    return bool(lib.hw_linear_rounds(int(n), int(k), int(weight.dtype == torch.bfloat16)))
 
 
 def attention_rounds(k_pool: torch.Tensor) -> bool:
