@@ -1,53 +1,66 @@
-"""Collect the collaboration screen (issue 12, part 5) into docs/results/collaboration/.
+"""Collect the collaboration measurements (issue 12, part 5) into docs/results/collaboration/.
 
-For every run directory given (default: the screen directories under runs-collab/ that
-exist), this copies ``config.json`` and ``results.jsonl`` into ``screen/<name>/``, rebuilds
-that copy's ``summary.json`` and plots with ``hogwild report``, and then writes one
-``summary.json`` and two plots for the whole screen here:
+Three groups of evaluation directories (``hogwild eval`` outputs, one per setting because
+few-shot, check-in interval and the loop responses are settings of a whole directory; the
+commands are in ``screen.sh``):
 
-- ``variants``: one entry per strategy x workers x run directory, named after the
-  strategy and the settings its directory changes (``hogwild-combined x2 [no few-shot]``),
-  with ``n`` (finished units), ``complete`` (n equals the directory's ``limit``),
-  ``accuracy`` per budget, and from ``hogwild report``'s teamwork pooling ``copy_rate``,
-  ``loop_rate``, ``redundancy``, ``cross_ref_rate``, check-ins and division of labour;
-- ``common``: the same numbers restricted to the tasks that every variant has finished,
-  so that partial directories are still compared on the same tasks;
-- ``partial``: true while any variant is incomplete.
+- ``final``: the 32-task comparison with today's defaults (``run32-1024``);
+- ``screen``: the 8-task screen at 1024 passes with today's defaults, one setting changed per
+  directory (``screen1024-*``);
+- ``history``: the runs made with earlier defaults (few-shot on, no n-gram ban), which give
+  the copy and loop rates "before".
 
-Nothing is estimated: a variant without finished units is listed under ``missing``.
+For every directory found (in ``runs-collab/<name>``, else the copy already here at ``<path>``), this copies
+``config.json`` and ``results.jsonl`` here, rebuilds that copy's ``summary.json`` and plots
+with ``hogwild report``, and writes one ``summary.json`` for all groups, with, per
+variant (strategy x workers x directory, named after the settings its directory changes):
+``n`` (finished units), ``complete``, ``accuracy`` per budget, and the teamwork pooling of
+``hogwild report`` (``copy_rate``, ``loop_rate``, ``computing_rate``, ``redundancy``,
+``cross_ref_rate``, check-ins, division of labour). Plots per group: accuracy vs budget and
+redundancy vs accuracy. Nothing is estimated: a directory without finished units is listed
+under ``missing``.
 
-Usage: .venv/bin/python docs/results/collaboration/collect.py [RUN_DIR ...]
+Usage: .venv/bin/python docs/results/collaboration/collect.py
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from hogwild.eval import report as rep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-SCREEN = ("screen-base", "screen-nofewshot", "screen-checkin128", "screen-patterns",
-          "screen-layouts", "screen-noredirect", "screen-nr10-nofewshot", "screen-nr10")
-DEFAULTS = {"few_shot": None, "check_in_every": 1024, "redirect_loops": True}
+GROUPS = {
+    "final": ("run32-1024",),
+    "screen": ("screen1024-nofewshot", "screen1024-layouts", "screen1024-checkin128",
+               "screen1024-fewshot", "screen1024-noguard"),
+    "history": ("screen/screen-base", "screen/screen-nofewshot", "screen/screen-checkin128",
+                "screen/screen-nr10-nofewshot", "run32-nofewshot"),
+}
+# Where each group's plots go (the final comparison keeps the plain names).
+STEMS = {"final": "", "screen": "screen_", "history": "history_"}
+# Today's defaults of the team protocol (hogwild.protocol); a directory's label names what differs.
+DEFAULTS = {"few_shot": False, "check_in_every": 1024, "redirect_loops": True, "no_repeat_ngram": 10}
 
 
 def settings_label(config: dict) -> str:
-    """The settings of a directory that differ from the defaults, in words."""
+    """The settings of a directory that differ from today's defaults, in words."""
     parts = []
-    if config.get("few_shot") is False:
-        parts.append("no few-shot")
-    elif config.get("few_shot") is True:
+    few = config.get("few_shot")
+    if few is None:
+        parts.append("few-shot auto (on)")
+    elif few:
         parts.append("few-shot")
     if config.get("check_in_every", 1024) != DEFAULTS["check_in_every"]:
         parts.append(f"check-in {config['check_in_every']}")
     if config.get("redirect_loops", True) is not True:
         parts.append("no redirects")
-    if config.get("no_repeat_ngram", 0):  # absent: the directory predates the setting (0)
-        parts.append(f"no-repeat {config['no_repeat_ngram']}-grams")
+    ngram = config.get("no_repeat_ngram", 0)  # absent: the directory predates the setting (off)
+    if ngram != DEFAULTS["no_repeat_ngram"]:
+        parts.append("repeated n-grams allowed" if not ngram else f"no repeated {ngram}-grams")
     return ", ".join(parts)
 
 
@@ -129,54 +142,76 @@ def plot_variants(entries: list[dict], stem: str, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> None:
-    runs = [Path(a) for a in argv] or [ROOT / "runs-collab" / s for s in SCREEN]
-    entries, records_by_run, missing = [], {}, []
-    for run in runs:
-        results = run / rep.RESULTS
-        records = rep.read_results(results)
-        if not records:
-            missing.append(run.name)
-            continue
-        config = json.loads((run / rep.CONFIG).read_text())
-        copy = HERE / "screen" / run.name
+def collect(path: str) -> tuple[list[dict], str | None]:
+    """One directory's variants (copied here and reported), or ``([], name)`` when it has
+    no finished unit yet."""
+    name = Path(path).name
+    source = ROOT / "runs-collab" / name
+    copy = HERE / path
+    if not rep.read_results(source / rep.RESULTS):
+        source = copy
+    records = rep.read_results(source / rep.RESULTS)
+    if not records:
+        return [], name
+    if source != copy:
         copy.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / rep.CONFIG, copy / rep.CONFIG)
-        shutil.copyfile(results, copy / rep.RESULTS)
-        rep.report(copy)  # summary.json (with teamwork) and both plots of that directory
-        records_by_run[run.name] = (records, config)
-        entries += describe(records, config, run.name)
-
-    # Tasks every variant has finished: the fair comparison while the screen is partial.
-    common = set.intersection(*(set(e["tasks"]) for e in entries)) if entries else set()
-    common_entries = []
-    for name, (records, config) in records_by_run.items():
-        mine = [r for r in records if r["task"] in common]
-        if mine:
-            common_entries += describe(mine, config, name)
-    for e in common_entries:
-        e.pop("tasks")
-    partial = bool(missing) or not all(e["complete"] for e in entries)
+        shutil.copyfile(source / rep.CONFIG, copy / rep.CONFIG)
+        shutil.copyfile(source / rep.RESULTS, copy / rep.RESULTS)
+    rep.report(copy)  # summary.json (with teamwork) and both plots of that directory
+    config = json.loads((copy / rep.CONFIG).read_text())
+    entries = describe(records, config, path)
     for e in entries:
         e["tasks"] = len(e["tasks"])
+    return entries, None
+
+
+def before_after(groups: dict) -> dict:
+    """The copy rate and the loop rate of the combined team before and after the defaults
+    changed: few-shot examples (copy rate; the first screen against today's screen) and the
+    loop responses (loop rate; today's defaults with and without them, same tasks)."""
+    def find(group: str, run: str) -> dict | None:
+        return next((e for e in groups[group]["variants"]
+                     if e["run"].endswith(run) and e["strategy"] == "hogwild-combined"), None)
+
+    pairs = {"copy_rate": (("history", "screen-base"), ("screen", "screen1024-nofewshot")),
+             "loop_rate": (("screen", "screen1024-noguard"), ("screen", "screen1024-nofewshot"))}
+    out = {}
+    for key, (before, after) in pairs.items():
+        b, a = find(*before), find(*after)
+        out[key] = {"before": b and {"run": b["run"], "variant": b["variant"], key: b[key]},
+                    "after": a and {"run": a["run"], "variant": a["variant"], key: a[key]}}
+    return out
+
+
+def main() -> None:
+    groups, missing = {}, []
+    for group, paths in GROUPS.items():
+        entries = []
+        for path in paths:
+            found, absent = collect(path)
+            entries += found
+            missing += [absent] if absent else []
+        groups[group] = {"runs": list(paths), "complete": all(e["complete"] for e in entries),
+                         "variants": entries}
+        if entries:
+            plot_variants(entries, STEMS[group], f"{group}: " + ", ".join(sorted({str(e['n']) for e in entries}))
+                          + " units per variant")
+        for e in entries:
+            acc = "  ".join(f"{b}: {c['accuracy']:.2f}" for b, c in sorted(e["accuracy"].items(), key=lambda x: int(x[0])))
+            loops = "-" if e["loop_rate"] is None else f"{e['loop_rate']:.2f}"
+            print(f"{group:<8} {e['variant']:<58} n={e['n']:<3} {acc}  copy {e['copy_rate']:.2f}  loops {loops}")
     summary = {
-        "what": "issue 12, part 5: screen of collaboration variants, gsm_symbolic bundles of 2, "
-                "Qwen2.5-Coder-1.5B bf16, greedy, CPU",
-        "partial": partial,
+        "what": "issue 12, part 5: collaboration variants on gsm_symbolic bundles of 2 (seed 0), "
+                "Qwen2.5-Coder-1.5B bf16, greedy, CPU; commands in screen.sh",
+        "defaults": DEFAULTS,
+        "partial": bool(missing) or not all(g["complete"] for g in groups.values()),
         "missing": missing,
-        "variants": entries,
-        "common": {"tasks": sorted(common), "variants": common_entries},
+        "before_after": before_after(groups),
+        "groups": groups,
     }
     (HERE / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    tag = "partial, " if partial else ""
-    plot_variants(entries, "", f"{tag}finished units of each variant")
-    if common_entries:
-        plot_variants(common_entries, "common_", f"{tag}the {len(common)} tasks every variant finished")
-    for e in entries:
-        acc = "  ".join(f"{b}: {c['accuracy']:.2f} (n={c['n']})" for b, c in sorted(e["accuracy"].items(), key=lambda x: int(x[0])))
-        print(f"{e['variant']:<42} {acc}  copy {e['copy_rate']:.2f}  loops {e['loop_rate'] if e['loop_rate'] is None else round(e['loop_rate'], 2)}")
-    print(f"common tasks: {len(common)}; partial: {partial}; missing: {missing}")
+    print(f"partial: {summary['partial']}; missing: {missing}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

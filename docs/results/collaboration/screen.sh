@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
-# Issue 12, part 5: the 8-task screen (gsm_symbolic bundles of 2, seed 0, Qwen2.5-Coder-1.5B
-# bf16, greedy, CPU), one evaluation after the other, each in its own directory because
-# few-shot, check-in interval and redirects are settings of a whole directory.
+# Issue 12, part 5: the screen and the 32-task comparison (gsm_symbolic bundles of 2, seed 0,
+# Qwen2.5-Coder-1.5B bf16, greedy, CPU), one evaluation after the other, each in its own
+# directory because few-shot, check-in interval and the loop responses are settings of a whole
+# directory. The `screen-*` variants (8 tasks, budgets 256/512) ran with the defaults of their
+# day (few-shot on, no n-gram ban: commit 4b9a287); the `screen1024-*` variants and `run32-1024`
+# run with today's defaults (no few-shot, no repeated 10-grams, redirects on, check-in 1024).
 # Resumable: rerun the script; finished units are kept, finished directories are skipped
 # after a few seconds (the model loads, nothing is left to run).
-# Usage: docs/results/collaboration/screen.sh [VARIANT ...]   (default: all, in this order)
+# Usage: docs/results/collaboration/screen.sh [VARIANT ...]   (default: the screen1024 ones, then run32-1024)
 # Environment: RUNS (default runs-collab), HOGWILD (default .venv/bin/hogwild).
 set -u
 cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs-collab}
 HW=${HOGWILD:-.venv/bin/hogwild}
-COMMON=(--dataset gsm_symbolic --bundle 2 --seed 0 --model qwen2.5-coder-1.5b --dtype bfloat16
-        --device cpu --limit 8 --budgets 256,512 --workers 2)
+MODEL=(--dataset gsm_symbolic --bundle 2 --seed 0 --model qwen2.5-coder-1.5b --weights bf16 --device cpu
+       --workers 2)
+OLD=(--limit 8 --budgets 256,512)
+NEW=(--limit 8 --budgets 256,512,1024 --no-few-shot --concurrency 8)
+BIG=(--limit 32 --budgets 256,512,1024 --no-few-shot --concurrency 16)
+PATTERNS=single,early-stop,independent,hogwild-combined,hogwild-orchestrated,hogwild-verified
 declare -A ARGS=(
-    [screen-base]="--strategies single,early-stop,independent,hogwild-combined"
-    [screen-nofewshot]="--strategies hogwild-combined --no-few-shot"
-    [screen-checkin128]="--strategies hogwild-combined --check-in-every 128"
-    [screen-patterns]="--strategies hogwild-orchestrated,hogwild-verified"
-    [screen-layouts]="--strategies hogwild-interleaved,hogwild-contiguous"
-    [screen-noredirect]="--strategies hogwild-combined --no-redirect-loops"
-    [screen-nr10-nofewshot]="--strategies hogwild-combined --no-few-shot --no-repeat-ngram 10"
-    [screen-nr10]="--strategies hogwild-combined --no-repeat-ngram 10"
+    [screen-base]="OLD --strategies single,early-stop,independent,hogwild-combined"
+    [screen-nofewshot]="OLD --strategies hogwild-combined --no-few-shot"
+    [screen-checkin128]="OLD --strategies hogwild-combined --check-in-every 128"
+    [screen-nr10-nofewshot]="OLD --strategies hogwild-combined --no-few-shot --no-repeat-ngram 10"
+    [screen1024-nofewshot]="NEW --strategies $PATTERNS"
+    [screen1024-layouts]="NEW --strategies hogwild-interleaved,hogwild-contiguous"
+    [screen1024-checkin128]="NEW --strategies hogwild-combined --check-in-every 128"
+    [screen1024-fewshot]="NEW --strategies hogwild-combined --few-shot"
+    [screen1024-noguard]="NEW --strategies hogwild-combined --no-redirect-loops --no-repeat-ngram 0"
+    [run32-1024]="BIG --strategies single,early-stop,independent,hogwild-combined"
 )
-ORDER=(screen-base screen-nofewshot screen-checkin128 screen-patterns screen-layouts screen-noredirect
-       screen-nr10-nofewshot screen-nr10)
+ORDER=(screen1024-layouts screen1024-checkin128 screen1024-fewshot screen1024-noguard run32-1024)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
     [ -n "${ARGS[$name]+x}" ] || { echo "unknown variant $name (known: ${!ARGS[*]})"; exit 2; }
+    read -r set rest <<<"${ARGS[$name]}"
+    declare -n SET=$set
     # shellcheck disable=SC2086  # the arguments are words
-    echo "=== $(date -u +%FT%TZ) $name: $HW eval ${COMMON[*]} ${ARGS[$name]} --out $RUNS/$name"
-    "$HW" eval "${COMMON[@]}" ${ARGS[$name]} --out "$RUNS/$name" || echo "=== $name failed (rc $?)"
+    echo "=== $(date -u +%FT%TZ) $name: $HW eval ${MODEL[*]} ${SET[*]} $rest --out $RUNS/$name"
+    "$HW" eval "${MODEL[@]}" "${SET[@]}" $rest --out "$RUNS/$name" || echo "=== $name failed (rc $?)"
+    unset -n SET
 done
 echo "=== $(date -u +%FT%TZ) screen done: ${ORDER[*]}"
