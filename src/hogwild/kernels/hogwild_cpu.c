@@ -251,6 +251,31 @@ static inline __attribute__((always_inline)) HW_AVX512 __m512 lin5_reg(__m512 v)
     return v;
 }
 
+/* The end of an AVX-512 register tile's K block: its MR x NR accumulators go back to `park`
+ * (rows of `ld` floats) unless this is the last block; after the last, each is summed into
+ * s[i * NR + c]: lanes l and l + 8 first, then reduce8's tree, which sums each of its 8 inputs
+ * the same way whichever inputs share the call, so the accumulators go through it 8 at a time
+ * (3 calls for 24), not a row at a time. Returns whether s was written. */
+static inline __attribute__((always_inline)) HW_AVX512 int lin5_park_or_sum(const __m512 *a, int MR, int NR,
+                                                                            float *park, int ld, int last,
+                                                                            float *s) {
+    if (!last) {
+        for (int i = 0; i < MR; i++)
+            for (int c = 0; c < NR; c++) _mm512_storeu_ps(park + (size_t)i * ld + c * 16, a[i * NR + c]);
+        return 0;
+    }
+    const __m256 z = _mm256_setzero_ps();
+    for (int e0 = 0; e0 < MR * NR; e0 += 8) {
+        __m256 v[8];
+        for (int e = 0; e < 8; e++)
+            v[e] = e0 + e < MR * NR ? _mm256_add_ps(_mm512_castps512_ps256(a[e0 + e]), _mm512_extractf32x8_ps(a[e0 + e], 1))
+                                    : z;
+        __m256 r = reduce8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+        if (e0 + 8 <= LIN5_ACC) _mm256_storeu_ps(s + e0, r);
+    }
+    return 1;
+}
+
 static inline __attribute__((always_inline)) HW_AVX512 void lin5_tile(const LinJob *j, int es, int MR, int NR,
                                                                       int m0, int n0, int k0, int k1, float *park,
                                                                       int ld, int first, int last, const char *pf) {
@@ -293,23 +318,8 @@ static inline __attribute__((always_inline)) HW_AVX512 void lin5_tile(const LinJ
             }
         }
     }
-    if (!last) {
-        for (int i = 0; i < MR; i++)
-            for (int c = 0; c < NR; c++) _mm512_storeu_ps(park + (size_t)i * ld + c * 16, a[i * NR + c]);
-        return;
-    }
-    /* reduce8 sums each of its 8 inputs by the same tree whichever inputs share the call, so
-     * the tile's accumulators go through it 8 at a time (3 calls for 24), not a row at a time */
-    const __m256 z = _mm256_setzero_ps();
     float s[LIN5_ACC];
-    for (int e0 = 0; e0 < MR * NR; e0 += 8) {
-        __m256 v[8];
-        for (int e = 0; e < 8; e++)
-            v[e] = e0 + e < MR * NR ? _mm256_add_ps(_mm512_castps512_ps256(a[e0 + e]), _mm512_extractf32x8_ps(a[e0 + e], 1))
-                                    : z;
-        __m256 r = reduce8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
-        if (e0 + 8 <= LIN5_ACC) _mm256_storeu_ps(s + e0, r);
-    }
+    if (!lin5_park_or_sum(a, MR, NR, park, ld, last, s)) return;
     for (int i = 0; i < MR; i++) {
         const float *xo = j->x + (size_t)(m0 + i) * j->K;
         float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
@@ -379,21 +389,8 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_tile(const L
                 a[i * NR + c] = _mm512_dpbf16_ps(a[i * NR + c], (__m512bh)wv[c], (__m512bh)xv);
         }
     }
-    if (!last) {
-        for (int i = 0; i < MR; i++)
-            for (int c = 0; c < NR; c++) _mm512_storeu_ps(park + (size_t)i * ld + c * 16, a[i * NR + c]);
-        return;
-    }
-    const __m256 z = _mm256_setzero_ps();
     float s[LIN5_ACC];
-    for (int e0 = 0; e0 < MR * NR; e0 += 8) {
-        __m256 v[8];
-        for (int e = 0; e < 8; e++)
-            v[e] = e0 + e < MR * NR ? _mm256_add_ps(_mm512_castps512_ps256(a[e0 + e]), _mm512_extractf32x8_ps(a[e0 + e], 1))
-                                    : z;
-        __m256 r = reduce8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
-        if (e0 + 8 <= LIN5_ACC) _mm256_storeu_ps(s + e0, r);
-    }
+    if (!lin5_park_or_sum(a, MR, NR, park, ld, last, s)) return;
     for (int i = 0; i < MR; i++) {
         float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
         for (int c = 0; c < NR; c++) {
