@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The demo's model and problem. SmolLM2-135M (the default model, kept for fast tests) cannot
 # solve any arithmetic word problem tried, alone or in a team; Qwen2.5-Coder-1.5B is the
 # smallest bundled model whose 2-worker team solves this one, with the bf16 weights, on the
-# AMX, AVX-512 and AVX2 kernels alike (docs/results/collaboration/README.md, "the demo").
+# AMX, AVX-512 BF16, AVX-512 and AVX2 kernels alike (docs/results/collaboration/README.md, "the demo").
 DEMO_MODEL ?= qwen2.5-coder-1.5b
 DEMO_STAMP := $(VENV)/.demo-model
 DEMO_PROBLEM := A garden has 4 rows of 5 tulips and 3 rows of 6 roses. How many flowers are in the garden?

@@ -40,6 +40,19 @@ GROUPS = {
     "history": ("screen/screen-base", "screen/screen-nofewshot", "screen/screen-checkin128",
                 "screen/screen-nr10-nofewshot", "run32-nofewshot"),
 }
+# The kernels each directory ran on, where known: greedy results depend on the rounding of the
+# instruction set (hogwild_cpu.c), so variants compare within one machine's runs.
+KERNELS = {
+    "run32-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
+    "screen1024-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
+    "run32-1024": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-layouts": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-checkin128": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-fewshot": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-noguard": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+}
+# The screen's same-machine reference: the 32-task run on the screen's tasks.
+REFERENCE = ("run32-1024", "screen1024-layouts")
 # Where each group's plots go (the final comparison keeps the plain names).
 STEMS = {"final": "", "screen": "screen_", "history": "history_"}
 # Today's defaults of the team protocol (hogwild.protocol); a directory's label names what differs.
@@ -88,7 +101,7 @@ def describe(records: list[dict], config: dict, run: str) -> list[dict]:
             "tasks": sorted({r["task"] for r in records
                              if (r["strategy"], int(r["workers"])) == key}),
             "accuracy": accuracy.get(key, {}),
-            **{k: team[k] for k in ("copy_rate", "loop_rate", "steps", "redundancy", "cross_ref_rate",
+            **{k: team[k] for k in ("copy_rate", "loop_rate", "computing_rate", "steps", "redundancy", "cross_ref_rate",
                                     "check_ins", "changed_after_yes", "reached_correct",
                                     "tokens_before_correct", "split_share", "assignments_followed")},
         })
@@ -162,7 +175,25 @@ def collect(path: str) -> tuple[list[dict], str | None]:
     entries = describe(records, config, path)
     for e in entries:
         e["tasks"] = len(e["tasks"])
+        e["kernel"] = KERNELS.get(name, "not recorded")
     return entries, None
+
+
+def reference() -> list[dict]:
+    """The 32-task run's variants on the tasks of the screen's same-machine directories (empty
+    until both have units), named ``... [32-task run, screen tasks]``."""
+    big, small = (HERE / name for name in REFERENCE)
+    tasks = {r["task"] for r in rep.read_results(small / rep.RESULTS)}
+    records = [r for r in rep.read_results(big / rep.RESULTS) if r["task"] in tasks]
+    if not records:
+        return []
+    entries = describe(records, json.loads((big / rep.CONFIG).read_text()), REFERENCE[0])
+    for e in entries:
+        e["variant"] += " [32-task run, screen tasks]"
+        e["complete"] = len(e["tasks"]) >= len(tasks)
+        e["tasks"] = len(e["tasks"])
+        e["kernel"] = KERNELS[REFERENCE[0]]
+    return entries
 
 
 def before_after(groups: dict) -> dict:
@@ -183,6 +214,28 @@ def before_after(groups: dict) -> dict:
     return out
 
 
+def markdown(entries: list[dict]) -> str:
+    """The variants as the README's tables: accuracy per budget (95 % interval), then the
+    teamwork analytics at the largest budget."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f} %"
+
+    budgets = sorted({int(b) for e in entries for b in e["accuracy"]})
+    head = ["variant", "directory", "n", *map(str, budgets), "forced @max", "copy", "loops", "computing", "redundancy",
+            "cross-refs", "steps"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        cells = [e["variant"], f"`{e['run']}`", str(e["n"])]
+        for b in budgets:
+            c = e["accuracy"].get(str(b))
+            cells.append("-" if c is None else f"{c['accuracy']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]")
+        top = e["accuracy"].get(str(budgets[-1])) if budgets else None
+        cells += [pct(top and top["forced"]), pct(e["copy_rate"]), pct(e["loop_rate"]), pct(e["computing_rate"]),
+                  pct(e["redundancy"]), pct(e["cross_ref_rate"]), str(e["steps"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     groups, missing = {}, []
     for group, paths in GROUPS.items():
@@ -191,6 +244,8 @@ def main() -> None:
             found, absent = collect(path)
             entries += found
             missing += [absent] if absent else []
+        if group == "screen":
+            entries += reference()
         groups[group] = {"runs": list(paths), "complete": all(e["complete"] for e in entries),
                          "variants": entries}
         if entries:
@@ -210,6 +265,8 @@ def main() -> None:
         "groups": groups,
     }
     (HERE / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for group, g in groups.items():
+        print(f"\n{group}:\n" + markdown(g["variants"]))
     print(f"partial: {summary['partial']}; missing: {missing}")
 
 
