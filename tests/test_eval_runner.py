@@ -42,6 +42,10 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(default_model, tmp
     r = records[0]
     assert r["results"][0]["passes"] == 1 and r["results"][0]["tokens"] == [1]
     assert {"answer", "score", "correct", "forced", "wall_s"} <= set(r["results"][0])
+    # resumed once more, finished: nothing to run, so no model is loaded (loaded=None) and
+    # the summary is rewritten from the same records
+    assert evaluate(config(), out, progress=False) == rows
+    assert len((out / rep.RESULTS).read_text().splitlines()) == 3
     for name in (rep.SUMMARY, rep.PLOT, rep.CONFIG):
         assert (out / name).exists()
     with pytest.raises(HogwildError, match="different settings"):

@@ -370,7 +370,9 @@ def evaluate(
     try:
         if bar is not None:
             bar.__enter__()
-        save_records(run, run_units(loaded, run.todo, config, concurrency, reproducible=reproducible), bar, on_unit)
+        if run.todo:  # a finished directory loads no model and only rewrites its summary
+            save_records(run, run_units(loaded, run.todo, config, concurrency, reproducible=reproducible), bar,
+                         on_unit)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
