@@ -4,7 +4,8 @@ Three groups of evaluation directories (``hogwild eval`` outputs, one per settin
 few-shot, check-in interval and the loop responses are settings of a whole directory; the
 commands are in ``screen.sh``):
 
-- ``final``: the 32-task comparison with today's defaults (``run32-1024``);
+- ``final``: the 32-task comparison with today's defaults (``run32-1024``, and the best
+  layout of the screen, ``run32-interleaved``);
 - ``screen``: the 8-task screen at 1024 passes with today's defaults, one setting changed per
   directory (``screen1024-*``);
 - ``history``: the runs made with earlier defaults (few-shot on, no n-gram ban), which give
@@ -34,7 +35,7 @@ from hogwild.eval import report as rep
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 GROUPS = {
-    "final": ("run32-1024",),
+    "final": ("run32-1024", "run32-interleaved"),
     "screen": ("screen1024-nofewshot", "screen1024-layouts", "screen1024-checkin128",
                "screen1024-fewshot", "screen1024-noguard"),
     "history": ("screen/screen-base", "screen/screen-nofewshot", "screen/screen-checkin128",
@@ -46,6 +47,7 @@ KERNELS = {
     "run32-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
     "screen1024-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
     "run32-1024": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+    "run32-interleaved": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
     "screen1024-layouts": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
     "screen1024-checkin128": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
     "screen1024-fewshot": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
@@ -198,14 +200,15 @@ def reference() -> list[dict]:
 
 def before_after(groups: dict) -> dict:
     """The copy rate and the loop rate of the combined team before and after the defaults
-    changed: few-shot examples (copy rate; the first screen against today's screen) and the
-    loop responses (loop rate; today's defaults with and without them, same tasks)."""
+    changed: few-shot examples (copy rate; the first screen against the 32-task run) and the
+    loop responses (loop rate; today's defaults without them against the 32-task run on the
+    same 8 tasks, one machine)."""
     def find(group: str, run: str) -> dict | None:
         return next((e for e in groups[group]["variants"]
                      if e["run"].endswith(run) and e["strategy"] == "hogwild-combined"), None)
 
-    pairs = {"copy_rate": (("history", "screen-base"), ("screen", "screen1024-nofewshot")),
-             "loop_rate": (("screen", "screen1024-noguard"), ("screen", "screen1024-nofewshot"))}
+    pairs = {"copy_rate": (("history", "screen-base"), ("final", "run32-1024")),
+             "loop_rate": (("screen", "screen1024-noguard"), ("screen", "run32-1024"))}
     out = {}
     for key, (before, after) in pairs.items():
         b, a = find(*before), find(*after)

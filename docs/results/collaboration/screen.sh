@@ -27,8 +27,9 @@ declare -A ARGS=(
     [screen1024-fewshot]="NEW --strategies hogwild-combined --few-shot"
     [screen1024-noguard]="NEW --strategies hogwild-combined --no-redirect-loops --no-repeat-ngram 0"
     [run32-1024]="BIG --strategies single,early-stop,independent,hogwild-combined"
+    [run32-interleaved]="BIG --strategies hogwild-interleaved"
 )
-ORDER=(screen1024-layouts screen1024-checkin128 screen1024-fewshot screen1024-noguard run32-1024)
+ORDER=(screen1024-layouts screen1024-noguard screen1024-checkin128 screen1024-fewshot run32-1024 run32-interleaved)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
     [ -n "${ARGS[$name]+x}" ] || { echo "unknown variant $name (known: ${!ARGS[*]})"; exit 2; }
