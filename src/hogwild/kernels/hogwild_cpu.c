@@ -737,14 +737,14 @@ int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *
                           : (es == 2 ? lin_tiles_bf16 : lin_tiles_f32);
     LinJob job = {x, (const char *)w, b, y, M, N, K, K / step * step, accumulate, x, NULL};
     const LinJob *j = &job;
-    float *xeo = NULL;
+    void *xread = NULL; /* x as the tiles read it, where that is not x itself */
     if (dot) {
-        xeo = (float *)malloc(sizeof(uint16_t) * (size_t)M * K);
-        if (!xeo) return -1;
-        dot_round_x(x, (uint16_t *)xeo, M, K);
-        job.xb = (const uint16_t *)xeo;
+        uint16_t *xb = (uint16_t *)(xread = malloc(sizeof(uint16_t) * (size_t)M * K));
+        if (!xb) return -1;
+        dot_round_x(x, xb, M, K);
+        job.xb = xb;
     } else if (wide && es == 2 && job.Kv > 0) {
-        xeo = (float *)malloc(sizeof(float) * (size_t)M * K);
+        float *xeo = (float *)(xread = malloc(sizeof(float) * (size_t)M * K));
         if (!xeo) return -1;
         lin_even_odd(x, xeo, M, K, job.Kv);
         job.xv = xeo;
@@ -802,7 +802,7 @@ int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *
         }
         free(park);
     }
-    free(xeo);
+    free(xread);
     return failed ? -1 : 0;
 }
 
