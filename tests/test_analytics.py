@@ -126,16 +126,17 @@ def test_copied_answer_and_tokens_before_the_first_correct_answer():
 def test_division_of_labour_and_assignments_in_a_bundle():
     parts = ["Ann has 2 boxes of 6 eggs. How many eggs?", "Ben has 3 cats and 4 dogs. How many pets?"]
     steps = [
-        Step(0, P.opening(0) + "\nBob: problem 2\nAlice: problem 1", 20),
-        Step(1, P.opening(1) + " reading problem 2: 3 + 4 = 7 pets.", 20),
-        Step(0, h(0, 2, "Problem 1: 2 * 6 = 12 eggs, so \\boxed{12}."), 10),
+        Step(0, P.opening(0) + "\nBob: problem B\nAlice: Problem A", 20),
+        Step(1, P.opening(1) + " reading problem B: 3 + 4 = 7 pets.", 20),
+        Step(0, h(0, 2, "Problem A: 2 * 6 = 12 eggs, so \\boxed{12}."), 10),
         Step(1, h(1, 2, "For problem 2 the answer is \\boxed{7}."), 10),
         Step(1, h(1, 3, "Both answers: \\boxed{12; 7}."), 10),
     ]
     a = analyze(steps, NAMES, parts, gold=["12", "7"], k=2, answer="12; 7")
     assert a["division"]["first_answer"] == ["Alice", "Bob"] and a["division"]["split"] is True
     assert a["division"]["answered"] == {"Alice": [1], "Bob": [2, 1]}
-    assert a["assignments"]["parts"] == {"Bob": "problem 2", "Alice": "problem 1"}
+    # questions named by letter (as the bundle prompt labels them) or by position
+    assert a["assignments"]["parts"] == {"Bob": "problem B", "Alice": "Problem A"}
     assert a["assignments"]["problems"] == {"Bob": [2], "Alice": [1]}
     assert a["assignments"]["followed"] == 1.0
     assert a["first_correct"]["tokens"] == {"Alice": 30, "Bob": 40}

@@ -13,7 +13,7 @@ import pytest
 from hogwild.answers.voting import majority_vote
 from hogwild.driver import Drive, Driver, ForcedAnswer
 from hogwild.eval import strategies as st
-from hogwild.eval.bundles import answer_from_text
+from hogwild.eval.bundles import answer_from_text, bundle_question
 from hogwild.eval.datasets import Task
 from hogwild.protocol import stop_ids
 
@@ -219,9 +219,9 @@ def test_verified_forces_an_answer_without_the_checker(default_model, monkeypatc
 
 def test_orchestrated_records_assignments_and_division(default_model, monkeypatch):
     parts = ("Ann has 2 boxes of 6 eggs. How many eggs?", "Ben has 3 cats and 4 dogs. How many pets?")
-    task = Task("b", "Problem 1: " + parts[0] + "\n\nProblem 2: " + parts[1], ["12", "7"], parts=parts)
-    alice = "\nBob: problem 2\nAlice: problem 1\n\nProblem 1: 2 * 6 = 12, so \\boxed{12}.\n\n"
-    bob = " Ben has 3 cats and 4 dogs.\n\nProblem 2: 3 + 4 = 7, so \\boxed{7}.\n\n"
+    task = Task("b", bundle_question(parts), ["12", "7"], parts=parts)
+    alice = "\nBob: problem B\nAlice: problem A\n\nProblem A: 2 * 6 = 12, so \\boxed{12}.\n\n"
+    bob = " Ben has 3 cats and 4 dogs.\n\nProblem B: 3 + 4 = 7, so \\boxed{7}.\n\n"
     scripted(monkeypatch, default_model, [alice, bob])
     strategy = st.make_strategy("hogwild-orchestrated", workers=2, **FAST)
     snaps = record_snapshots(strategy)
@@ -229,7 +229,7 @@ def test_orchestrated_records_assignments_and_division(default_model, monkeypatc
     (r,) = out.results
     assert (r.answer, r.forced) == ("12; 7", False)
     a = out.analytics
-    assert a["assignments"]["parts"] == {"Bob": "problem 2", "Alice": "problem 1"}
+    assert a["assignments"]["parts"] == {"Bob": "problem B", "Alice": "problem A"}
     assert a["assignments"]["problems"] == {"Bob": [2], "Alice": [1]}
     assert a["division"]["first_answer"] == ["Alice", "Bob"] and a["assignments"]["followed"] == 1.0
     alice_text, bob_text = snaps[-1].workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -44,6 +45,9 @@ def test_bundle_parsing_is_forgiving():
     assert split_answers("12; 7") == ["12", "7"]
     assert split_answers("1) 12; 2) 7") == ["12", "7"]
     assert split_answers("Problem 1: 12, Problem 2: 7") == ["12", "7"]
+    assert split_answers("Problem A: 12; Problem B: 7") == ["12", "7"]
+    assert split_answers("(A) 12; b) 7") == ["12", "7"]
+    assert split_answers("A = 12") == ["A = 12"]            # not a label: kept as written
     assert split_answers("1,200; \\frac{1}{2}") == ["1,200", "\\frac{1}{2}"]
     assert split_answers("1,200") == ["1,200"]              # thousands separator kept
     assert split_answers("f(1, 2); 3") == ["f(1, 2)", "3"]  # no split inside brackets
@@ -75,9 +79,13 @@ def test_make_bundles_and_prompt():
     bundles = make_bundles(tasks, 2)
     assert [b.id for b in bundles] == ["0+1", "2+3"]
     assert bundles[0].answer == ["0", "1"] and bundles[0].k == 2
-    assert "Problem 2: q1?" in bundles[0].question and "semicolons" in bundles[0].question
+    assert "Problem B: q1?" in bundles[0].question and "semicolons" in bundles[0].question
     assert "\\boxed{}" in bundles[0].question and "answer 1" not in bundles[0].question
     assert bundle_question(["a", "b", "c"]).count("Problem ") == 3
+    # No number of the bundle's own: neither labels nor the count (a model pasted "1").
+    assert not re.search(r"\d", bundle_question(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="between 1 and 26"):
+        make_bundles(tasks, 27)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -216,6 +224,12 @@ def test_answers_by_question_puts_labelled_answers_in_order():
     assert answers_by_question(steps[:1], 2) is None                      # question 1 missing
     assert answers_by_question(steps + ["Problem 2 again: \\boxed{8}."], 2) == "12; 8"  # later wins
     assert labelled_answers("Problem 1 and 2: \\boxed{1; 2}", 2) == []   # several answers: not one question
+    # Letters, as the bundle prompt labels them; a small "a" is an article, not a label.
+    lettered = ["Problem B: 3 + 4 = 7, so \\boxed{7}.", "Now problem A: \\boxed{12}."]
+    assert answers_by_question(lettered, 2) == "12; 7"
+    assert labelled_answers("Problem B, seen a different way: \\boxed{7}", 2) == [(1, "7")]
+    assert labelled_answers("Let us read the problem a second time: \\boxed{7}", 2) == []
+    assert labelled_answers("Problem C: \\boxed{7}", 2) == []        # no third question
 
 
 def test_the_pattern_strategies_are_offered():

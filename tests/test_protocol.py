@@ -4,6 +4,7 @@ forced answer and answer agreement."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import jinja2
@@ -537,3 +538,28 @@ def test_no_repeat_ngram_setting_reaches_the_script(tok):
     for bad in (1, -2):
         with pytest.raises(InvalidRequestError, match="no_repeat_ngram"):
             Protocol(num_workers=2, no_repeat_ngram=bad)
+
+
+@pytest.mark.parametrize("kind", ["solo", "combined", "interleaved", "contiguous", "orchestrated",
+                                  "verified", "plain"])
+def test_a_bundle_prompt_has_no_number_of_its_own(tok, kind):
+    """Every number a model reads before writing is one of the problems' (issue 12: a team
+    answered "1" for a question labelled "Problem 1", and "**Bob [1]:**" or a numbered list in
+    the system text is the same trap). Few-shot examples are off by default; they state
+    their results in words but do carry numbers, which is why they are off."""
+    from hogwild.eval.bundles import bundle_question
+    from hogwild.protocol import PlainProtocol
+
+    problem = bundle_question(["Tom has three apples. How many?", "Ann has four pens. How many?"])
+    if kind == "plain":
+        protocol = PlainProtocol(num_workers=2)
+    elif kind == "solo":
+        protocol = Protocol(num_workers=1)
+    elif kind in ("orchestrated", "verified"):
+        protocol = Protocol(num_workers=3, pattern=kind)
+    else:
+        protocol = Protocol(num_workers=4, layout=kind)
+    script = protocol.for_problem(problem).script(problem, tok, context_length=8192)
+    prompt = tok.decode(script.prompt_ids)
+    assert "Problem B: Ann has four pens" in prompt
+    assert not re.search(r"\d", prompt), re.findall(r".{30}\d.{30}", prompt)

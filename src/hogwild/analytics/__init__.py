@@ -41,12 +41,12 @@ Measures (word trigrams as in :mod:`hogwild.protocol.loops`):
   answer; ``total`` is then the smallest of these (workers write in lock-step).
 - **division of labour** (bundles of k > 1 questions): which worker first answered each
   question. A box with k answers answers all of them; a box with one answer answers the
-  question the step last names ("problem 2", "question 2", "#2") before it, else, given
+  question the step last names ("Problem B", "problem 2", "#2") before it, else, given
   the gold answers, the one question whose gold it equals. ``split`` is true when two or
   more workers answered first.
 - **assignments**: lines of the first worker's first two steps that give a worker a part
-  ("Bob: problem 2", "Bob takes the notebooks"; :func:`parse_assignments`); for bundles the
-  problem numbers each part names, and ``followed``: the share of assigned questions first
+  ("Bob: problem B", "Bob takes the notebooks"; :func:`parse_assignments`); for bundles the
+  questions each part names, and ``followed``: the share of assigned questions first
   answered by their assignee.
 """
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..answers import CopyGuard
+from ..answers.lists import question_label
 from .measures import Step, analyze
 
 
@@ -89,7 +90,7 @@ def summary_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
                                  + (f", {p['tokens']} tokens" if p["tokens"] is not None else "")))
     if "first_answer" in a.get("division", {}):
         d = a["division"]
-        rows.append(("first answers", ", ".join(f"problem {i + 1}: {w or '-'}" for i, w in enumerate(d["first_answer"]))))
+        rows.append(("first answers", ", ".join(f"problem {question_label(i)}: {w or '-'}" for i, w in enumerate(d["first_answer"]))))
     if "assignments" in a:
         parts = "; ".join(f"{w}: {p}" for w, p in a["assignments"]["parts"].items())
         rows.append(("assignments", parts))

@@ -57,7 +57,7 @@ def check_in_answer(text: str) -> tuple[str, str] | None:
 
 
 def parse_assignments(text: str, names: Sequence[str]) -> dict[str, str]:
-    """Parts given to workers in ``text``: lines such as "Bob: problem 2", "- **Bob**: the
+    """Parts given to workers in ``text``: lines such as "Bob: problem B", "- **Bob**: the
     notebooks", "Bob takes the notebooks" or "Bob will check"; worker name -> its part."""
     out: dict[str, str] = {}
     alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))

@@ -2,12 +2,16 @@
 :mod:`hogwild.eval.bundles`).
 
 Parsing is forgiving (:func:`split_answers`): semicolons, then line breaks, then ", "
-(comma + space, so "1,200" stays one number), then " and "; labels such as "1)", "(2)",
-"Problem 1:", "Q1 =" or "a_1 =" are dropped. When no single box holds k answers but the
+(comma + space, so "1,200" stays one number), then " and "; labels such as "1)", "(B)",
+"Problem A:", "Problem 1:", "Q1 =" or "a_1 =" are dropped. When no single box holds k answers but the
 text has k or more separate boxes, the last k boxes are read in order
-(:func:`answer_from_text`). Answers given one at a time to named questions ("Problem 2: ...
+(:func:`answer_from_text`). Answers given one at a time to named questions ("Problem B: ...
 \\boxed{7}"), possibly by different workers, are put in question order by
 :func:`answers_by_question`.
+
+A bundle labels its questions with capital letters (:func:`question_label`: "Problem A",
+"Problem B", ...), so that no number in its prompt is the bundle's own; a text may name a
+question by its letter or by its position ("problem 2", "question 1", "#2").
 """
 
 from __future__ import annotations
@@ -17,9 +21,20 @@ import re
 from .boxes import all_boxes, closing_brace, extract_boxed
 
 SEPARATOR = "; "
+#: The most questions a bundle may have: one capital letter each.
+MAX_QUESTIONS = 26
 _LABEL = re.compile(
-    r"^\s*(?:\(?\d{1,2}[.)]\s+|(?:problem|question|q|answer|a)[\s_]*\{?\d{1,2}\}?\s*[:=.)]\s*)",
+    r"^\s*(?:\(?\d{1,2}[.)]\s+|\(?[a-z]\)\s*"
+    r"|(?:problem|question|q|answer|a)[\s_]*\{?\d{1,2}\}?\s*[:=.)]\s*"
+    r"|(?:problem|question|answer)\s+[a-z]\s*[:=.)]\s*)",
     re.I)
+
+
+def question_label(index: int) -> str:
+    """The label of a bundle's question (0-based ``index``): "A", "B", ..."""
+    if not 0 <= index < MAX_QUESTIONS:
+        raise ValueError(f"a bundle has at most {MAX_QUESTIONS} questions (index {index})")
+    return chr(ord("A") + index)
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -85,19 +100,26 @@ def is_complete(answer: str | None, k: int = 1) -> bool:
     return answer is not None and len(split_answers(answer) if k > 1 else [answer]) >= k
 
 
-_QUESTION_REF = re.compile(r"\b(?:problem|question|part|task)\s*#?\s*(\d{1,2})\b|#(\d{1,2})\b", re.I)
+# A question named by position ("problem 2", "#2"; any case) or by its capital letter
+# ("Problem B", "problem B"; the letter must be a capital, so that "the problem a bit
+# differently" names nothing).
+_QUESTION_REF = re.compile(
+    r"\b(?i:problem|question|part|task)\s*#?\s*(\d{1,2})\b|#(\d{1,2})\b"
+    r"|\b(?i:problem|question|part|task)\s+([A-Z])\b")
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 def question_refs(text: str) -> list[int]:
-    """The question numbers a text names ("problem 2", "question 1", "#2"), in order."""
-    return [int(a or b) for a, b in _QUESTION_REF.findall(text)]
+    """The questions a text names ("Problem B", "problem 2", "question 1", "#2"), in order,
+    as 1-based positions (B is 2)."""
+    return [int(a or b) if a or b else ord(letter) - ord("A") + 1
+            for a, b, letter in _QUESTION_REF.findall(text)]
 
 
 def labelled_answers(text: str, k: int) -> list[tuple[int, str]]:
     """Single answers that a text gives to named questions of a bundle of ``k``: each box
     holding one answer, paired with the last question (0-based) the text names before it
-    ("Problem 2: ... \\boxed{7}"), in order. Boxes with no such name, or with several
+    ("Problem B: ... \\boxed{7}"), in order. Boxes with no such name, or with several
     answers, are left out."""
     out: list[tuple[int, str]] = []
     for match in _BOX.finditer(text):

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..answers import answers_equal
-from ..answers.lists import SEPARATOR, answer_from_text, is_complete, split_answers
+from ..answers.lists import (
+    MAX_QUESTIONS, SEPARATOR, answer_from_text, is_complete, question_label, split_answers,
+)
 from .datasets import Task
 
 __all__ = ["SEPARATOR", "answer_from_text", "bundle_question", "is_complete", "make_bundles",
@@ -24,8 +26,8 @@ __all__ = ["SEPARATOR", "answer_from_text", "bundle_question", "is_complete", "m
 
 def make_bundles(tasks: Sequence[Task], k: int) -> list[Task]:
     """Join consecutive runs of ``k`` tasks into one task each (a leftover tail is dropped)."""
-    if k < 1:
-        raise ValueError(f"bundle size must be at least 1 (got {k})")
+    if not 1 <= k <= MAX_QUESTIONS:
+        raise ValueError(f"bundle size must be between 1 and {MAX_QUESTIONS} (got {k})")
     if k == 1:
         return list(tasks)
     out = []
@@ -42,14 +44,16 @@ def make_bundles(tasks: Sequence[Task], k: int) -> list[Task]:
 
 def bundle_question(questions: Sequence[str]) -> str:
     """The prompt of a bundle. The format line says where the answers go without showing
-    any (no placeholder a model could paste into its box)."""
-    k = len(questions)
-    lines = [f"Solve each of the following {k} problems. They are independent of each other."]
-    for i, q in enumerate(questions, 1):
-        lines.append(f"Problem {i}: {q.strip()}")
+    any (no placeholder a model could paste into its box), and the bundle's own wording has
+    no number in it: the questions are labelled with letters ("Problem A") and their count
+    is not written, so every number in the prompt is one of the problems' (a model that
+    answers "1" for a question labelled "Problem 1" pasted the label)."""
+    lines = ["Solve each of the following problems. They are independent of each other."]
+    for i, q in enumerate(questions):
+        lines.append(f"Problem {question_label(i)}: {q.strip()}")
     lines.append(
-        f"At the end, write all {k} final answers inside one \\boxed{{}}, in the order of the "
-        f"problems, separated by semicolons.")
+        "At the end, write all final answers inside one \\boxed{}, one for each problem, in the "
+        "order of the problems, separated by semicolons.")
     return "\n\n".join(lines)
 
 

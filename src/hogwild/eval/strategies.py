@@ -18,7 +18,7 @@ do not count towards passes.
   (:func:`hogwild.core.layouts.collaborative_layouts`: combined, interleaved, contiguous, and
   any registered one): N collaborating workers with the protocol; the last answer in
   completion order, else the forced answer. For a bundle, when no step gives all k
-  answers, single answers labelled with their question ("Problem 2: ... \\boxed{7}") are
+  answers, single answers labelled with their question ("Problem B: ... \\boxed{7}") are
   put in question order (:func:`hogwild.answers.lists.answers_by_question`), else the last
   k boxes in completion order are read.
 - ``hogwild-orchestrated`` (orchestrator-workers, combined layout): the first worker writes
@@ -325,7 +325,7 @@ class Hogwild(Strategy):
 
 class Orchestrated(Hogwild):
     """Orchestrator-workers on the shared cache: the first worker writes an assignment, one
-    line per worker ("Bob: problem 2"), that the others follow (protocol pattern
+    line per worker ("Bob: problem B"), that the others follow (protocol pattern
     ``orchestrated``, combined layout). Answers as :class:`Hogwild`."""
 
     pattern = "orchestrated"

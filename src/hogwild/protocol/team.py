@@ -210,12 +210,11 @@ class Protocol:
 
     def system_text(self) -> str:
         """The system prompt (shared by all workers, so it names all of them)."""
-        example_header = self.step_header(min(1, self.num_workers - 1), 1)
         if self.solo:
-            return fill(SYSTEM_SOLO, me=self.worker_names[0], example_header=example_header)
+            return fill(SYSTEM_SOLO, me=self.worker_names[0])
         count = NUMBER_WORDS.get(self.num_workers, str(self.num_workers))
         text = fill(SYSTEM_TEAM, count=count, names=join_names(self.worker_names),
-                    example_header=example_header, view=self._view_description())
+                    view=self._view_description())
         if self.pattern == "orchestrated":
             text += "\n\n" + fill(PATTERN_ORCHESTRATED, lead=self.worker_names[0])
         elif self.pattern == "verified":

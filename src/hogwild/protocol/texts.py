@@ -45,8 +45,8 @@ same problem at the same time, and every one of you sees what the others write, 
 write it. The step you are writing now carries your name, so you know which one you are.
 
 Your work is written in steps. A step is one short paragraph: one idea, one calculation or \
-one check. It starts with its author's name and step number, like "{example_header}", and \
-ends with an empty line.
+one check. It starts with a bold header that gives its author's name and, in square brackets, \
+the step's number (written for you), and it ends with an empty line.
 
 {view}
 
@@ -67,10 +67,10 @@ Answer it honestly, and change course if the answer is yes.
 VIEW_DESCRIPTIONS: dict[str, str] = {
     "combined": """\
 What you see, from top to bottom:
-1. The finished steps of all workers, in the order they were finished.
-2. Under "{others_title}": the step each other worker is writing right now. It stops in \
+- First, the finished steps of all workers, in the order they were finished.
+- Then, under "{others_title}": the step each other worker is writing right now. It stops in \
 mid-sentence and is marked "{unfinished}". Do not finish it for them; react to it if it helps.
-3. Under "{own_title}": the step you are writing now. Continue it from where it stops.""",
+- Last, under "{own_title}": the step you are writing now. Continue it from where it stops.""",
     "interleaved": """\
 What you see: the finished steps of all workers, in the order they were finished, and then \
 the step you are writing now. Continue your step from where it stops. The others' steps \
@@ -89,9 +89,9 @@ SYSTEM_SOLO = """\
 You are {me}, solving a problem step by step.
 
 Your work is written in steps. A step is one short paragraph: one idea, one calculation or \
-one check. It starts with your name and step number, like "{example_header}", and ends with \
-an empty line. You see your finished steps first and then the step you are writing now; \
-continue it from where it stops.
+one check. It starts with a bold header that gives your name and, in square brackets, the \
+step's number (written for you), and it ends with an empty line. You see your finished \
+steps first and then the step you are writing now; continue it from where it stops.
 
 From time to time a step starts with a quick check whether you are repeating earlier work. \
 Answer it honestly, and change course if the answer is yes. Check your results before you \
