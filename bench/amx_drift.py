@@ -2,7 +2,7 @@
 
 On CPUs with AMX, the bf16-weight linear runs on the tile unit, which reads x as bf16
 (``amx_linear`` in ``hogwild_cpu.c``), and so does the attention over a bf16 store, which
-reads the rotated queries and the softmax weights as bf16 (``amx_group``); the AVX-512
+reads the rotated queries and the softmax weights as bf16 (``tile_group``); the AVX-512
 kernels keep both in fp32. Weights and cache are the same bf16 either way, so the difference
 is the rounding of activations alone. This script scores the shipped text
 (:func:`hogwild.quant.superweights.calibration_text`) with one loaded model twice per
@@ -15,8 +15,9 @@ per next-token distribution, both perplexities and top-1 agreement
 - ``engine``: through the engine's KV store (:class:`hogwild.bench.quality.ThroughStore`,
   steps of 64 tokens folded into history), so the native attention kernel runs too.
 
-``--isa avx512bf16`` compares the AVX-512 BF16 dot tiles instead (``dot_tile``: the linear
-reads x as bf16 as on AMX, the attention stays in fp32), on CPUs with AVX512_BF16; the
+``--isa avx512bf16`` compares the AVX-512 BF16 dot path instead (``dot_tile``: the linear
+reads x as bf16 as on AMX; ``tile_group``'s dot path: the attention reads queries and
+weights as bf16 as on AMX), on CPUs with AVX512_BF16; the
 file is then ``avx512bf16-drift-<model>.json``.
 
 For scale, ``hogwild quality`` reports the drift of the weight formats (``q8_0`` rounds the
@@ -51,7 +52,7 @@ from hogwild.quant.superweights import calibration_text
 
 # hw_isa of each compared set, and what it reads as bf16
 CANDIDATES = {"amx": (4, "bf16 activations in the linears and attention"),
-              "avx512bf16": (3, "bf16 activations in the linears")}
+              "avx512bf16": (3, "bf16 activations in the linears and attention")}
 
 
 def pinned(isa: int, fn):

@@ -126,12 +126,15 @@ def test_attention_kernel_reads_int8_blocks(heads, kv_heads, d, isa) -> None:
 
 
 @needs_kernels
-@pytest.mark.skipif(not kernels.available() or AMX not in ISAS, reason="no AMX on this CPU")
+@pytest.mark.parametrize("level", [3, AMX], ids=["avx512bf16", "amx"])
 @pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 64), (8, 1, 128)])
-def test_int8_blocks_on_the_tiles(heads, kv_heads, d) -> None:
-    """On AMX a call mixing bf16 and int8 blocks runs both on the tiles: the int8 keys and
-    values widened to bf16 exactly, the scales applied to scores and weights; equal to a
-    float64 model of that rounding (as for bf16 blocks in test_kernel_attention.py)."""
+def test_int8_blocks_on_the_tiles(heads, kv_heads, d, level) -> None:
+    """On AMX tiles and on the AVX-512 BF16 dot path a call mixing bf16 and int8 blocks runs
+    both the same way: the int8 keys and values widened to bf16 exactly, the scales applied to
+    scores and weights; equal to a float64 model of that rounding (as for bf16 blocks in
+    test_kernel_attention.py)."""
+    if not kernels.available() or level not in ISAS:
+        pytest.skip("this CPU lacks the instruction set")
     torch.manual_seed(d)
     cap = 600
     kf, vf = torch.randn(kv_heads, cap, d).to(torch.bfloat16), torch.randn(kv_heads, cap, d).to(torch.bfloat16)
@@ -148,7 +151,7 @@ def test_int8_blocks_on_the_tiles(heads, kv_heads, d) -> None:
             torch.tensor([n for _, _, n in pairs], dtype=torch.int32), cos, sin, kf, vf, 1 / math.sqrt(d), 303,
             pool, 0, 395)
     lib = kernels.library()
-    assert lib.hw_isa(AMX) == AMX
+    assert lib.hw_isa(level) == level
     try:
         assert kernels.attention_rounds(kf)
         got = kernels.attend(*args).double()

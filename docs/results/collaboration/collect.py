@@ -8,10 +8,12 @@ commands are in ``screen.sh``):
   layout of the screen, ``run32-interleaved``);
 - ``screen``: the 8-task screen at 1024 passes with today's defaults, one setting changed per
   directory (``screen1024-*``);
-- ``history``: the runs made with earlier defaults (few-shot on, no n-gram ban), which give
-  the copy and loop rates "before".
+- ``history``: the runs made with earlier defaults (few-shot on, no n-gram ban) or an
+  earlier prompt (``numbered/``: bundle questions labelled "Problem 1", "Problem 2" and a
+  system text with a numbered list and a step-header example), which give the copy and loop
+  rates "before".
 
-For every directory found (in ``runs-collab/<name>``, else the copy already here at ``<path>``), this copies
+For every directory found (in ``runs-collab/<path>``, else the copy already here at ``<path>``), this copies
 ``config.json`` and ``results.jsonl`` here, rebuilds that copy's ``summary.json`` and plots
 with ``hogwild report``, and writes one ``summary.json`` for all groups, with, per
 variant (strategy x workers x directory, named after the settings its directory changes):
@@ -39,19 +41,28 @@ GROUPS = {
     "screen": ("screen1024-nofewshot", "screen1024-layouts", "screen1024-checkin128",
                "screen1024-fewshot", "screen1024-noguard"),
     "history": ("screen/screen-base", "screen/screen-nofewshot", "screen/screen-checkin128",
-                "screen/screen-nr10-nofewshot", "run32-nofewshot"),
+                "screen/screen-nr10-nofewshot", "run32-nofewshot", "numbered/run32-1024",
+                "numbered/run32-interleaved"),
+}
+# Directories made with an earlier prompt than today's, and how it differed (named in each
+# variant, plain strategies included: the bundle's wording is theirs too).
+PROMPTS = {
+    "numbered/run32-1024": "questions numbered",
+    "numbered/run32-interleaved": "questions numbered",
 }
 # The kernels each directory ran on, where known: greedy results depend on the rounding of the
 # instruction set (hogwild_cpu.c), so variants compare within one machine's runs.
 KERNELS = {
+    "numbered/run32-1024": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
+    "numbered/run32-interleaved": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
     "run32-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
-    "screen1024-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
-    "run32-1024": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
-    "run32-interleaved": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-layouts": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-checkin128": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-fewshot": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-noguard": "AVX-512 BF16 dot tiles (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-nofewshot": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "run32-1024": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "run32-interleaved": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-layouts": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-checkin128": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-fewshot": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-noguard": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
 }
 # The screen's same-machine reference: the 32-task run on the screen's tasks.
 REFERENCE = ("run32-1024", "screen1024-layouts")
@@ -79,11 +90,10 @@ def settings_label(config: dict) -> str:
     return ", ".join(parts)
 
 
-def variant_name(strategy: str, workers: int, config: dict) -> str:
+def variant_name(strategy: str, workers: int, config: dict, prompt: str = "") -> str:
     name = rep.series_name(strategy, workers)
-    if strategy in ("single", "early-stop", "independent"):
-        return name  # the hogwild settings do not change the plain prompt
-    label = settings_label(config)
+    plain = strategy in ("single", "early-stop", "independent")  # the hogwild settings do not change their prompt
+    label = ", ".join(x for x in (prompt, "" if plain else settings_label(config)) if x)
     return f"{name} [{label}]" if label else name
 
 
@@ -97,7 +107,7 @@ def describe(records: list[dict], config: dict, run: str) -> list[dict]:
     for team in rep.teamwork(records):
         key = (team["strategy"], team["workers"])
         out.append({
-            "variant": variant_name(team["strategy"], team["workers"], config),
+            "variant": variant_name(team["strategy"], team["workers"], config, PROMPTS.get(run, "")),
             "run": run, "strategy": team["strategy"], "workers": team["workers"],
             "n": team["n"], "complete": config.get("limit") is not None and team["n"] >= config["limit"],
             "tasks": sorted({r["task"] for r in records
@@ -161,7 +171,7 @@ def collect(path: str) -> tuple[list[dict], str | None]:
     """One directory's variants (copied here and reported), or ``([], name)`` when it has
     no finished unit yet."""
     name = Path(path).name
-    source = ROOT / "runs-collab" / name
+    source = ROOT / "runs-collab" / path
     copy = HERE / path
     if not rep.read_results(source / rep.RESULTS):
         source = copy
@@ -177,7 +187,7 @@ def collect(path: str) -> tuple[list[dict], str | None]:
     entries = describe(records, config, path)
     for e in entries:
         e["tasks"] = len(e["tasks"])
-        e["kernel"] = KERNELS.get(name, "not recorded")
+        e["kernel"] = KERNELS.get(path, "not recorded")
     return entries, None
 
 
@@ -199,21 +209,25 @@ def reference() -> list[dict]:
 
 
 def before_after(groups: dict) -> dict:
-    """The copy rate and the loop rate of the combined team before and after the defaults
-    changed: few-shot examples (copy rate; the first screen against the 32-task run) and the
-    loop responses (loop rate; today's defaults without them against the 32-task run on the
-    same 8 tasks, one machine)."""
-    def find(group: str, run: str) -> dict | None:
-        return next((e for e in groups[group]["variants"]
-                     if e["run"].endswith(run) and e["strategy"] == "hogwild-combined"), None)
+    """The copy and loop rates of a team before and after a change: the few-shot examples
+    turned off (copy rate of the combined team; the first screen against the 32-task run), the
+    bundle's questions labelled with letters (copy rate of the interleaved team, which pasted
+    a label; 32 tasks each), and the loop responses (loop rate of the combined team; today's
+    defaults without them against the 32-task run on the same 8 tasks, one machine)."""
+    def find(group: str, run: str, strategy: str) -> dict | None:
+        return next((e for e in groups[group]["variants"] if e["run"] == run and e["strategy"] == strategy), None)
 
-    pairs = {"copy_rate": (("history", "screen-base"), ("final", "run32-1024")),
-             "loop_rate": (("screen", "screen1024-noguard"), ("screen", "run32-1024"))}
+    pairs = {
+        "copy_rate": ("copy_rate", "hogwild-combined", ("history", "screen/screen-base"), ("final", "run32-1024")),
+        "copy_rate_labels": ("copy_rate", "hogwild-interleaved", ("history", "numbered/run32-interleaved"),
+                             ("final", "run32-interleaved")),
+        "loop_rate": ("loop_rate", "hogwild-combined", ("screen", "screen1024-noguard"), ("screen", "run32-1024")),
+    }
     out = {}
-    for key, (before, after) in pairs.items():
-        b, a = find(*before), find(*after)
-        out[key] = {"before": b and {"run": b["run"], "variant": b["variant"], key: b[key]},
-                    "after": a and {"run": a["run"], "variant": a["variant"], key: a[key]}}
+    for name, (key, strategy, before, after) in pairs.items():
+        b, a = find(*before, strategy), find(*after, strategy)
+        out[name] = {"before": b and {"run": b["run"], "variant": b["variant"], key: b[key]},
+                     "after": a and {"run": a["run"], "variant": a["variant"], key: a[key]}}
     return out
 
 

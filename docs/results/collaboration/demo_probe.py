@@ -5,11 +5,13 @@ optionally the first gsm_symbolic bundles of the screen) with the given worker c
 batch, greedy, and prints one line per run (answer, gold, score, passes, forced, loop rate);
 with ``--openings`` it instead compares opening wordings (:data:`OPENINGS`, patched in for
 the probe only; the product's openings stay in ``hogwild/protocol/texts.py``) on 2 workers.
-Each call writes ``demo-probe/<model>-<weights>-<isa>-w<workers>-p<passes>[-<opening>].json``.
+Each call writes ``demo-probe/<model>-<weights>-<isa>-w<workers>-p<passes>[-<layout>][-<opening>].json``
+(the layout named when it is not combined).
 The kernel is chosen as in the product; ``HOGWILD_KERNEL_ISA=avx512|avx2`` caps it.
 
 Usage:  python docs/results/collaboration/demo_probe.py --model M --passes P --workers 2,4
-            [--weights bf16] [--only garden,shops] [--bundles 3] [--openings base,noname]
+            [--weights bf16] [--only garden,shops] [--bundles 3] [--layout interleaved]
+            [--openings base,noname]
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ OPENINGS: dict[str, tuple[str, tuple[str, ...]] | None] = {
 }
 
 
-def run_all(loaded, problems, workers: list[int], passes: int) -> list[dict]:
+def run_all(loaded, problems, workers: list[int], passes: int, layout: str = "combined") -> list[dict]:
     """Every (worker count, problem) in one batch; the rows in submission order."""
-    runs = [(w, pid, gold, S.start_solve(loaded, text, S.SolveSettings(workers=w, max_passes=passes)))
+    runs = [(w, pid, gold, S.start_solve(loaded, text, S.SolveSettings(workers=w, max_passes=passes,
+                                                                         layout=layout)))
             for w in workers for pid, text, gold in problems]
     rows = []
     for w, pid, gold, solving in runs:
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("--workers", default="2")
     ap.add_argument("--only", default="", help="comma-separated problem ids (default: all)")
     ap.add_argument("--bundles", type=int, default=0, help="also the first gsm_symbolic bundles of 2 (seed 0)")
+    ap.add_argument("--layout", default="combined", help="the team's layout (hogwild solve --layout)")
     ap.add_argument("--openings", default="", help="comma-separated OPENINGS to compare (2 workers)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("demo-probe"))
     args = ap.parse_args()
@@ -91,14 +95,15 @@ def main() -> None:
         wording = OPENINGS[opening] if opening else None
         team.OPENING_LEAD, team.OPENINGS_OTHERS = wording or product
         started = time.time()
-        rows = run_all(loaded, problems, workers, args.passes)
+        rows = run_all(loaded, problems, workers, args.passes, args.layout)
         team.OPENING_LEAD, team.OPENINGS_OTHERS = product
         for r in rows:
             print(isa, opening, r["workers"], r["id"], repr(r["answer"]), r["gold"], r["score"], r["passes"],
                   "forced" if r["forced"] else "", "loop=%.2f" % (r["loop_rate"] or 0), flush=True)
         mean = sum(r["score"] for r in rows) / len(rows)
         print(f"{isa} {opening} mean score {mean:.2f}, {time.time() - started:.0f} s", flush=True)
-        name = f"{args.model}-{args.weights}-{isa}-w{args.workers}-p{args.passes}" + (f"-{opening}" if opening else "")
+        name = (f"{args.model}-{args.weights}-{isa}-w{args.workers}-p{args.passes}"
+                + (f"-{args.layout}" if args.layout != "combined" else "") + (f"-{opening}" if opening else ""))
         (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

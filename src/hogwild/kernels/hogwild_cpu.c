@@ -18,9 +18,9 @@
  * build turns off floating-point contraction (-ffp-contract=off) so a C expression rounds
  * the same wherever it is inlined. tests/test_kernels.py checks it bit for bit.
  *
- * Everything is computed in fp32 but on AMX tiles, where the bf16 linear reads activations as
- * bf16 and the attention over a bf16 store reads queries and softmax weights as bf16
- * (amx_linear and amx_group say why that is worth it). Built on first use by hogwild/kernels/build.py and
+ * Everything is computed in fp32 but on AMX tiles and AVX-512 BF16 dot products, where the
+ * bf16 linear reads activations as bf16 and the attention over a bf16 store reads queries and
+ * softmax weights as bf16 (amx_linear, dot_tile and tile_group say why that is worth it). Built on first use by hogwild/kernels/build.py and
  * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
  */
 #include <immintrin.h>
@@ -450,8 +450,9 @@ static inline int lin_panel_width(int M) { return M >= 4 ? 3 : M == 3 ? 4 : M ==
 static inline int lin5_panel_width(int M) { return M >= 8 ? 3 : M >= 4 ? 6 : 8; }
 
 /* Which instruction set the linear and attention kernels use: 1 AVX2 + FMA, 2 AVX-512
- * (F, BW, VL, DQ), 3 AVX-512 with AVX512_BF16 (the dot tiles for the bf16 linear, dot_tile),
- * 4 AMX tiles for the bf16 linear and attention (amx_linear, amx_group) besides. The best this
+ * (F, BW, VL, DQ), 3 AVX-512 with AVX512_BF16 (the dot tiles for the bf16 linear, dot_tile,
+ * and tile_group's dot path for attention), 4 AMX tiles for the bf16 linear and attention
+ * (amx_linear, tile_group) besides. The best this
  * CPU and OS support unless hw_isa chose otherwise. A row's bits depend on this choice (the
  * reduction orders differ, and the dot and AMX tiles read activations as bf16), never on the
  * batch. */
@@ -1482,8 +1483,9 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
 /* ------------------------------------------------------------------ AMX attention (bf16 stores)
  *
  * Where the linears run on AMX tiles (isa 4), a work item over a bf16 pool with head_dim a
- * multiple of 32 (or over its store's int8 part, see amx_group) runs on the tile unit too
- * (amx_attends): with many rows per pass (batched
+ * multiple of 32 (or over its store's int8 part, see tile_group) runs on the tile unit too
+ * (tile_attends); on AVX-512 BF16 without tiles (isa 3) the same rounding runs on VDPBF16PS
+ * (tile_group's dot path, below the tiles' description): with many rows per pass (batched
  * runs, large teams) attention is most of what the linears left, and the FMA loops above
  * reach a fifth of the FMA peak on it. A work item is one unit of keys (at most UNIT_KEYS)
  * against its members' G queries each (nq <= AMX_MAX_Q = 3 tiles of 16 queries):
@@ -1514,7 +1516,7 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
 
 /* exp(x) for x <= 0, 16 lanes: exp8_nonpositive's steps, lane for lane the same results, on
  * 512-bit registers (running exp8_nonpositive on the two halves made the kernel ~10 % slower). */
-static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m512 x) {
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 exp16_nonpositive(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-87.0f);
     __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     x = _mm512_max_ps(x, lo);
@@ -1534,7 +1536,8 @@ static inline __attribute__((always_inline)) HW_AMX __m512 exp16_nonpositive(__m
     return _mm512_maskz_mul_ps((__mmask16)~underflow, p, _mm512_castsi512_ps(e));
 }
 
-/* Work buffers of amx_group, sized for head_dim up to MAX_D. */
+/* Work buffers of tile_group, sized for head_dim up to MAX_D (the dot path uses them in its
+ * own layout: qt queries as rows, st scores query-major, pt weight pairs per query). */
 typedef struct {
     float *qf;      /* each query's P V row [AMX_MAX_Q, D] fp32 */
     float *st;      /* scores, key-major [UNIT_KEYS + 16][AMX_MAX_Q] (a segment's last tile may
@@ -1572,7 +1575,7 @@ static const AmxWork *amx_work(void) {
 
 /* n int8 rows of D values (D % 32 == 0) as bf16 rows, exactly (|q| <= 127 has 7 bits), and
  * zero rows up to the next multiple of 16, so whole 16-key tiles can be loaded. */
-static inline HW_AMX void amx_int8_rows(const int8_t *src, int n, int D, uint16_t *dst) {
+static inline HW_AVX512BF16 void amx_int8_rows(const int8_t *src, int n, int D, uint16_t *dst) {
     int padded = (n + 15) / 16 * 16;
     for (int j = 0; j < n && j < 32; j++) _mm_prefetch((const char *)(src + (size_t)j * D), _MM_HINT_T0);
     for (int j = 0; j < padded; j++) {
@@ -1593,7 +1596,7 @@ static inline HW_AMX void amx_int8_rows(const int8_t *src, int n, int D, uint16_
 /* r[0..15], 16 rows of 16 words, transposed in registers and stored: out[c * 16 + i] =
  * word c of r[i] (pairs of rows interleaved per 128-bit lane, then pairs of pairs, then the
  * lanes gathered in two shuffles). */
-static inline __attribute__((always_inline)) HW_AMX void amx_transpose_store(const __m512i *r, uint32_t *out) {
+static inline __attribute__((always_inline)) HW_AVX512BF16 void amx_transpose_store(const __m512i *r, uint32_t *out) {
     __m512i t[16], u[16];
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
@@ -1627,8 +1630,9 @@ static inline void amx_prefetch(const void *rows, int first, int n, size_t row_b
 
 /* Dims d0 .. d0 + 15 of rope_row(x, c, s) (D % 32 == 0, so they lie in one half): the same
  * operations in the same order, so the same bits, without the row going through memory. */
-static inline __attribute__((always_inline)) HW_AMX __m512 amx_rope16(const float *x, const float *c, const float *s,
-                                                                      int d0, int D, float scale) {
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 amx_rope16(const float *x, const float *c,
+                                                                             const float *s, int d0, int D,
+                                                                             float scale) {
     int half = D / 2;
     __m512 a = _mm512_mul_ps(_mm512_loadu_ps(x + d0), _mm512_loadu_ps(c + d0));
     if (d0 < half)
@@ -1638,7 +1642,178 @@ static inline __attribute__((always_inline)) HW_AMX __m512 amx_rope16(const floa
     return _mm512_mul_ps(a, _mm512_set1_ps(scale));
 }
 
-/* One work item on the tile unit (see above): members' queries against the keys of the last
+/* Dims d0 .. d0 + 31 of a rotated, scaled query (amx_rope16) as 32 bf16 in natural order,
+ * nearest even: what both the tiles and the dot path score with. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i tile_q32(const float *x, const float *c,
+                                                                           const float *s, int d0, int D,
+                                                                           float scale) {
+    return (__m512i)_mm512_cvtne2ps_pbh(amx_rope16(x, c, s, d0 + 16, D, scale), amx_rope16(x, c, s, d0, D, scale));
+}
+
+/* The dot path (isa 3, AVX-512 BF16 without tiles): tile_group's rounding with VDPBF16PS,
+ * laid out for few queries as well as many: scores and weights query-major, so the softmax
+ * runs along keys (16 a vector) and spends nothing on empty query lanes, as the tiles'
+ * key-major columns would with the 6 queries of a 2-worker row of a 3-query GQA group.
+ * Scores per query row: DOT_ROW floats (a unit's keys, and a block's spill). */
+#define DOT_ROW (UNIT_KEYS + 16)
+
+/*
+ * Scores of queries q0 .. q0 + QB - 1 (bf16 rows of D in qb) against the n keys at k0 (bf16
+ * rows of D), KB keys a block, QB x KB = 16 (a block past n repeats key n - 1, scored and
+ * dropped): lane i * KB + j of a block = VDPBF16PS steps over dims 0, 32, .. < D, ascending,
+ * then reduce16's tree, so the block shape never changes a score. Stored query-major, rows
+ * of DOT_ROW (the last block of a row may fill up to KB - 1 floats past n, which the next
+ * segment overwrites or nothing reads). */
+static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_scores_rows(const uint16_t *qb, int q0,
+                                                                                const uint16_t *k0, int n, int D,
+                                                                                float *st, int QB, int KB) {
+    const uint16_t *qr[4];
+    for (int i = 0; i < QB; i++) qr[i] = qb + (size_t)(q0 + i) * D;
+    for (int j0 = 0; j0 < n; j0 += KB) {
+        const uint16_t *kr[16];
+        for (int j = 0; j < KB; j++) kr[j] = k0 + (size_t)(j0 + j < n ? j0 + j : n - 1) * D;
+        __m512 a[16];
+        for (int e = 0; e < 16; e++) a[e] = _mm512_setzero_ps();
+        for (int d = 0; d < D; d += 32) {
+            __m512i qv[4];
+            for (int i = 0; i < QB; i++) qv[i] = _mm512_loadu_si512(qr[i] + d);
+            for (int j = 0; j < KB; j++) {
+                __m512i kv = _mm512_loadu_si512(kr[j] + d);
+                for (int i = 0; i < QB; i++)
+                    a[i * KB + j] = _mm512_dpbf16_ps(a[i * KB + j], (__m512bh)qv[i], (__m512bh)kv);
+            }
+        }
+        float sc[16];
+        _mm512_storeu_ps(sc, reduce16(a));
+        for (int i = 0; i < QB; i++) memcpy(st + (size_t)(q0 + i) * DOT_ROW + j0, sc + i * KB, KB * sizeof(float));
+    }
+}
+
+/* Scores of nq queries against a segment's n keys: 4 x 4 blocks, then 2 x 8 and 1 x 16. */
+static HW_AVX512BF16 void dot_scores(const uint16_t *qb, int nq, const uint16_t *k0, int n, int D, float *st) {
+    int q0 = 0;
+    for (; q0 + 4 <= nq; q0 += 4) dot_scores_rows(qb, q0, k0, n, D, st, 4, 4);
+    for (; q0 + 2 <= nq; q0 += 2) dot_scores_rows(qb, q0, k0, n, D, st, 2, 8);
+    for (; q0 < nq; q0++) dot_scores_rows(qb, q0, k0, n, D, st, 1, 16);
+}
+
+/* Values of keys j and j + 1, dims d .. d + 31, interleaved per dim (a row of the tiles' B
+ * operand): *lo dims d .. d + 15, *hi d + 16 .. d + 31; zeros for keys past count. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 void value_pairs(const uint16_t *const *vrow, int count,
+                                                                            int j, int d, __m512i *lo, __m512i *hi) {
+    const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                            6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
+                                            54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    __m512i va = j < count ? _mm512_loadu_si512(vrow[j] + d) : _mm512_setzero_si512();
+    __m512i vb = j + 1 < count ? _mm512_loadu_si512(vrow[j + 1] + d) : _mm512_setzero_si512();
+    *lo = _mm512_permutex2var_epi16(va, lo_idx, vb);
+    *hi = _mm512_permutex2var_epi16(va, hi_idx, vb);
+}
+
+/* qf rows q0 .. q0 + QB - 1, dims 16 * dt0 .. 16 * (dt0 + ND) - 1: per 16-dim block, the
+ * unit's key pairs in order (steps s, pairs t), acc = VDPBF16PS(acc, the query's weight pair
+ * (pp, as dot_softmax packed it: pair s * 16 + t of query qi at qi * UNIT_KEYS / 2 + s * 16
+ * + t), the values' pair row): the rows of vt, or with vt NULL the same rows made from the
+ * value rows on the way (value_pairs), which costs less than writing and reading vt when
+ * one or two blocks of queries use them. Either way the same operands in the same order. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_pv_block(const uint32_t *pp, const uint16_t *vt,
+                                                                             const uint16_t *const *vrow, int count,
+                                                                             int steps, int DT, int q0, int dt0,
+                                                                             float *qf, int D, int QB, int ND) {
+    __m512 a[4][4];
+    const uint32_t *pw[4];
+    for (int i = 0; i < QB; i++) {
+        int qi = q0 + i;
+        pw[i] = pp + (size_t)qi * (UNIT_KEYS / 2);
+        for (int c = 0; c < ND; c++) a[i][c] = _mm512_setzero_ps();
+    }
+    for (int s = 0; s < steps; s++)
+        for (int t = 0; t < 16; t++) {
+            __m512i v[4];
+            if (vt) {
+                const uint16_t *row = vt + ((size_t)s * DT + dt0) * 512 + t * 32;
+                for (int c = 0; c < ND; c++) v[c] = _mm512_loadu_si512(row + (size_t)c * 512);
+            } else {
+                for (int c = 0; c < ND; c += 2) value_pairs(vrow, count, s * 32 + 2 * t, (dt0 + c) * 16, &v[c], &v[c + 1]);
+            }
+            for (int i = 0; i < QB; i++) {
+                __m512i wp = _mm512_set1_epi32((int)pw[i][s * 16 + t]);
+                for (int c = 0; c < ND; c++) a[i][c] = _mm512_dpbf16_ps(a[i][c], (__m512bh)wp, (__m512bh)v[c]);
+            }
+        }
+    for (int i = 0; i < QB; i++)
+        for (int c = 0; c < ND; c++) _mm512_storeu_ps(qf + (size_t)(q0 + i) * D + (size_t)(dt0 + c) * 16, a[i][c]);
+}
+
+/* The softmax of the dot path over a unit's scores (query-major rows of st, DOT_ROW each),
+ * what the tiles compute, per query along its keys: the scores of int8 keys times each key's
+ * scale; m = the max over the keys the query sees (valid[qi]; an earlier member's lanes past
+ * its own keys are left out, as masked there); e = exp(s - m) rounded to bf16 (nearest even),
+ * l = the sum of the rounded e (16 lanes along keys, then reduced: an order of its own, fixed
+ * per query); the weights for P V as bf16 pairs of keys (2t, 2t + 1) per query, pp[qi *
+ * UNIT_KEYS / 2 + t], zeros past its keys up to steps * 32 (int8 values: e times each value's
+ * scale before the rounding, as there). */
+static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int steps, const float *kscale,
+                                      const float *vscale, float *ms, float *ls, uint32_t *pp) {
+    for (int qi = 0; qi < nq; qi++) {
+        float *row = st + (size_t)qi * DOT_ROW;
+        int n = valid[qi];
+        if (kscale)
+            for (int j = 0; j < n; j++) row[j] *= kscale[j];
+        __m512 mv = _mm512_set1_ps(-INFINITY);
+        int j = 0;
+        for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(row + j));
+        if (j < n) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(mv, (__mmask16)((1u << (n - j)) - 1), row + j));
+        float m = _mm512_reduce_max_ps(mv);
+        __m512 vm = _mm512_set1_ps(m), l = _mm512_setzero_ps();
+        uint32_t *out = pp + (size_t)qi * (UNIT_KEYS / 2);
+        for (int s = 0; s < steps; s++) {
+            __m512 e[2];
+            __mmask16 in[2];
+            for (int h = 0; h < 2; h++) {
+                int left = n - (s * 32 + h * 16);
+                in[h] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+                __m512 x = _mm512_maskz_loadu_ps(in[h], row + s * 32 + h * 16);
+                e[h] = _mm512_maskz_mov_ps(in[h], exp16_nonpositive(_mm512_sub_ps(x, vm)));
+            }
+            __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]); /* keys s * 32 .. + 31, in order */
+            l = _mm512_add_ps(l, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16)));
+            l = _mm512_add_ps(l, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16)));
+            if (vscale) { /* weights of int8 values: times each value's scale (zero past the keys) */
+                __m512 s0 = _mm512_maskz_loadu_ps(in[0], vscale + s * 32);
+                __m512 s1 = _mm512_maskz_loadu_ps(in[1], vscale + s * 32 + 16);
+                b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e[1], s1), _mm512_mul_ps(e[0], s0));
+            }
+            _mm512_storeu_si512(out + s * 16, b);
+        }
+        ms[qi] = m;
+        ls[qi] = _mm512_reduce_add_ps(l);
+    }
+}
+
+#define DOT_PV(QB, ND) \
+    case QB * 8 + ND: dot_pv_block(pp, vt, vrow, count, steps, DT, q0, dt0, qf, D, QB, ND); break;
+
+/* acc = P V for all nq queries of an item: blocks of 4 queries x 4 (or 2) 16-dim blocks; the
+ * value pairs from vt (filled by the caller) or, vt NULL, made on the way. */
+static HW_AVX512BF16 void dot_pv(const uint32_t *pp, const uint16_t *vt, const uint16_t *const *vrow, int count,
+                                 int steps, int DT, int nq, float *qf, int D) {
+    for (int q0 = 0; q0 < nq; q0 += 4) {
+        int qb = nq - q0 < 4 ? nq - q0 : 4;
+        for (int dt0 = 0; dt0 < DT; dt0 += 4) {
+            int nd = DT - dt0 >= 4 ? 4 : 2; /* DT = D / 16 is even */
+            switch (qb * 8 + nd) {
+                DOT_PV(4, 4) DOT_PV(3, 4) DOT_PV(2, 4) DOT_PV(1, 4)
+                DOT_PV(4, 2) DOT_PV(3, 2) DOT_PV(2, 2) DOT_PV(1, 2)
+            }
+        }
+    }
+}
+
+/* One work item on the tile unit (see above), or with `amx` 0 on the dot path (dot_scores,
+ * dot_softmax, dot_pv: the same roundings, sums in orders of their own): members' queries
+ * against the keys of the last
  * member's unit (its segments, each scored with every member's query rotated for that
  * segment's pair; an earlier member, whose keys are the first of those, has its lanes masked
  * past them) in KV head kh of a bf16 pool, or of layer `layer` of the int8 part `pk` for
@@ -1646,12 +1821,12 @@ static inline __attribute__((always_inline)) HW_AMX __m512 amx_rope16(const floa
  * attend_group does.
  * Int8 blocks: the unit's int8 keys, then values, are widened to bf16 exactly; each score
  * is multiplied by its key's scale after the tile product, and each weight by its value's
- * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). The
- * caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
-static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
-                             int D, int Hkv, const float *pair_cos, const float *pair_sin, const uint16_t *kbase,
-                             const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
-                             float *part, size_t per, const AmxWork *w) {
+ * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). With
+ * `amx`, the caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
+static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
+                              int D, int Hkv, const float *pair_cos, const float *pair_sin, const uint16_t *kbase,
+                              const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
+                              float *part, size_t per, const AmxWork *w, int amx) {
     int nq = nm * G, nqt = (nq + AMX_Q - 1) / AMX_Q, KS = D / 32, DT = D / 16;
     const UnitKey *lead = &members[nm - 1]; /* the longest: the others' keys begin its keys */
     int count = lead->count, steps = (count + 31) / 32;
@@ -1687,14 +1862,19 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
             qc[qi] = pair < 0 ? NULL : pair_cos + (size_t)pair * D;
             qs[qi] = pair < 0 ? NULL : pair_sin + (size_t)pair * D;
         }
+        if (!amx) /* the dot path: bf16 rows of D, in natural order */
+            for (int qi = 0; qi < nq; qi++)
+                for (int ks = 0; ks < KS; ks++)
+                    _mm512_storeu_si512(w->qt + (size_t)qi * D + ks * 32,
+                                        qc[qi] ? tile_q32(qx[qi], qc[qi], qs[qi], ks * 32, D, scale)
+                                               : _mm512_setzero_si512());
+        else
         for (int qt = 0; qt < nqt; qt++)
             for (int ks = 0; ks < KS; ks++) {
                 __m512i rows[16];
                 for (int c = 0; c < AMX_Q; c++) {
                     int qi = qt * AMX_Q + c;
-                    rows[c] = qi < nq && qc[qi] ? (__m512i)_mm512_cvtne2ps_pbh(
-                                                      amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32 + 16, D, scale),
-                                                      amx_rope16(qx[qi], qc[qi], qs[qi], ks * 32, D, scale))
+                    rows[c] = qi < nq && qc[qi] ? tile_q32(qx[qi], qc[qi], qs[qi], ks * 32, D, scale)
                                                 : _mm512_setzero_si512();
                 }
                 amx_transpose_store(rows, (uint32_t *)(w->qt + ((size_t)qt * KS + ks) * 512));
@@ -1704,6 +1884,11 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
         if (!compact) {
             for (int j = 0; j < n; j++) vrow[at + j] = v0 + (size_t)j * D;
             amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
+        }
+        if (!amx) {
+            dot_scores(w->qt, nq, k0, n, D, w->st + at);
+            at += n;
+            continue;
         }
         for (int kt = 0; kt * 16 < n; kt++) {
             const uint16_t *a = k0 + (size_t)kt * 16 * D;
@@ -1742,67 +1927,73 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
         }
         at += n;
     }
-    if (compact) /* scores of int8 keys times each key's scale */
-        for (int j = 0; j < count; j++)
-            for (int qt = 0; qt < nqt; qt++) {
-                float *row = w->st + (size_t)j * AMX_MAX_Q + qt * AMX_Q;
-                _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
-            }
-    /* a member whose keys end earlier: its lanes past them out of the softmax (weight 0) */
-    for (int i = 0; i < nm - 1; i++)
-        for (int j = members[i].count; j < count; j++)
-            for (int g = 0; g < G; g++) w->st[(size_t)j * AMX_MAX_Q + i * G + g] = -INFINITY;
-    /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
-     * weights pair-interleaved per query (A tiles of P) */
     float ms[AMX_MAX_Q], ls[AMX_MAX_Q];
-    const __m512i pair_idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    for (int qt = 0; qt < nqt; qt++) {
-        const float *col = w->st + qt * AMX_Q;
-        __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
-        for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q));
-        for (int s = 0; s < steps; s++) {
-            __m512i words[16];
-            for (int t = 0; t < 16; t++) {
-                int j = s * 32 + 2 * t;
-                __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q), m))
-                                      : _mm512_setzero_ps();
-                __m512 e1 = j + 1 < count
-                                ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * AMX_MAX_Q), m))
-                                : _mm512_setzero_ps();
-                __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
-                __m512 r0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
-                __m512 r1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
-                l = _mm512_add_ps(l, r0);
-                l = _mm512_add_ps(l, r1);
-                if (compact) /* the weights the int8 values take: times each value's scale */
-                    b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e1, _mm512_set1_ps(j + 1 < count ? vscale[j + 1] : 0.0f)),
-                                                     _mm512_mul_ps(e0, _mm512_set1_ps(j < count ? vscale[j] : 0.0f)));
-                words[t] = _mm512_permutexvar_epi16(pair_idx, b);
+    if (!amx) {
+        int valid[AMX_MAX_Q];
+        for (int qi = 0; qi < nq; qi++) valid[qi] = members[qi / G].count;
+        dot_softmax(w->st, nq, valid, steps, compact ? kscale : NULL, compact ? vscale : NULL, ms, ls,
+                    (uint32_t *)w->pt);
+    } else {
+        if (compact) /* scores of int8 keys times each key's scale */
+            for (int j = 0; j < count; j++)
+                for (int qt = 0; qt < nqt; qt++) {
+                    float *row = w->st + (size_t)j * AMX_MAX_Q + qt * AMX_Q;
+                    _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
+                }
+        /* a member whose keys end earlier: its lanes past them out of the softmax (weight 0) */
+        for (int i = 0; i < nm - 1; i++)
+            for (int j = members[i].count; j < count; j++)
+                for (int g = 0; g < G; g++) w->st[(size_t)j * AMX_MAX_Q + i * G + g] = -INFINITY;
+        /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
+         * weights pair-interleaved per query (A tiles of P) */
+        const __m512i pair_idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                  22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        for (int qt = 0; qt < nqt; qt++) {
+            const float *col = w->st + qt * AMX_Q;
+            __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
+            for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q));
+            for (int s = 0; s < steps; s++) {
+                __m512i words[16];
+                for (int t = 0; t < 16; t++) {
+                    int j = s * 32 + 2 * t;
+                    __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q), m))
+                                          : _mm512_setzero_ps();
+                    __m512 e1 = j + 1 < count
+                                    ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * AMX_MAX_Q), m))
+                                    : _mm512_setzero_ps();
+                    __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
+                    __m512 r0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+                    __m512 r1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+                    l = _mm512_add_ps(l, r0);
+                    l = _mm512_add_ps(l, r1);
+                    if (compact) /* the weights the int8 values take: times each value's scale */
+                        b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e1, _mm512_set1_ps(j + 1 < count ? vscale[j + 1] : 0.0f)),
+                                                         _mm512_mul_ps(e0, _mm512_set1_ps(j < count ? vscale[j] : 0.0f)));
+                    words[t] = _mm512_permutexvar_epi16(pair_idx, b);
+                }
+                amx_transpose_store(words, (uint32_t *)(w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512));
             }
-            amx_transpose_store(words, (uint32_t *)(w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512));
+            _mm512_storeu_ps(ms + qt * AMX_Q, m);
+            _mm512_storeu_ps(ls + qt * AMX_Q, l);
         }
-        _mm512_storeu_ps(ms + qt * AMX_Q, m);
-        _mm512_storeu_ps(ls + qt * AMX_Q, l);
     }
-    /* values pair-interleaved per 32 keys and 16 dims (B tiles), zeros past the unit */
-    const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
-                                            6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
-                                            54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    /* values pair-interleaved per 32 keys and 16 dims (B tiles), zeros past the unit; the dot
+     * path with at most 2 blocks of 4 queries makes them on the way instead (dot_pv_block) */
     if (compact) amx_int8_rows(v8, count, D, w->rows);
-    for (int s = 0; s < steps; s++)
-        for (int t = 0; t < 16; t++) {
-            int j = s * 32 + 2 * t;
+    int fill_vt = amx || nq > 8;
+    for (int s = 0; s < steps && fill_vt; s++)
+        for (int t = 0; t < 16; t++)
             for (int d = 0; d < D; d += 32) {
-                __m512i va = j < count ? _mm512_loadu_si512(vrow[j] + d) : _mm512_setzero_si512();
-                __m512i vb = j + 1 < count ? _mm512_loadu_si512(vrow[j + 1] + d) : _mm512_setzero_si512();
                 uint16_t *tile = w->vt + ((size_t)s * DT + d / 16) * 512 + t * 32;
-                _mm512_storeu_si512(tile, _mm512_permutex2var_epi16(va, lo_idx, vb));
-                _mm512_storeu_si512(tile + 512, _mm512_permutex2var_epi16(va, hi_idx, vb));
+                __m512i lo, hi;
+                value_pairs(vrow, count, s * 32 + 2 * t, d, &lo, &hi);
+                _mm512_storeu_si512(tile, lo);
+                _mm512_storeu_si512(tile + 512, hi);
             }
-        }
     /* acc = P V, four 16-dim tiles at a time over the unit's 32-key steps */
+    if (!amx)
+        dot_pv((const uint32_t *)w->pt, fill_vt ? w->vt : NULL, vrow, count, steps, DT, nq, w->qf, D);
+    else
     for (int qt = 0; qt < nqt; qt++)
         for (int dt0 = 0; dt0 < DT; dt0 += 4) {
             int nd = DT - dt0 < 4 ? DT - dt0 : 4;
@@ -1845,32 +2036,34 @@ static HW_AMX void amx_group(const float *q, const Unit *list, const UnitKey *me
     }
 }
 
-/* 1 when hw_attend runs a head layout over a bf16 pool on the tile unit in the current set
- * (queries and weights then rounded to bf16), the int8 blocks of its compact store too. */
-int hw_attend_amx(int D, int bf16) { return isa_now() == 4 && bf16 && D % 32 == 0 && D <= MAX_D; }
+/* 1 when hw_attend runs a head layout over a bf16 pool through tile_group in the current set
+ * (AMX tiles or the AVX-512 BF16 dot path; queries and weights then rounded to bf16), the
+ * int8 blocks of its compact store too. */
+int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 == 0 && D <= MAX_D; }
 
-/* The work items of hw_attend when hw_attend_amx: each thread loads the tile configuration
- * and runs its items (bf16 and int8 blocks alike) in its own work buffers (amx_work).
- * Returns 0 or -1 (a thread's buffers could not be allocated). */
-static HW_AMX int amx_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start, int items,
-                              int H, int G, int D, int Hkv, const float *pair_cos, const float *pair_sin,
-                              const void *kbase, const void *vbase, int64_t head_stride, const Compact *pk, int layer,
-                              float scale, float *part, size_t per, int threads) {
+/* The work items of hw_attend when hw_attend_rounds: each thread runs its items (bf16 and
+ * int8 blocks alike) in its own work buffers (amx_work), on the tiles (`amx`: each thread
+ * loads the tile configuration) or on the dot path. Returns 0 or -1 (a thread's buffers could
+ * not be allocated). */
+static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start,
+                               int items, int H, int G, int D, int Hkv, const float *pair_cos, const float *pair_sin,
+                               const void *kbase, const void *vbase, int64_t head_stride, const Compact *pk,
+                               int layer, float scale, float *part, size_t per, int threads, int amx) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         const AmxWork *w = amx_work();
         failed = !w;
-        amx_tiles_on();
+        if (amx) amx_tiles_on();
 #pragma omp for schedule(dynamic, ITEMS_PER_GRAB(Hkv))
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
             if (w)
-                amx_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
-                          (const uint16_t *)vbase, head_stride, pk, layer, scale, part, per, w);
+                tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
+                           (const uint16_t *)vbase, head_stride, pk, layer, scale, part, per, w, amx);
         }
-        _tile_release();
+        if (amx) _tile_release();
     }
     return failed ? -1 : 0;
 }
@@ -1911,7 +2104,7 @@ static void attend_plan_free(AttendPlan *pl) {
  * member). Returns 0, -1 when an allocation fails (pl then holds nothing), or -2 for int8
  * slots without a compact part.
  *
- * On the tile unit (amx_group), a pair shorter than SHORT_KEYS joins the
+ * On the tile unit and the dot path (tile_group), a pair shorter than SHORT_KEYS joins the
  * row's unit before it as a further segment, while the unit stays within UNIT_KEYS keys and
  * both are in the full-precision pool: a team's markers ("unfinished" after each other
  * worker's step, the section headers) and short steps then cost no work item and no partial
@@ -1988,7 +2181,7 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
 }
 
 /* hw_attend over a plan built for these rows and views (attend_plan, `amx` as
- * hw_attend_amx decides); returns 0 or -1 (a thread's AMX buffers could not be allocated). */
+ * hw_attend_rounds decides); returns 0 or -1 (a thread's work buffers could not be allocated). */
 static int attend_planned(const AttendPlan *pl, const float *q, float *out, int H, int Hkv, int D,
                           const float *pair_cos, const float *pair_sin, const void *kbase, const void *vbase,
                           int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, int threads) {
@@ -1998,9 +2191,9 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
     const int *group_start = pl->group_start, *row_unit = pl->row_unit;
     float *part = pl->part;
     size_t per = pl->per;
-    if (hw_attend_amx(D, bf16)) {
-        if (amx_attends(q, list, keys, group_start, items, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
-                        head_stride, pk, layer, scale, part, per, threads) != 0)
+    if (hw_attend_rounds(D, bf16)) {
+        if (tile_attends(q, list, keys, group_start, items, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
+                         head_stride, pk, layer, scale, part, per, threads, isa_now() == 4) != 0)
             return -1;
     } else {
 #pragma omp parallel for schedule(dynamic, ITEMS_PER_GRAB(Hkv)) num_threads(threads)
@@ -2065,16 +2258,16 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
  * tree); a row's units are merged in its own order. The dot products' order depends on the
  * instruction set (AVX-512 for head_dim % 32 == 0 where the CPU has it, see scores5_block;
  * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both.
- * With AMX and a bf16 pool (hw_attend_amx) every work item runs on the tile unit
- * (amx_group), int8 blocks of the compact store included: per tile cell, as invariant as
- * the rest. */
+ * With AMX or AVX512_BF16 and a bf16 pool (hw_attend_rounds) every work item runs in
+ * tile_group, on the tile unit or the dot path, int8 blocks of the compact store included:
+ * per tile cell or dot-product lane, as invariant as the rest. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
               float scale, int threads) {
     if (!heads_supported(H, Hkv, D)) return -2;
     AttendPlan pl;
-    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, hw_attend_amx(D, bf16));
+    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, hw_attend_rounds(D, bf16));
     if (rc != 0) return rc;
     rc = attend_planned(&pl, q, out, H, Hkv, D, pair_cos, pair_sin, kbase, vbase, head_stride, bf16, pk, layer,
                         scale, threads);
@@ -2228,7 +2421,7 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     /* the views are the same in every layer: one attention plan (and partial buffer) per pass */
     AttendPlan pl;
     int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, pk != NULL,
-                         hw_attend_amx(D, dm->kv_bf16));
+                         hw_attend_rounds(D, dm->kv_bf16));
     for (int l = 0; l < num_layers && rc == 0; l++)
         rc = decode_layer(x, &layers[l], l, dm, ps, &pl, k_pool, v_pool, layer_stride, head_stride, pk, scratch);
     attend_plan_free(&pl);

@@ -69,7 +69,7 @@ def _compact_ref(compact: CompactPool | None, layer: int) -> int | None:
 declare({
     "hw_linear": (_I, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
     "hw_linear_rounds": (_I, [_I, _I, _I]),
-    "hw_attend_amx": (_I, [_I, _I]),
+    "hw_attend_rounds": (_I, [_I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
     "hw_store_kv": (_I, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I, _P, _I]),
@@ -127,12 +127,13 @@ def linear_rounds_input(weight: torch.Tensor) -> bool:
 
 def attention_rounds(k_pool: torch.Tensor) -> bool:
     """Does :func:`attend` read queries and softmax weights as bf16 over this pool? Yes where
-    it runs on AMX tiles: a bf16 pool with head_dim a multiple of 32, on a CPU with AMX, unless
-    the instruction set is pinned lower (keys, values and every sum stay exact / fp32). The
+    it runs on AMX tiles or the AVX-512 BF16 dot path: a bf16 pool with head_dim a multiple of
+    32, on a CPU with AMX or AVX512_BF16, unless the instruction set is pinned lower (keys,
+    values and every sum stay exact / fp32). The
     int8 blocks of a compact store beside such a pool go on the tiles too, widened to bf16
     exactly, with their scales applied to scores and weights."""
     lib = _lib_or_fail()
-    return bool(lib.hw_attend_amx(int(k_pool.shape[-1]), int(k_pool.dtype == torch.bfloat16)))
+    return bool(lib.hw_attend_rounds(int(k_pool.shape[-1]), int(k_pool.dtype == torch.bfloat16)))
 
 
 def linear(
