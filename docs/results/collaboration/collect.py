@@ -4,10 +4,11 @@ Three groups of evaluation directories (``hogwild eval`` outputs, one per settin
 few-shot, check-in interval and the loop responses are settings of a whole directory; the
 commands are in ``screen.sh``):
 
-- ``final``: the 32-task comparison with today's defaults (``run32-1024``, and the best
-  layout of the screen, ``run32-interleaved``);
+- ``final``: the 32-task comparison with today's defaults and prompt (``run32-1024``, and the
+  best layout of the screen, ``run32-interleaved``);
 - ``screen``: the 8-task screen at 1024 passes with today's defaults, one setting changed per
-  directory (``screen1024-*``);
+  directory (``screen1024-*``), made with the earlier prompt (numbered questions) and compared
+  with the 32-task run of that prompt (``numbered/run32-1024``) on the same tasks;
 - ``history``: the runs made with earlier defaults (few-shot on, no n-gram ban) or an
   earlier prompt (``numbered/``: bundle questions labelled "Problem 1", "Problem 2" and a
   system text with a numbered list and a step-header example), which give the copy and loop
@@ -46,26 +47,24 @@ GROUPS = {
 }
 # Directories made with an earlier prompt than today's, and how it differed (named in each
 # variant, plain strategies included: the bundle's wording is theirs too).
-PROMPTS = {
-    "numbered/run32-1024": "questions numbered",
-    "numbered/run32-interleaved": "questions numbered",
-}
+PROMPTS = {name: "questions numbered" for group in ("screen", "history") for name in GROUPS[group]}
 # The kernels each directory ran on, where known: greedy results depend on the rounding of the
 # instruction set (hogwild_cpu.c), so variants compare within one machine's runs.
 KERNELS = {
     "numbered/run32-1024": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
     "numbered/run32-interleaved": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
     "run32-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
-    "screen1024-nofewshot": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
     "run32-1024": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
     "run32-interleaved": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-layouts": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-checkin128": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-fewshot": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
-    "screen1024-noguard": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-layouts": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-checkin128": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-fewshot": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
+    "screen1024-noguard": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
 }
-# The screen's same-machine reference: the 32-task run on the screen's tasks.
-REFERENCE = ("run32-1024", "screen1024-layouts")
+# The screen's same-machine reference: the 32-task run on the screen's tasks (the one made
+# with the screen's prompt and kernels).
+REFERENCE = ("numbered/run32-1024", "screen1024-layouts")
 # Where each group's plots go (the final comparison keeps the plain names).
 STEMS = {"final": "", "screen": "screen_", "history": "history_"}
 # Today's defaults of the team protocol (hogwild.protocol); a directory's label names what differs.
@@ -221,7 +220,8 @@ def before_after(groups: dict) -> dict:
         "copy_rate": ("copy_rate", "hogwild-combined", ("history", "screen/screen-base"), ("final", "run32-1024")),
         "copy_rate_labels": ("copy_rate", "hogwild-interleaved", ("history", "numbered/run32-interleaved"),
                              ("final", "run32-interleaved")),
-        "loop_rate": ("loop_rate", "hogwild-combined", ("screen", "screen1024-noguard"), ("screen", "run32-1024")),
+        "loop_rate": ("loop_rate", "hogwild-combined", ("screen", "screen1024-noguard"),
+                      ("screen", "numbered/run32-1024")),
     }
     out = {}
     for name, (key, strategy, before, after) in pairs.items():
