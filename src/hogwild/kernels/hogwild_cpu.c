@@ -20,8 +20,9 @@
  *
  * Everything is computed in fp32 but on AMX tiles and AVX-512 BF16 dot products, where the
  * bf16 linear reads activations as bf16 and the attention over a bf16 store reads queries and
- * softmax weights as bf16 (amx_linear, dot_tile and tile_group say why that is worth it). Built on first use by hogwild/kernels/build.py and
- * called through ctypes; hogwild falls back to plain PyTorch when it cannot be built.
+ * softmax weights as bf16 (amx_linear, dot_tile and tile_group say why that is worth it).
+ * Built on first use by hogwild/kernels/build.py and called through ctypes; hogwild falls
+ * back to plain PyTorch when it cannot be built.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -1642,6 +1643,14 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 amx_rope16(con
     return _mm512_mul_ps(a, _mm512_set1_ps(scale));
 }
 
+/* l + the 16 bf16 of b's low half (widened exactly), then + the 16 of its high half: the
+ * running sum of rounded softmax weights on both attention paths. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 add_bf16_halves(__m512 l, __m512i b) {
+    __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+    __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+    return _mm512_add_ps(_mm512_add_ps(l, lo), hi);
+}
+
 /* Dims d0 .. d0 + 31 of a rotated, scaled query (amx_rope16) as 32 bf16 in natural order,
  * nearest even: what both the tiles and the dot path score with. */
 static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i tile_q32(const float *x, const float *c,
@@ -1735,7 +1744,8 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_pv_block(con
                 const uint16_t *row = vt + ((size_t)s * DT + dt0) * 512 + t * 32;
                 for (int c = 0; c < ND; c++) v[c] = _mm512_loadu_si512(row + (size_t)c * 512);
             } else {
-                for (int c = 0; c < ND; c += 2) value_pairs(vrow, count, s * 32 + 2 * t, (dt0 + c) * 16, &v[c], &v[c + 1]);
+                for (int c = 0; c < ND; c += 2)
+                    value_pairs(vrow, count, s * 32 + 2 * t, (dt0 + c) * 16, &v[c], &v[c + 1]);
             }
             for (int i = 0; i < QB; i++) {
                 __m512i wp = _mm512_set1_epi32((int)pw[i][s * 16 + t]);
@@ -1778,8 +1788,7 @@ static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int s
                 e[h] = _mm512_maskz_mov_ps(in[h], exp16_nonpositive(_mm512_sub_ps(x, vm)));
             }
             __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]); /* keys s * 32 .. + 31, in order */
-            l = _mm512_add_ps(l, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16)));
-            l = _mm512_add_ps(l, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16)));
+            l = add_bf16_halves(l, b);
             if (vscale) { /* weights of int8 values: times each value's scale (zero past the keys) */
                 __m512 s0 = _mm512_maskz_loadu_ps(in[0], vscale + s * 32);
                 __m512 s1 = _mm512_maskz_loadu_ps(in[1], vscale + s * 32 + 16);
@@ -1962,10 +1971,7 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
                                     ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * AMX_MAX_Q), m))
                                     : _mm512_setzero_ps();
                     __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
-                    __m512 r0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
-                    __m512 r1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
-                    l = _mm512_add_ps(l, r0);
-                    l = _mm512_add_ps(l, r1);
+                    l = add_bf16_halves(l, b);
                     if (compact) /* the weights the int8 values take: times each value's scale */
                         b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e1, _mm512_set1_ps(j + 1 < count ? vscale[j + 1] : 0.0f)),
                                                          _mm512_mul_ps(e0, _mm512_set1_ps(j < count ? vscale[j] : 0.0f)));
