@@ -563,3 +563,14 @@ def test_a_bundle_prompt_has_no_number_of_its_own(tok, kind):
     prompt = tok.decode(script.prompt_ids)
     assert "Problem B: Ann has four pens" in prompt
     assert not re.search(r"\d", prompt), re.findall(r".{30}\d.{30}", prompt)
+
+
+def test_the_team_size_is_written_in_words():
+    """The team's size is the one count the system text states; in digits a model could paste
+    it (up to the 16 default names, a team's system text has no digit at all)."""
+    from hogwild.protocol.texts import number_words
+
+    assert [number_words(n) for n in (2, 12, 16, 20, 32, 99, 100)] == [
+        "two", "twelve", "sixteen", "twenty", "thirty-two", "ninety-nine", "100"]
+    sixteen = Protocol(num_workers=16).system_text()
+    assert "one of sixteen copies" in sixteen and not re.search(r"\d", sixteen)

@@ -3,8 +3,8 @@
 
 Parsing is forgiving (:func:`split_answers`): semicolons, then line breaks, then ", "
 (comma + space, so "1,200" stays one number), then " and "; labels such as "1)", "(B)",
-"Problem A:", "Problem 1:", "Q1 =" or "a_1 =" are dropped. When no single box holds k answers but the
-text has k or more separate boxes, the last k boxes are read in order
+"Problem A:", "Problem 1:", "Q1 =" or "a_1 =" are dropped. When no single box holds k
+answers but the text has k or more separate boxes, the last k boxes are read in order
 (:func:`answer_from_text`). Answers given one at a time to named questions ("Problem B: ...
 \\boxed{7}"), possibly by different workers, are put in question order by
 :func:`answers_by_question`.

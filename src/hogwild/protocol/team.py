@@ -37,7 +37,7 @@ from .texts import (
     OPENING_ORCHESTRATOR, OPENING_SOLO, OPENING_SOLVER, OTHERS_HEADER_TEXT, OTHERS_TITLE,
     OWN_HEADER_TEXT, OWN_TITLE, PATTERN_ORCHESTRATED, PATTERN_VERIFIED, REDIRECT_OTHER,
     REDIRECT_OWN, REDIRECT_SOLO, STEP_HEADER, SYSTEM_SOLO, SYSTEM_TEAM, UNFINISHED_TEXT,
-    UNFINISHED_WORD, USER_TEXT, VIEW_DESCRIPTIONS, VIEW_OTHER, NUMBER_WORDS, default_names, fill,
+    UNFINISHED_WORD, USER_TEXT, VIEW_DESCRIPTIONS, VIEW_OTHER, default_names, fill, number_words,
     join_names,
 )
 
@@ -212,7 +212,7 @@ class Protocol:
         """The system prompt (shared by all workers, so it names all of them)."""
         if self.solo:
             return fill(SYSTEM_SOLO, me=self.worker_names[0])
-        count = NUMBER_WORDS.get(self.num_workers, str(self.num_workers))
+        count = number_words(self.num_workers)
         text = fill(SYSTEM_TEAM, count=count, names=join_names(self.worker_names),
                     view=self._view_description())
         if self.pattern == "orchestrated":
