@@ -1,6 +1,6 @@
 """Collect the collaboration measurements (issue 12, part 5) into docs/results/collaboration/.
 
-Three groups of evaluation directories (``hogwild eval`` outputs, one per setting because
+Four groups of evaluation directories (``hogwild eval`` outputs, one per setting because
 few-shot, check-in interval and the loop responses are settings of a whole directory; the
 commands are in ``screen.sh``):
 
@@ -9,6 +9,9 @@ commands are in ``screen.sh``):
 - ``screen``: the 8-task screen at 1024 passes with today's defaults, one setting changed per
   directory (``screen1024-*``), made with the earlier prompt (numbered questions) and compared
   with the 32-task run of that prompt (``numbered/run32-1024``) on the same tasks;
+- ``letters``: the agent patterns and the baselines of the screen again with today's prompt
+  (lettered questions) and kernels (``letters/screen1024-nofewshot``), compared with
+  ``run32-1024`` on the same tasks;
 - ``history``: the runs made with earlier defaults (few-shot on, no n-gram ban) or an
   earlier prompt (``numbered/``: bundle questions labelled "Problem 1", "Problem 2" and a
   system text with a numbered list and a step-header example), which give the copy and loop
@@ -41,6 +44,7 @@ GROUPS = {
     "final": ("run32-1024", "run32-interleaved"),
     "screen": ("screen1024-nofewshot", "screen1024-layouts", "screen1024-checkin128",
                "screen1024-fewshot", "screen1024-noguard"),
+    "letters": ("letters/screen1024-nofewshot",),
     "history": ("screen/screen-base", "screen/screen-nofewshot", "screen/screen-checkin128",
                 "screen/screen-nr10-nofewshot", "run32-nofewshot", "numbered/run32-1024",
                 "numbered/run32-interleaved"),
@@ -51,6 +55,7 @@ PROMPTS = {name: "questions numbered" for group in ("screen", "history") for nam
 # The kernels each directory ran on, where known: greedy results depend on the rounding of the
 # instruction set (hogwild_cpu.c), so variants compare within one machine's runs.
 KERNELS = {
+    "letters/screen1024-nofewshot": "AVX-512 BF16 dot tiles and dot attention (AMD EPYC Zen 4, 2 cores)",
     "numbered/run32-1024": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
     "numbered/run32-interleaved": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
     "run32-nofewshot": "AMX tiles (Intel Xeon, 2 cores)",
@@ -62,11 +67,12 @@ KERNELS = {
     "screen1024-fewshot": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
     "screen1024-noguard": "AVX-512 BF16 dot tiles, FMA attention (AMD EPYC Zen 4, 2 cores)",
 }
-# The screen's same-machine reference: the 32-task run on the screen's tasks (the one made
-# with the screen's prompt and kernels).
-REFERENCE = ("numbered/run32-1024", "screen1024-layouts")
+# Each screen group's same-machine reference: (the 32-task run made with its prompt and
+# kernels, a directory of the group whose tasks it is restricted to).
+REFERENCES = {"screen": ("numbered/run32-1024", "screen1024-layouts"),
+              "letters": ("run32-1024", "letters/screen1024-nofewshot")}
 # Where each group's plots go (the final comparison keeps the plain names).
-STEMS = {"final": "", "screen": "screen_", "history": "history_"}
+STEMS = {"final": "", "screen": "screen_", "letters": "letters_", "history": "history_"}
 # Today's defaults of the team protocol (hogwild.protocol); a directory's label names what differs.
 DEFAULTS = {"few_shot": False, "check_in_every": 1024, "redirect_loops": True, "no_repeat_ngram": 10}
 
@@ -190,20 +196,20 @@ def collect(path: str) -> tuple[list[dict], str | None]:
     return entries, None
 
 
-def reference() -> list[dict]:
-    """The 32-task run's variants on the tasks of the screen's same-machine directories (empty
-    until both have units), named ``... [32-task run, screen tasks]``."""
-    big, small = (HERE / name for name in REFERENCE)
+def reference(big_name: str, small_name: str) -> list[dict]:
+    """The 32-task run ``big_name``'s variants on the tasks of the screen directory
+    ``small_name`` (empty until both have units), named ``... [32-task run, screen tasks]``."""
+    big, small = HERE / big_name, HERE / small_name
     tasks = {r["task"] for r in rep.read_results(small / rep.RESULTS)}
     records = [r for r in rep.read_results(big / rep.RESULTS) if r["task"] in tasks]
     if not records:
         return []
-    entries = describe(records, json.loads((big / rep.CONFIG).read_text()), REFERENCE[0])
+    entries = describe(records, json.loads((big / rep.CONFIG).read_text()), big_name)
     for e in entries:
         e["variant"] += " [32-task run, screen tasks]"
         e["complete"] = len(e["tasks"]) >= len(tasks)
         e["tasks"] = len(e["tasks"])
-        e["kernel"] = KERNELS[REFERENCE[0]]
+        e["kernel"] = KERNELS[big_name]
     return entries
 
 
@@ -261,8 +267,8 @@ def main() -> None:
             found, absent = collect(path)
             entries += found
             missing += [absent] if absent else []
-        if group == "screen":
-            entries += reference()
+        if group in REFERENCES:
+            entries += reference(*REFERENCES[group])
         groups[group] = {"runs": list(paths), "complete": all(e["complete"] for e in entries),
                          "variants": entries}
         if entries:
