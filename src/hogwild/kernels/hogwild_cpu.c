@@ -1820,6 +1820,93 @@ static HW_AVX512BF16 void dot_pv(const uint32_t *pp, const uint16_t *vt, const u
     }
 }
 
+/* The tiles' softmax over a unit's scores (key-major rows of st, AMX_MAX_Q lanes each):
+ * int8 keys' scales applied, an earlier member's lanes past its keys masked, then per lane
+ * the max m, the weights rounded to bf16 (l = their sum in key order) and the weights
+ * pair-interleaved per query into pt (the A tiles of P). */
+static HW_AMX void amx_softmax(const AmxWork *w, const UnitKey *members, int nm, int G, int nqt, int count,
+                               int steps, int compact, const float *kscale, const float *vscale, float *ms,
+                               float *ls) {
+    if (compact) /* scores of int8 keys times each key's scale */
+        for (int j = 0; j < count; j++)
+            for (int qt = 0; qt < nqt; qt++) {
+                float *row = w->st + (size_t)j * AMX_MAX_Q + qt * AMX_Q;
+                _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
+            }
+    /* a member whose keys end earlier: its lanes past them out of the softmax (weight 0) */
+    for (int i = 0; i < nm - 1; i++)
+        for (int j = members[i].count; j < count; j++)
+            for (int g = 0; g < G; g++) w->st[(size_t)j * AMX_MAX_Q + i * G + g] = -INFINITY;
+    /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
+     * weights pair-interleaved per query (A tiles of P) */
+    const __m512i pair_idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int qt = 0; qt < nqt; qt++) {
+        const float *col = w->st + qt * AMX_Q;
+        __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
+        for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q));
+        for (int s = 0; s < steps; s++) {
+            __m512i words[16];
+            for (int t = 0; t < 16; t++) {
+                int j = s * 32 + 2 * t;
+                __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q), m))
+                                      : _mm512_setzero_ps();
+                __m512 e1 = j + 1 < count
+                                ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * AMX_MAX_Q), m))
+                                : _mm512_setzero_ps();
+                __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
+                l = add_bf16_halves(l, b);
+                if (compact) /* the weights the int8 values take: times each value's scale */
+                    b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e1, _mm512_set1_ps(j + 1 < count ? vscale[j + 1] : 0.0f)),
+                                                     _mm512_mul_ps(e0, _mm512_set1_ps(j < count ? vscale[j] : 0.0f)));
+                words[t] = _mm512_permutexvar_epi16(pair_idx, b);
+            }
+            amx_transpose_store(words, (uint32_t *)(w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512));
+        }
+        _mm512_storeu_ps(ms + qt * AMX_Q, m);
+        _mm512_storeu_ps(ls + qt * AMX_Q, l);
+    }
+}
+
+/* acc = P V on the tiles, four 16-dim tiles at a time over the unit's 32-key steps, into qf
+ * (a query per row of D floats). */
+static HW_AMX void amx_pv(const AmxWork *w, int nqt, int steps, int DT, int D) {
+    for (int qt = 0; qt < nqt; qt++)
+        for (int dt0 = 0; dt0 < DT; dt0 += 4) {
+            int nd = DT - dt0 < 4 ? DT - dt0 : 4;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int s = 0; s < steps; s++) {
+                const uint16_t *vs = w->vt + ((size_t)s * DT + dt0) * 512;
+                _tile_loadd(4, w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512, 64);
+                _tile_loadd(5, vs, 64);
+                _tile_dpbf16ps(0, 4, 5);
+                if (nd > 1) {
+                    _tile_loadd(6, vs + 512, 64);
+                    _tile_dpbf16ps(1, 4, 6);
+                }
+                if (nd > 2) {
+                    _tile_loadd(7, vs + 1024, 64);
+                    _tile_dpbf16ps(2, 4, 7);
+                }
+                if (nd > 3) {
+                    _tile_loadd(5, vs + 1536, 64);
+                    _tile_dpbf16ps(3, 4, 5);
+                }
+            }
+            /* into qf, a query per row of D floats: the tiles go out together and the rows
+             * are copied once all have landed (read back one tile at a time, each load
+             * waited for its tile store) */
+            float *stage = w->qf + (size_t)qt * AMX_Q * D + (size_t)dt0 * 16;
+            _tile_stored(0, stage, D * 4);
+            if (nd > 1) _tile_stored(1, stage + 16, D * 4);
+            if (nd > 2) _tile_stored(2, stage + 32, D * 4);
+            if (nd > 3) _tile_stored(3, stage + 48, D * 4);
+        }
+}
+
 /* One work item on the tile unit (see above), or with `amx` 0 on the dot path (dot_scores,
  * dot_softmax, dot_pv: the same roundings, sums in orders of their own): members' queries
  * against the keys of the last
@@ -1943,45 +2030,7 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
         dot_softmax(w->st, nq, valid, steps, compact ? kscale : NULL, compact ? vscale : NULL, ms, ls,
                     (uint32_t *)w->pt);
     } else {
-        if (compact) /* scores of int8 keys times each key's scale */
-            for (int j = 0; j < count; j++)
-                for (int qt = 0; qt < nqt; qt++) {
-                    float *row = w->st + (size_t)j * AMX_MAX_Q + qt * AMX_Q;
-                    _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), _mm512_set1_ps(kscale[j])));
-                }
-        /* a member whose keys end earlier: its lanes past them out of the softmax (weight 0) */
-        for (int i = 0; i < nm - 1; i++)
-            for (int j = members[i].count; j < count; j++)
-                for (int g = 0; g < G; g++) w->st[(size_t)j * AMX_MAX_Q + i * G + g] = -INFINITY;
-        /* softmax over the unit: max per lane, weights rounded to bf16, l = their sum in key order;
-         * weights pair-interleaved per query (A tiles of P) */
-        const __m512i pair_idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                  22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-        for (int qt = 0; qt < nqt; qt++) {
-            const float *col = w->st + qt * AMX_Q;
-            __m512 m = _mm512_set1_ps(-INFINITY), l = _mm512_setzero_ps();
-            for (int j = 0; j < count; j++) m = _mm512_max_ps(m, _mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q));
-            for (int s = 0; s < steps; s++) {
-                __m512i words[16];
-                for (int t = 0; t < 16; t++) {
-                    int j = s * 32 + 2 * t;
-                    __m512 e0 = j < count ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)j * AMX_MAX_Q), m))
-                                          : _mm512_setzero_ps();
-                    __m512 e1 = j + 1 < count
-                                    ? exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + (size_t)(j + 1) * AMX_MAX_Q), m))
-                                    : _mm512_setzero_ps();
-                    __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's 16 bf16, then e1's */
-                    l = add_bf16_halves(l, b);
-                    if (compact) /* the weights the int8 values take: times each value's scale */
-                        b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(e1, _mm512_set1_ps(j + 1 < count ? vscale[j + 1] : 0.0f)),
-                                                         _mm512_mul_ps(e0, _mm512_set1_ps(j < count ? vscale[j] : 0.0f)));
-                    words[t] = _mm512_permutexvar_epi16(pair_idx, b);
-                }
-                amx_transpose_store(words, (uint32_t *)(w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512));
-            }
-            _mm512_storeu_ps(ms + qt * AMX_Q, m);
-            _mm512_storeu_ps(ls + qt * AMX_Q, l);
-        }
+        amx_softmax(w, members, nm, G, nqt, count, steps, compact, kscale, vscale, ms, ls);
     }
     /* values pair-interleaved per 32 keys and 16 dims (B tiles), zeros past the unit; the dot
      * path with at most 2 blocks of 4 queries makes them on the way instead (dot_pv_block) */
@@ -2000,40 +2049,7 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
     if (!amx)
         dot_pv((const uint32_t *)w->pt, fill_vt ? w->vt : NULL, vrow, count, steps, DT, nq, w->qf, D);
     else
-    for (int qt = 0; qt < nqt; qt++)
-        for (int dt0 = 0; dt0 < DT; dt0 += 4) {
-            int nd = DT - dt0 < 4 ? DT - dt0 : 4;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int s = 0; s < steps; s++) {
-                const uint16_t *vs = w->vt + ((size_t)s * DT + dt0) * 512;
-                _tile_loadd(4, w->pt + ((size_t)qt * (UNIT_KEYS / 32) + s) * 512, 64);
-                _tile_loadd(5, vs, 64);
-                _tile_dpbf16ps(0, 4, 5);
-                if (nd > 1) {
-                    _tile_loadd(6, vs + 512, 64);
-                    _tile_dpbf16ps(1, 4, 6);
-                }
-                if (nd > 2) {
-                    _tile_loadd(7, vs + 1024, 64);
-                    _tile_dpbf16ps(2, 4, 7);
-                }
-                if (nd > 3) {
-                    _tile_loadd(5, vs + 1536, 64);
-                    _tile_dpbf16ps(3, 4, 5);
-                }
-            }
-            /* into qf, a query per row of D floats: the tiles go out together and the rows
-             * are copied once all have landed (read back one tile at a time, each load
-             * waited for its tile store) */
-            float *stage = w->qf + (size_t)qt * AMX_Q * D + (size_t)dt0 * 16;
-            _tile_stored(0, stage, D * 4);
-            if (nd > 1) _tile_stored(1, stage + 16, D * 4);
-            if (nd > 2) _tile_stored(2, stage + 32, D * 4);
-            if (nd > 3) _tile_stored(3, stage + 48, D * 4);
-        }
+        amx_pv(w, nqt, steps, DT, D);
     for (int qi = 0; qi < nq; qi++) {
         float *base = part + per * ((size_t)members[qi / G].unit * Hkv + kh);
         base[qi % G] = ms[qi];
