@@ -4,6 +4,8 @@ Times ``hw_linear`` over the four projections of one decoder layer (fused q/k/v,
 gate/up, down) for M = 1, 4, 16, 64, 128 rows, fp32 and bf16 weights, with two threads. The
 "before" kernel is the committed one (``git show HEAD:src/hogwild/kernels/hogwild_cpu.c``, or
 ``--base REV``'s),
+each fed its weights as KernelLinear keeps them (bf16 reordered into dot pairs where that
+kernel has them and they pay, ``hw_linear_pairs``; plain otherwise),
 the "after" kernel is this checkout's; both are compiled here into a temporary directory with
 the flags of :mod:`hogwild.kernels.build`, so the numbers compare the code, not the build. Each
 library picks its instruction set at run time as the engine's does (AVX-512 where the CPU has
@@ -77,6 +79,9 @@ def compile_library(source: str, out_dir: Path, name: str) -> ctypes.CDLL:
     P, I = ctypes.c_void_p, ctypes.c_int
     lib.hw_linear.restype = I  # void before the change: the value is then ignored
     lib.hw_linear.argtypes = [P, P, I, P, P, I, I, I, I, I]
+    if hasattr(lib, "hw_pack_pairs"):  # dot pairs (AVX512_BF16), from 2026-12-05
+        lib.hw_linear_pairs.restype, lib.hw_linear_pairs.argtypes = I, [I, I]
+        lib.hw_pack_pairs.restype, lib.hw_pack_pairs.argtypes = None, [P, P, I, I, I]
     return lib
 
 
@@ -115,6 +120,17 @@ class Clock:
         return best
 
 
+def weight_as_kept(lib: ctypes.CDLL, w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The weight as KernelLinear keeps it for this library: reordered into dot pairs where
+    the library has them and says they pay (format 2), else plain (1 bf16, 0 fp32)."""
+    n, k = w.shape
+    if w.dtype == torch.bfloat16 and hasattr(lib, "hw_linear_pairs") and lib.hw_linear_pairs(n, k):
+        packed = torch.empty(-(-n // 16) * 16 * k, dtype=torch.bfloat16)
+        lib.hw_pack_pairs(w.data_ptr(), packed.data_ptr(), n, k, 1)
+        return packed, 2
+    return w, int(w.dtype == torch.bfloat16)
+
+
 def bench_shape(name, dims, dtype, rows_list, libs, threads, pool_mb, min_seconds, with_torch):
     shapes = layer_linears(*dims)
     es = 2 if dtype == torch.bfloat16 else 4
@@ -123,6 +139,7 @@ def bench_shape(name, dims, dtype, rows_list, libs, threads, pool_mb, min_second
     clock = Clock(copies, min_seconds)
     torch.manual_seed(0)
     weights = [{p: (torch.randn(n, k) * 0.05).to(dtype) for p, (n, k) in shapes.items()} for _ in range(copies)]
+    held = {label: [{p: weight_as_kept(lib, w) for p, w in copy.items()} for copy in weights] for label, lib in libs.items()}
     results = []
     for rows in rows_list:
         row = {"model": name, "dtype": str(dtype).replace("torch.", ""), "rows": rows, "layer_mb": layer_bytes / 2**20,
@@ -131,9 +148,9 @@ def bench_shape(name, dims, dtype, rows_list, libs, threads, pool_mb, min_second
             x, y = torch.randn(rows, k), torch.empty(rows, n)
             call_ms = {}
             for label, lib in libs.items():
-                def call(i, lib=lib, proj=proj, n=n, k=k, x=x, y=y):
-                    lib.hw_linear(x.data_ptr(), weights[i][proj].data_ptr(), int(es == 2), None, y.data_ptr(),
-                                  rows, n, k, 0, threads)
+                def call(i, lib=lib, mine=held[label], proj=proj, n=n, k=k, x=x, y=y):
+                    w, fmt = mine[i][proj]
+                    lib.hw_linear(x.data_ptr(), w.data_ptr(), fmt, None, y.data_ptr(), rows, n, k, 0, threads)
                 call_ms[label] = 1e3 * clock(call)
             if with_torch:
                 call_ms["torch"] = 1e3 * clock(lambda i, proj=proj, x=x: F.linear(x, weights[i][proj].float()))

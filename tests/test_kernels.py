@@ -152,6 +152,59 @@ def test_instruction_set_choice() -> None:
         assert not torch.allclose(on_tiles[0], kernels.linear(x, fits.float()), atol=1e-6)
 
 
+def _dot_pairs_order(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The AVX-512 BF16 linear's documented order in plain fp32 arithmetic (hogwild_cpu.c,
+    pairs_linear): x rounded to bf16; per element, one VDPBF16PS step per key pair, in order,
+    each adding the odd key's product and then the even key's (products of two bf16 are
+    exact in fp32, each sum rounds); then the bias."""
+    xs, ws = x.to(torch.bfloat16).float(), w.float()
+    acc = torch.zeros(x.shape[0], w.shape[0])
+    for k in range(0, x.shape[1], 2):
+        acc = acc + xs[:, k + 1 : k + 2] * ws[:, k + 1]
+        acc = acc + xs[:, k : k + 1] * ws[:, k]
+    return acc if b is None else acc + b
+
+
+@needs_kernels
+@pytest.mark.skipif(3 not in ISAS, reason="the CPU has no AVX512_BF16")
+def test_dot_pairs_follow_their_order_in_either_layout() -> None:
+    """On AVX512_BF16 a bf16 weight is computed in one order per element, the same bits
+    whether reordered once into dot pairs (PairedBF16, as KernelLinear keeps it) or plain
+    (reordered per call), for any number of rows and ragged column counts. A KernelLinear
+    keeps only the pairs, gives the plain weight back, and computes prefill-sized calls the
+    same way; pinned below AVX512_BF16 afterwards, the pairs are refused with a clear error."""
+    lib = kernels.library()
+    torch.manual_seed(11)
+    try:
+        assert lib.hw_isa(3) == 3
+        for n, k in ((20, 96), (52, 576), (16, 32), (33, 160)):
+            w, b = torch.randn(n, k).to(torch.bfloat16), torch.randn(n)
+            x = torch.randn(128, k)
+            assert kernels.pairs_pay(w) and not kernels.pairs_pay(w.float())
+            paired = kernels.PairedBF16.pack(w)
+            assert torch.equal(paired.unpack(), w) and kernels.linear_rounds_input(paired)
+            want = _dot_pairs_order(x, w, b)
+            for rows in (1, 2, 3, 5, 8, 16, 37, 128):
+                assert torch.equal(kernels.linear(x[:rows].contiguous(), w, b), want[:rows]), (n, k, rows)
+                assert torch.equal(kernels.linear(x[:rows].contiguous(), paired, b), want[:rows]), (n, k, rows)
+            out = torch.randn(16, n)
+            start = out.clone()
+            kernels.linear(x[:16].contiguous(), paired, out=out, accumulate=True)
+            assert torch.equal(out, start + _dot_pairs_order(x[:16], w, None))
+        linear = torch.nn.Linear(576, 52).to(torch.bfloat16)
+        layer = KernelLinear(linear)
+        assert layer.paired is not None and layer.plain is None
+        assert torch.equal(layer.weight, linear.weight.detach())
+        xs = torch.randn(300, 576)  # above MAX_ROWS: a prefill chunk
+        assert torch.equal(layer(xs)[:7], layer(xs[:7])) and torch.equal(layer(xs.view(3, 100, 576))[1], layer(xs[100:200]))
+        assert lib.hw_isa(2) == 2 and not kernels.pairs_pay(w)
+        with pytest.raises(RuntimeError, match="prepare the model again"):
+            layer(xs[:2])
+        assert KernelLinear(linear).paired is None  # prepared on AVX-512: plain bf16
+    finally:
+        lib.hw_isa(0)
+
+
 @needs_kernels
 def test_wrappers_refuse_bad_tensors() -> None:
     with pytest.raises(ValueError, match="fp32"):

@@ -31,11 +31,13 @@ from .ops import (
     MAX_HEAD_DIM,
     MAX_ROWS,
     CompactPool,
+    PairedBF16,
     attend,
     compact_pool,
     linear,
     linear_rounds_input,
     attention_rounds,
+    pairs_pay,
     rmsnorm,
     silu_mul,
     span,
@@ -45,7 +47,7 @@ from .ops import (
 
 __all__ = [
     "COMPACT_SLOT", "CompactPool", "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
-    "NativePass", "NativePassSource", "PackedLinear", "QuantLinear", "attend", "attention_rounds", "available", "can_pack", "compact_pool",
-    "format_supported", "library", "linear", "linear_rounds_input", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
+    "NativePass", "NativePassSource", "PackedLinear", "PairedBF16", "QuantLinear", "attend", "attention_rounds", "available", "can_pack", "compact_pool",
+    "format_supported", "library", "linear", "linear_rounds_input", "pairs_pay", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
     "span", "status", "store_kv", "supports_attention",
 ]

@@ -141,7 +141,6 @@ typedef struct {
     int Kv; /* keys the vector steps cover (K8 on AVX2); the rest is the scalar tail */
     int accumulate;
     const float *xv; /* x in the order the vector steps read it (x itself but for AVX-512 bf16) */
-    const uint16_t *xb; /* x rounded to bf16 rows [M, K] (the bf16 dot tiles only) */
 } LinJob;
 
 /* 8 weights as fp32; ES (2: bf16, 4: fp32) is a compile-time constant where it is used */
@@ -353,67 +352,122 @@ static inline __attribute__((always_inline)) HW_AVX512 void lin5_tile(const LinJ
 DEFINE_LIN5_TILES(lin5_tiles_f32, 4)
 DEFINE_LIN5_TILES(lin5_tiles_bf16, 2)
 
-/* AVX-512 BF16 tiles (isa 3): bf16 weights times x rounded to bf16 (nearest even, as on the
- * AMX tiles), by VDPBF16PS, 32 products per instruction into 16 fp32 lanes, twice the FMA
- * tiles' products per instruction; for CPUs with AVX512_BF16 and no AMX (AMD Zen 4 and later,
- * Intel Cooper Lake), where a pass of many rows is bound by the multiply rate. Only for K a
- * multiple of 32 (hw_linear_rounds; every supported model's projections). The order, fixed
- * per element: acc (16 lanes) = VDPBF16PS steps over k32 = 0, 32, .. < K, ascending, lane l
- * taking keys k32 + 2l and k32 + 2l + 1 in one step; then the lanes as in lin5_tile (pairs
- * l, l + 8, then reduce8's tree), the bias, the accumulation into y. */
+/* AVX-512 BF16 (isa 3): bf16 weights times x rounded to bf16 (nearest even, as on the AMX
+ * tiles) by VDPBF16PS, 32 products per instruction into 16 fp32 lanes, twice the FMA tiles'
+ * products per instruction; for CPUs with AVX512_BF16 and no AMX (AMD Zen 4 and later, Intel
+ * Cooper Lake). Only for K a multiple of 32 (hw_linear_rounds; every supported model's
+ * projections).
+ *
+ * The weights are read in "dot pairs" (hw_pack_pairs): panels of 16 output columns, each the
+ * K/2 key pairs in order, a pair holding 16 columns x 2 keys in 64 bytes, so one load is one
+ * VDPBF16PS operand and a pair of x (two bf16, broadcast) is the other. Each lane is then one
+ * output element: no reduction across lanes at the end, and a panel is one contiguous stream
+ * the hardware prefetcher follows (a row of the plain [N, K] layout is a stream of its own,
+ * many short ones per tile). Against dot products along rows of the plain layout (the kernel
+ * this replaced), bench/kernel_rows.py measured 1.3 to 1.8 x on every shape and row count of
+ * the supported models, most where weights stream from memory. KernelLinear reorders its
+ * weight once at load (hogwild.kernels.ops.PairedBF16); a plain bf16 weight is reordered per
+ * call into scratch, which gives the same bits at the cost of a pass over the weight.
+ *
+ * The order, fixed per element: acc = VDPBF16PS steps over the key pairs 0, 1, .. K/2 - 1,
+ * ascending (the whole of K in registers, no K blocks), then the bias, then the accumulation
+ * into y. Nothing of it depends on the rows, the tile shapes or the threads. */
 #define HW_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+#define PAIRS_MR_MAX 8  /* rows per register tile */
+#define PAIRS_NB_MAX 8  /* panels (16 columns each) per register tile */
+#define PAIRS_ACC 24    /* accumulators of the largest tile: 8 x 3, 4 x 6, 3 x 8 */
 
-static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i dot_reg(__m512i v) {
-    __asm__("" : "+v"(v));
-    return v;
+/* Panels p0 .. p1-1 of w [N, K] bf16 in dot pairs: out[(p * K/2 + kp) * 32 + 2c + h] =
+ * w[16p + c, 2kp + h], zero for columns at or past N. */
+static void pairs_pack(const uint16_t *w, uint16_t *out, int N, int K, int p0, int p1) {
+    int KP = K / 2;
+    for (int p = p0; p < p1; p++) {
+        uint32_t *o = (uint32_t *)out + (size_t)p * KP * 16;
+        for (int c = 0; c < 16; c++) {
+            int n = p * 16 + c;
+            const uint32_t *row = (const uint32_t *)(w + (size_t)n * K); /* K is even: pairs are aligned */
+            if (n < N)
+                for (int kp = 0; kp < KP; kp++) o[(size_t)kp * 16 + c] = row[kp];
+            else
+                for (int kp = 0; kp < KP; kp++) o[(size_t)kp * 16 + c] = 0;
+        }
+    }
 }
 
-static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_tile(const LinJob *j, int MR, int NR, int m0,
-                                                                         int n0, int k0, int k1, float *park, int ld,
-                                                                         int first, int last, const char *pf) {
-    __m512 a[LIN5_ACC];
-    const uint16_t *xr[LIN5_MR_MAX];
-    const char *wr[LIN5_NR_MAX];
-    for (int i = 0; i < MR; i++) xr[i] = j->xb + (size_t)(m0 + i) * j->K;
-    for (int c = 0; c < NR; c++) wr[c] = j->w + (size_t)(n0 + c) * j->K * 2;
-    for (int i = 0; i < MR; i++)
-        for (int c = 0; c < NR; c++)
-            a[i * NR + c] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(park + (size_t)i * ld + c * 16);
-    for (int k = k0; k < k1; k += 32) {
-        __m512i wv[LIN5_NR_MAX];
-        for (int c = 0; c < NR; c++) wv[c] = _mm512_loadu_si512(wr[c] + (size_t)k * 2);
-        if (pf)
-            for (int c = 0; c < NR; c++) _mm_prefetch(pf + ((size_t)c * j->K + k) * 2, _MM_HINT_T0);
+/* w [N, K] bf16 (K even) -> out, ceil(N / 16) * 16 * K bf16 in dot pairs (see above). */
+void hw_pack_pairs(const uint16_t *w, uint16_t *out, int N, int K, int threads) {
+    int P = (N + 15) / 16;
+#pragma omp parallel num_threads(threads)
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        pairs_pack(w, out, N, K, (int)((int64_t)P * t / nt), (int)((int64_t)P * (t + 1) / nt));
+    }
+}
+
+/* The inverse: dot pairs -> w [N, K] bf16. */
+void hw_unpack_pairs(const uint16_t *packed, uint16_t *w, int N, int K) {
+    int KP = K / 2;
+    for (int n = 0; n < N; n++) {
+        const uint32_t *src = (const uint32_t *)packed + (size_t)(n / 16) * KP * 16 + n % 16;
+        uint32_t *row = (uint32_t *)(w + (size_t)n * K);
+        for (int kp = 0; kp < KP; kp++) row[kp] = src[(size_t)kp * 16];
+    }
+}
+
+typedef struct {
+    const uint32_t *x; /* x rounded to bf16, [M, K/2] pairs */
+    const uint16_t *w; /* dot pairs */
+    const float *b;
+    float *y;
+    int M, N, K, accumulate;
+    int ld; /* floats per row of y (N, unless y and b start at a later column) */
+} PairsJob;
+
+/* Rows m0 .. m0+MR-1 by panels p0 .. p0+NB-1, all of K; the finished sums go to y. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 void pairs_tile(const PairsJob *j, int MR, int NB, int m0,
+                                                                           int p0) {
+    __m512 a[PAIRS_ACC]; /* a[i * NB + c]: a flat array the compiler keeps in registers */
+    const uint32_t *xr[PAIRS_MR_MAX];
+    const uint16_t *wr[PAIRS_NB_MAX];
+    int KP = j->K / 2;
+    for (int i = 0; i < MR; i++) xr[i] = j->x + (size_t)(m0 + i) * KP;
+    for (int c = 0; c < NB; c++) wr[c] = j->w + (size_t)(p0 + c) * KP * 32;
+    for (int e = 0; e < MR * NB; e++) a[e] = _mm512_setzero_ps();
+    for (int kp = 0; kp < KP; kp++) {
+        __m512i wv[PAIRS_NB_MAX];
+        for (int c = 0; c < NB; c++) wv[c] = _mm512_loadu_si512(wr[c] + (size_t)kp * 32);
         for (int i = 0; i < MR; i++) {
-            __m512i xv = dot_reg(_mm512_loadu_si512(xr[i] + k));
-            for (int c = 0; c < NR; c++)
-                a[i * NR + c] = _mm512_dpbf16_ps(a[i * NR + c], (__m512bh)wv[c], (__m512bh)xv);
+            __m512i xv = _mm512_set1_epi32((int)xr[i][kp]);
+            for (int c = 0; c < NB; c++)
+                a[i * NB + c] = _mm512_dpbf16_ps(a[i * NB + c], (__m512bh)wv[c], (__m512bh)xv);
         }
     }
-    float s[LIN5_ACC];
-    if (!lin5_park_or_sum(a, MR, NR, park, ld, last, s)) return;
-    for (int i = 0; i < MR; i++) {
-        float *yr = j->y + (size_t)(m0 + i) * j->N + n0;
-        for (int c = 0; c < NR; c++) {
-            float t = s[i * NR + c];
-            if (j->b) t += j->b[n0 + c];
-            yr[c] = j->accumulate ? yr[c] + t : t;
+    for (int c = 0; c < NB; c++) {
+        int n0 = (p0 + c) * 16, cols = j->N - n0 < 16 ? j->N - n0 : 16;
+        __mmask16 live = (__mmask16)((1u << cols) - 1);
+        __m512 bias = j->b ? _mm512_maskz_loadu_ps(live, j->b + n0) : _mm512_setzero_ps();
+        for (int i = 0; i < MR; i++) {
+            float *yr = j->y + (size_t)(m0 + i) * j->ld + n0;
+            __m512 v = a[i * NB + c];
+            if (j->b) v = _mm512_add_ps(v, bias);
+            if (j->accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(live, yr), v);
+            _mm512_mask_storeu_ps(yr, live, v);
         }
     }
 }
 
-#define DOT_T(MR, NR) \
-    case MR * 16 + NR: dot_tile(j, MR, NR, m0, n0, k0, k1, park, ld, first, last, pf); return;
-static HW_AVX512BF16 void dot_tiles_any(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1,
-                                        float *park, int ld, int first, int last, const char *pf) {
-    dot_tile(j, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);
+#define PAIRS_T(MR, NB) \
+    case MR * 16 + NB: pairs_tile(j, MR, NB, m0, p0); return;
+static HW_AVX512BF16 void pairs_tile_any(const PairsJob *j, int mr, int nb, int m0, int p0) {
+    pairs_tile(j, mr, nb, m0, p0);
 }
-static HW_AVX512BF16 void dot_tiles(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park,
-                                    int ld, int first, int last, const char *pf) {
-    switch (mr * 16 + nr) {
-        DOT_T(8, 3) DOT_T(7, 3) DOT_T(6, 3) DOT_T(5, 3) DOT_T(4, 3) DOT_T(3, 3) DOT_T(2, 3) DOT_T(1, 3)
-        DOT_T(4, 6) DOT_T(3, 6) DOT_T(2, 6) DOT_T(1, 6) DOT_T(3, 8) DOT_T(2, 8) DOT_T(1, 8)
-    default: dot_tiles_any(j, mr, nr, m0, n0, k0, k1, park, ld, first, last, pf);
+/* The tile shapes hw_linear uses (and their narrower last groups) unrolled; others generic. */
+static HW_AVX512BF16 void pairs_tiles(const PairsJob *j, int mr, int nb, int m0, int p0) {
+    switch (mr * 16 + nb) {
+        PAIRS_T(8, 3) PAIRS_T(7, 3) PAIRS_T(6, 3) PAIRS_T(5, 3) PAIRS_T(4, 3) PAIRS_T(3, 3) PAIRS_T(2, 3)
+        PAIRS_T(1, 3) PAIRS_T(8, 2) PAIRS_T(8, 1) PAIRS_T(4, 6) PAIRS_T(3, 6) PAIRS_T(2, 6) PAIRS_T(1, 6)
+        PAIRS_T(3, 8) PAIRS_T(2, 8) PAIRS_T(1, 8)
+    default: pairs_tile_any(j, mr, nb, m0, p0);
     }
 }
 
@@ -423,6 +477,49 @@ static HW_AVX512BF16 void dot_round_x(const float *x, uint16_t *out, int M, int 
         __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + e + 16), _mm512_loadu_ps(x + e));
         _mm512_storeu_si512(out + e, (__m512i)v);
     }
+}
+
+/* y [M, N] (+)= x [M, K] @ w^T + b on the dot pairs: w is either already in dot pairs
+ * (`packed`) or plain [N, K] bf16, reordered here group by group into per-thread scratch.
+ * Threads split the panels; each takes groups of NB panels (8 x 3 tiles for 8+ rows, 4 x 6
+ * for 4-7, 1-3 rows x 8 panels) and runs every row tile over a group while its weights are
+ * in cache. Returns 0, or -1 when scratch allocation failed. */
+static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int packed, const float *b, float *y, int M,
+                                      int N, int K, int accumulate, int threads) {
+    uint32_t *xb = (uint32_t *)malloc(sizeof(uint16_t) * (size_t)M * K);
+    if (!xb) return -1;
+    dot_round_x(x, (uint16_t *)xb, M, K);
+    PairsJob job = {xb, w, b, y, M, N, K, accumulate, N};
+    int P = (N + 15) / 16;
+    int mr_max = M >= 8 ? 8 : M >= 4 ? 4 : M, nb = M >= 8 ? 3 : M >= 4 ? 6 : 8;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int q0 = (int)((int64_t)P * t / nt), q1 = (int)((int64_t)P * (t + 1) / nt);
+        PairsJob mine = job;
+        uint16_t *scratch = NULL;
+        if (!packed && q1 > q0 && !(scratch = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)nb * 16 * K))) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        for (int g = q0; g < q1 && (packed || scratch); g += nb) {
+            int n = q1 - g < nb ? q1 - g : nb, first = g;
+            if (!packed) { /* the group's panels as panels 0 .. n-1 of the scratch */
+                pairs_pack(w + (size_t)g * 16 * K, scratch, N - g * 16, K, 0, n);
+                mine.w = scratch;
+                mine.y = y + (size_t)g * 16;
+                mine.b = b ? b + (size_t)g * 16 : NULL;
+                mine.N = N - g * 16; /* the columns left from the group on; y's rows stay N long */
+                first = 0;
+            }
+            for (int m0 = 0; m0 < M; m0 += mr_max)
+                pairs_tiles(&mine, M - m0 < mr_max ? M - m0 : mr_max, n, m0, first);
+        }
+        free(scratch);
+    }
+    free(xb);
+    return failed ? -1 : 0;
 }
 
 /* x in the order lin5_tile's bf16 steps read it: per 32 keys below K32, the 16 even-indexed
@@ -706,46 +803,52 @@ static HW_AMX int amx_linear(const float *x, const uint16_t *w, const float *b, 
     return 0;
 }
 
-/* 1 when hw_linear computes [N, K] bf16 weights on the tile unit in the current set (x then
- * rounded to bf16), else 0. */
-/* Where hw_linear rounds x to bf16: on the AMX tiles (isa 4, amx_fits) and on the dot tiles
- * (isa 3 or 4, any other shape with K a multiple of 32); bf16 weights only. */
-static inline int lin_dot(int isa, int K, int w_bf16) { return isa >= 3 && w_bf16 && K % 32 == 0 && K > 0; }
-int hw_linear_rounds(int N, int K, int w_bf16) {
-    int isa = isa_now();
-    return (isa == 4 && w_bf16 && amx_fits(N, K)) || lin_dot(isa, K, w_bf16);
+/* Weight formats of hw_linear: fp32 [N, K], bf16 [N, K], bf16 in dot pairs (hw_pack_pairs). */
+#define W_F32 0
+#define W_BF16 1
+#define W_PAIRS 2
+
+/* Where hw_linear rounds x to bf16: bf16 weights with K a multiple of 32 on the AMX tiles
+ * (isa 4, amx_fits, plain layout) or on the dot pairs (isa 3, or 4 for the other shapes and
+ * for weights already in pairs); weights in pairs always. */
+static inline int lin_dot(int isa, int K, int wfmt) {
+    return wfmt == W_PAIRS || (isa >= 3 && wfmt == W_BF16 && K % 32 == 0 && K > 0);
 }
+static inline int lin_amx(int isa, int N, int K, int wfmt) { return isa == 4 && wfmt == W_BF16 && amx_fits(N, K); }
+int hw_linear_rounds(int N, int K, int wfmt) { return lin_amx(isa_now(), N, K, wfmt) || lin_dot(isa_now(), K, wfmt); }
+
+/* Whether a bf16 weight [N, K] is worth reordering into dot pairs for this instruction set:
+ * where hw_linear would compute it on the pairs anyway (isa 3; on AMX the tiles read the
+ * plain layout). */
+int hw_linear_pairs(int N, int K) { return isa_now() == 3 && N > 0 && K % 32 == 0 && K > 0; }
 
 typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0, int k1, float *park, int ld,
                          int first, int last, const char *pf);
 
-/* y [M, N] = x [M, K] @ w[N, K]^T + b (fp32 x, y, b; w fp32 or bf16). With accumulate,
- * y += instead of y = (a residual connection without another pass over y). y must not
- * overlap x. No limit on M (MAX_ROWS in hogwild.kernels.ops is where the native path stops
- * paying off, not a bound of this code). Returns 0, or -1 when scratch allocation failed. */
-int hw_linear(const float *x, const void *w, int w_bf16, const float *b, float *y, int M, int N, int K,
+/* y [M, N] = x [M, K] @ w[N, K]^T + b (fp32 x, y, b; w in format wfmt: W_F32, W_BF16 or
+ * W_PAIRS). With accumulate, y += instead of y = (a residual connection without another pass
+ * over y). y must not overlap x. No limit on M (MAX_ROWS in hogwild.kernels.ops is where the
+ * native path stops paying off, not a bound of this code). Returns 0, -1 when scratch
+ * allocation failed, or -3 for weights in dot pairs when the instruction set was pinned
+ * below AVX512_BF16 (only that set computes them). */
+int hw_linear(const float *x, const void *w, int wfmt, const float *b, float *y, int M, int N, int K,
               int accumulate, int threads) {
     if (M <= 0 || N <= 0) return 0;
-    int isa = isa_now(), wide = isa >= 2, dot = lin_dot(isa, K, w_bf16);
-    if (isa == 4 && w_bf16 && amx_fits(N, K))
-        return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
+    int isa = isa_now(), wide = isa >= 2, w_bf16 = wfmt != W_F32;
+    if (wfmt == W_PAIRS && (isa < 3 || K % 32 != 0 || K <= 0)) return -3;
+    if (lin_amx(isa, N, K, wfmt)) return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
+    if (lin_dot(isa, K, wfmt))
+        return pairs_linear(x, (const uint16_t *)w, wfmt == W_PAIRS, b, y, M, N, K, accumulate, threads);
     int es = w_bf16 ? 2 : 4;
     int lanes = wide ? 16 : 8;          /* floats per accumulator */
     int step = wide ? 64 / es : 8;      /* keys per vector step */
     int mr_max = wide ? (M >= 8 ? 8 : 4) : LIN_MR;
     int nr = wide ? lin5_panel_width(M) : lin_panel_width(M);
-    LinTiles tiles = dot ? dot_tiles
-                   : wide ? (es == 2 ? lin5_tiles_bf16 : lin5_tiles_f32)
-                          : (es == 2 ? lin_tiles_bf16 : lin_tiles_f32);
-    LinJob job = {x, (const char *)w, b, y, M, N, K, K / step * step, accumulate, x, NULL};
+    LinTiles tiles = wide ? (es == 2 ? lin5_tiles_bf16 : lin5_tiles_f32) : (es == 2 ? lin_tiles_bf16 : lin_tiles_f32);
+    LinJob job = {x, (const char *)w, b, y, M, N, K, K / step * step, accumulate, x};
     const LinJob *j = &job;
     void *xread = NULL; /* x as the tiles read it, where that is not x itself */
-    if (dot) {
-        uint16_t *xb = (uint16_t *)(xread = malloc(sizeof(uint16_t) * (size_t)M * K));
-        if (!xb) return -1;
-        dot_round_x(x, xb, M, K);
-        job.xb = xb;
-    } else if (wide && es == 2 && job.Kv > 0) {
+    if (wide && es == 2 && job.Kv > 0) {
         float *xeo = (float *)(xread = malloc(sizeof(float) * (size_t)M * K));
         if (!xeo) return -1;
         lin_even_odd(x, xeo, M, K, job.Kv);
@@ -2300,7 +2403,8 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
 /* ------------------------------------------------------------------ whole decoder stack */
 
 /* One weight matrix [N, K] of the decoder in its own format (hogwild.kernels.native.Matrix):
- * fmt is ggml's type id: 0 fp32, 30 bf16 (both for hw_linear), or a quantized block format
+ * fmt is ggml's type id: 0 fp32, 30 bf16 (both for hw_linear), FMT_PAIRS (hogwild's own: bf16
+ * in dot pairs, hw_pack_pairs; hw_linear too), or a quantized block format
  * of hogwild_quant.c (hw_qlinear, with its per-tensor scale and exact corrections grouped by
  * output column: fix_start [N + 1], fix_j, fix_delta; NULL: none). b: fp32 bias or NULL. */
 typedef struct {
@@ -2313,6 +2417,8 @@ typedef struct {
     float scale;
 } HwMat;
 
+#define FMT_PAIRS 1030 /* no ggml type id: those are small */
+
 /* in hogwild_quant.c; weak, so that this file alone still builds and loads (bench/kernel_rows.py
  * compiles it on its own), quantized matrices then being refused */
 int hw_qlinear(const float *x, const void *w, int fmt, float scale, const int32_t *fix_start, const int32_t *fix_j,
@@ -2321,10 +2427,12 @@ int hw_qlinear(const float *x, const void *w, int fmt, float scale, const int32_
 
 /* y [M, N] (+)= x [M, K] @ m^T + b whatever m's format: hw_linear for fp32 and bf16, hw_qlinear
  * for the block formats. Each is batch invariant, so the decoder is whatever the mix.
- * Returns 0, -1 (scratch allocation failed) or -2 (a format not built in). */
+ * Returns 0, -1 (scratch allocation failed), -2 (a format not built in) or -3 (dot pairs
+ * below AVX512_BF16, see hw_linear). */
 int hw_linear_any(const HwMat *m, const float *x, float *y, int M, int N, int K, int accumulate, int threads) {
-    if (m->fmt == 0 || m->fmt == 30)
-        return hw_linear(x, m->w, m->fmt == 30, m->b, y, M, N, K, accumulate, threads);
+    if (m->fmt == 0 || m->fmt == 30 || m->fmt == FMT_PAIRS)
+        return hw_linear(x, m->w, m->fmt == 0 ? W_F32 : m->fmt == 30 ? W_BF16 : W_PAIRS, m->b, y, M, N, K, accumulate,
+                         threads);
     if (!hw_qlinear) return -2;
     return hw_qlinear(x, m->w, m->fmt, m->scale, m->fix_start, m->fix_j, m->fix_delta, m->b, y, M, N, K, accumulate,
                       threads);
@@ -2430,7 +2538,7 @@ static int decode_layer(float *x, const LayerWeights *w, int l, const Dims *dm, 
  * it). Any number of rows (the caller's scratch is sized by hw_decode_scratch, the rest is
  * allocated per call). Returns 0; -2, before touching anything, for a head layout the
  * attention kernel does not support or int8 slots without `pk`; -1 when scratch could not be
- * allocated, -2 for a weight format not built in (x is then partly updated;
+ * allocated, -2 for a weight format not built in or -3 for dot pairs below AVX512_BF16 (x is then partly updated;
  * hogwild.kernels.native checks formats first).
  *
  * Every step is batch invariant (hw_linear, hw_qlinear, hw_attend; norms, gate and key storage are per

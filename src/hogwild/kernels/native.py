@@ -69,7 +69,8 @@ class NativePassSource(Protocol):
 
 class Matrix(ctypes.Structure):
     """One weight matrix in its own format (the C side's HwMat): ``fmt`` is ggml's type id,
-    0 fp32 and 30 bf16 (hw_linear) or a block format (hw_qlinear, with ``scale`` and the
+    0 fp32 and 30 bf16 (hw_linear), 1030 for bf16 in dot pairs (hogwild's own, hw_linear
+    too) or a block format (hw_qlinear, with ``scale`` and the
     guard's corrections grouped by column)."""
 
     _fields_ = [(name, ctypes.c_void_p) for name in ("w", "b", "fix_start", "fix_j", "fix_delta")] + [
@@ -94,6 +95,7 @@ class Dims(ctypes.Structure):
     ]
 
 _FP32, _BF16 = 0, 30  # ggml's type ids of the unquantized formats
+_PAIRS = 1030  # bf16 in dot pairs (ops.PairedBF16): hogwild's own, hogwild_cpu.c's FMT_PAIRS
 
 
 class PassInfo(ctypes.Structure):
@@ -137,11 +139,13 @@ class NativeDecoder:
             return t.data_ptr()
 
         def matrix(m: nn.Module | None) -> Matrix:
+            if isinstance(m, KernelLinear) and m.paired is not None:
+                return Matrix(hold(m.paired.data), hold(m.bias), None, None, None, _PAIRS, 1.0)
             if isinstance(m, KernelLinear):
-                if m.weight.dtype not in (torch.float32, torch.bfloat16):
-                    raise ValueError(f"no native linear for {m.weight.dtype} weights")
-                return Matrix(hold(m.weight), hold(m.bias), None, None, None,
-                              _BF16 if m.weight.dtype == torch.bfloat16 else _FP32, 1.0)
+                if m.plain.dtype not in (torch.float32, torch.bfloat16):
+                    raise ValueError(f"no native linear for {m.plain.dtype} weights")
+                return Matrix(hold(m.plain), hold(m.bias), None, None, None,
+                              _BF16 if m.plain.dtype == torch.bfloat16 else _FP32, 1.0)
             if isinstance(m, QuantLinear):
                 fix = m.corrections
                 for t in (m.qweight.data, fix.start, fix.j, fix.delta):

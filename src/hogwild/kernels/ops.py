@@ -69,6 +69,9 @@ def _compact_ref(compact: CompactPool | None, layer: int) -> int | None:
 declare({
     "hw_linear": (_I, [_P, _P, _I, _P, _P, _I, _I, _I, _I, _I]),
     "hw_linear_rounds": (_I, [_I, _I, _I]),
+    "hw_linear_pairs": (_I, [_I, _I]),
+    "hw_pack_pairs": (None, [_P, _P, _I, _I, _I]),
+    "hw_unpack_pairs": (None, [_P, _P, _I, _I]),
     "hw_attend_rounds": (_I, [_I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
@@ -100,9 +103,14 @@ def _need(cond: bool, what: str) -> None:
 
 def check_rc(rc: int, call: str) -> None:
     """Turn a kernel's error code into an exception: -1 scratch allocation failed, -2 a
-    shape beyond the kernel's fixed-size buffers (the wrappers' checks normally catch it)."""
+    shape beyond the kernel's fixed-size buffers (the wrappers' checks normally catch it),
+    -3 weights in dot pairs (:class:`PairedBF16`) on an instruction set pinned below
+    AVX512_BF16 after they were reordered."""
     if rc == -1:
         raise MemoryError(f"hogwild kernel {call}: scratch allocation failed")
+    if rc == -3:
+        raise RuntimeError(f"hogwild kernel {call}: the weights were reordered for AVX512_BF16 dot products "
+                           "and the instruction set is now pinned below it; prepare the model again")
     if rc != 0:
         raise ValueError(f"hogwild kernel {call}: unsupported shape (code {rc})")
 
@@ -114,15 +122,75 @@ def _lib_or_fail() -> ctypes.CDLL:
     return lib
 
 
-def linear_rounds_input(weight: torch.Tensor) -> bool:
+_W_F32, _W_BF16, _W_PAIRS = 0, 1, 2  # hw_linear's weight formats
+
+
+class PairedBF16:
+    """A bf16 weight [N, K] reordered once for the AVX-512 BF16 linear ("dot pairs"): panels
+    of 16 output columns, each the K/2 key pairs in order, 16 columns x 2 keys in 64 bytes.
+
+    On CPUs with AVX512_BF16 and no AMX, the linear reads a panel as one contiguous stream
+    and takes each load as a whole operand of a dot-product instruction, which runs it 1.3 to
+    1.8 x faster than along the rows of the plain layout (``hw_linear`` in hogwild_cpu.c says
+    how; bench/kernel_rows.py measures it). The bits are those of the plain weight on the
+    same instruction set: the kernel reorders a plain weight per call the same way. Build one
+    with :meth:`pack` where :func:`pairs_pay` says so; :meth:`unpack` gives the plain weight
+    back (a copy)."""
+
+    def __init__(self, data: torch.Tensor, out_features: int, in_features: int):
+        _need(data.dtype == torch.bfloat16 and data.is_contiguous() and in_features % 32 == 0
+              and data.numel() == -(-out_features // 16) * 16 * in_features,
+              "dot pairs must be contiguous bf16 of ceil(N / 16) * 16 * K values, K a multiple of 32")
+        self.data, self.out_features, self.in_features = data, out_features, in_features
+        self.dtype = torch.bfloat16
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor) -> PairedBF16:
+        lib = _lib_or_fail()
+        _need(weight.dtype == torch.bfloat16 and weight.dim() == 2 and weight.is_contiguous(),
+              "only a contiguous bf16 [N, K] weight goes into dot pairs")
+        n, k = weight.shape
+        _need(k % 32 == 0 and k > 0 and n > 0, "dot pairs need K a multiple of 32")
+        data = torch.empty(-(-n // 16) * 16 * k, dtype=torch.bfloat16)
+        lib.hw_pack_pairs(weight.data_ptr(), data.data_ptr(), n, k, threads())
+        return cls(data, n, k)
+
+    def unpack(self) -> torch.Tensor:
+        """The plain weight [N, K] (a new tensor)."""
+        lib = _lib_or_fail()
+        out = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
+        lib.hw_unpack_pairs(self.data.data_ptr(), out.data_ptr(), self.out_features, self.in_features)
+        return out
+
+
+def pairs_pay(weight: torch.Tensor) -> bool:
+    """Is this weight worth reordering into :class:`PairedBF16`? Yes for a bf16 weight with K
+    a multiple of 32 where the instruction set in effect is AVX512_BF16 without AMX (on AMX
+    the tiles read the plain layout; below, the FMA kernels do)."""
+    if weight.dtype != torch.bfloat16 or weight.dim() != 2 or library() is None:
+        return False
+    return bool(library().hw_linear_pairs(int(weight.shape[0]), int(weight.shape[1])))
+
+
+def linear_rounds_input(weight: torch.Tensor | PairedBF16) -> bool:
     """Does :func:`linear` round x to bf16 for this weight? Yes where it runs on AMX tiles
     (bf16 weights with rows a multiple of 16 and columns of 32, on a CPU with AMX) or on the
-    AVX-512 BF16 dot tiles (bf16 weights with columns a multiple of 32, on a CPU with
+    AVX-512 BF16 dot products (bf16 weights with columns a multiple of 32, on a CPU with
     AVX512_BF16), unless the instruction set is pinned lower: both multiply bf16 by bf16 into
-    fp32."""
+    fp32. Always for :class:`PairedBF16`."""
     lib = _lib_or_fail()
     n, k = weight.shape
-    return bool(lib.hw_linear_rounds(int(n), int(k), int(weight.dtype == torch.bfloat16)))
+    return bool(lib.hw_linear_rounds(int(n), int(k), _weight_format(weight)))
+
+
+def _weight_format(weight: torch.Tensor | PairedBF16) -> int:
+    if isinstance(weight, PairedBF16):
+        return _W_PAIRS
+    return _W_BF16 if weight.dtype == torch.bfloat16 else _W_F32
 
 
 def attention_rounds(k_pool: torch.Tensor) -> bool:
@@ -138,13 +206,14 @@ def attention_rounds(k_pool: torch.Tensor) -> bool:
 
 def linear(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | PairedBF16,
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     accumulate: bool = False,
 ) -> torch.Tensor:
-    """x [M, K] fp32 @ weight [N, K] (fp32 or bf16)^T + bias (fp32) -> [M, N] fp32.
-    On AMX tiles (:func:`linear_rounds_input`) x is rounded to bf16 first.
+    """x [M, K] fp32 @ weight [N, K] (fp32 or bf16, or bf16 in :class:`PairedBF16`)^T + bias
+    (fp32) -> [M, N] fp32. On AMX tiles and the AVX-512 BF16 dot products
+    (:func:`linear_rounds_input`) x is rounded to bf16 first.
 
     Any M (:class:`KernelLinear` uses it up to :data:`MAX_ROWS` rows). Each output row is the
     same bits whatever the other rows, their number and the thread count: every element is
@@ -152,7 +221,9 @@ def linear(
     product is added to ``out`` in place (``out`` must not overlap ``x``)."""
     lib = _lib_or_fail()
     _need(x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous(), "x must be contiguous fp32 [M, K]")
-    _need(weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous(), "weight must be contiguous fp32/bf16")
+    if not isinstance(weight, PairedBF16):
+        _need(weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous(),
+              "weight must be contiguous fp32/bf16")
     M, K = x.shape
     N = weight.shape[0]
     _need(weight.shape[1] == K, "weight/in features mismatch")
@@ -164,8 +235,9 @@ def linear(
     else:
         _need(out.dtype == torch.float32 and out.is_contiguous() and tuple(out.shape) == (M, N), "out must be fp32 [M, N]")
     with span("linear"):
+        data = weight.data if isinstance(weight, PairedBF16) else weight
         rc = lib.hw_linear(
-            x.data_ptr(), weight.data_ptr(), int(weight.dtype == torch.bfloat16),
+            x.data_ptr(), data.data_ptr(), _weight_format(weight),
             None if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K, int(accumulate), threads(),
         )
     check_rc(rc, "linear")
