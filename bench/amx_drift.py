@@ -1,4 +1,4 @@
-"""Logit drift of the bf16-activation paths (AMX tiles, AVX-512 BF16 dot tiles) against fp32 activations.
+"""Logit drift of the bf16-activation paths (AMX tiles, AVX-512 BF16 dot products) against fp32 activations.
 
 On CPUs with AMX, the bf16-weight linear runs on the tile unit, which reads x as bf16
 (``amx_linear`` in ``hogwild_cpu.c``), and so does the attention over a bf16 store, which
@@ -15,7 +15,7 @@ per next-token distribution, both perplexities and top-1 agreement
 - ``engine``: through the engine's KV store (:class:`hogwild.bench.quality.ThroughStore`,
   steps of 64 tokens folded into history), so the native attention kernel runs too.
 
-``--isa avx512bf16`` compares the AVX-512 BF16 dot path instead (``dot_tile``: the linear
+``--isa avx512bf16`` compares the AVX-512 BF16 dot path instead (``pairs_linear``: the linear
 reads x as bf16 as on AMX; ``tile_group``'s dot path: the attention reads queries and
 weights as bf16 as on AMX), on CPUs with AVX512_BF16; the
 file is then ``avx512bf16-drift-<model>.json``.
@@ -97,8 +97,14 @@ def main() -> None:
     lib = kernels.library()
     if lib is None or lib.hw_isa(isa) != isa:
         sys.exit(f"this CPU (or OS) has no {args.isa} for the kernels: nothing to compare")
-    lib.hw_isa(0)
-    loaded = load_model(args.model, weights="bf16")
+    # load on AVX-512 so the linears keep plain bf16 weights, which both sets compute (the
+    # AVX512_BF16 set reorders them per call into the dot pairs a model loaded on it keeps,
+    # same bits); a model loaded on AVX512_BF16 keeps only the pairs, which AVX-512 refuses
+    assert lib.hw_isa(2) == 2
+    try:
+        loaded = load_model(args.model, weights="bf16")
+    finally:
+        lib.hw_isa(0)
     ids = torch.tensor(loaded.tokenizer(calibration_text())["input_ids"][: args.tokens], dtype=torch.long)
     quality.CHUNK = kernels.MAX_ROWS
     doc = {"model": args.model, "weights": "bf16", "reference": "avx512 (fp32 activations)",

@@ -63,7 +63,11 @@ def main() -> None:
     lib.hw_isa(0)
     device, dtype = torch.device("cpu"), getattr(torch, args.dtype)
     cfg = BenchConfig(model=args.model, transformers=False)
-    models = load_models(cfg, dtype, device)
+    lib.hw_isa(1)  # load on AVX2 so the linears keep plain weights, which every compared set computes
+    try:
+        models = load_models(cfg, dtype, device)
+    finally:
+        lib.hw_isa(0)
     prompts = run_prompts(models.config.vocab_size, args.context, args.runs, 0, cfg.seed)
     variant = OursVariant(models, args.workers, args.context, prompts, device)
     start = time.perf_counter()
