@@ -27,7 +27,8 @@ from .build import declare, library, status
 #: FastPlan's flash attention (many queries over the same keys) beats per-row attention and
 #: torch's matmul is at least as fast as this kernel (on CPUs with AMX both use the tiles for
 #: bf16; bench/kernel_rows.py, docs/bench.md), so the native path ends where batched decoding
-#: does.
+#: does. (One exception: on AVX512_BF16 without AMX, a KernelLinear whose weight is kept in
+#: dot pairs runs this kernel for prefill chunks too, faster there than torch's fp32 matmul.)
 MAX_ROWS = 128
 MAX_GROUP = 16  # query heads per KV head the attention kernel supports
 MAX_HEAD_DIM = 256
