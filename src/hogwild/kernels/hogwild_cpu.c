@@ -364,14 +364,17 @@ DEFINE_LIN5_TILES(lin5_tiles_bf16, 2)
  * output element: no reduction across lanes at the end, and a panel is one contiguous stream
  * the hardware prefetcher follows (a row of the plain [N, K] layout is a stream of its own,
  * many short ones per tile). Against dot products along rows of the plain layout (the kernel
- * this replaced), bench/kernel_rows.py measured 1.3 to 1.8 x on every shape and row count of
+ * this replaced), bench/kernel_rows.py measured 1.4 to 2.0 x on every shape and row count of
  * the supported models, most where weights stream from memory. KernelLinear reorders its
  * weight once at load (hogwild.kernels.ops.PairedBF16); a plain bf16 weight is reordered per
  * call into scratch, which gives the same bits at the cost of a pass over the weight.
  *
  * The order, fixed per element: acc = VDPBF16PS steps over the key pairs 0, 1, .. K/2 - 1,
- * ascending (the whole of K in registers, no K blocks), then the bias, then the accumulation
- * into y. Nothing of it depends on the rows, the tile shapes or the threads. */
+ * ascending (the whole of K in registers, no K blocks), each step adding the odd key's
+ * product and then the even key's, rounding each sum (the instruction's definition; the
+ * products of two bf16 are exact in fp32; tests/test_kernels.py holds the kernel to this bit
+ * for bit), then the bias, then the accumulation into y. Nothing of it depends on the rows,
+ * the tile shapes or the threads. */
 #define HW_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
 #define PAIRS_MR_MAX 8  /* rows per register tile */
 #define PAIRS_NB_MAX 8  /* panels (16 columns each) per register tile */
@@ -423,7 +426,8 @@ typedef struct {
     int ld; /* floats per row of y (N, unless y and b start at a later column) */
 } PairsJob;
 
-/* Rows m0 .. m0+MR-1 by panels p0 .. p0+NB-1, all of K; the finished sums go to y. */
+/* Rows m0 .. m0+MR-1 by panels p0 .. p0+NB-1, all of K; the finished sums go to y. With pf,
+ * `lines` 64-byte lines from pf on are fetched into L2 on the way, `per` per key pair. */
 static inline __attribute__((always_inline)) HW_AVX512BF16 void pairs_tile(const PairsJob *j, int MR, int NB, int m0,
                                                                            int p0, const char *pf, int per,
                                                                            int64_t lines) {

@@ -131,8 +131,8 @@ class PairedBF16:
     of 16 output columns, each the K/2 key pairs in order, 16 columns x 2 keys in 64 bytes.
 
     On CPUs with AVX512_BF16 and no AMX, the linear reads a panel as one contiguous stream
-    and takes each load as a whole operand of a dot-product instruction, which runs it 1.3 to
-    1.8 x faster than along the rows of the plain layout (``hw_linear`` in hogwild_cpu.c says
+    and takes each load as a whole operand of a dot-product instruction, which runs it 1.4 to
+    2.0 x faster than along the rows of the plain layout (``hw_linear`` in hogwild_cpu.c says
     how; bench/kernel_rows.py measures it). The bits are those of the plain weight on the
     same instruction set: the kernel reorders a plain weight per call the same way. Build one
     with :meth:`pack` where :func:`pairs_pay` says so; :meth:`unpack` gives the plain weight
