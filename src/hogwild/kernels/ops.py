@@ -143,7 +143,6 @@ class PairedBF16:
               and data.numel() == -(-out_features // 16) * 16 * in_features,
               "dot pairs must be contiguous bf16 of ceil(N / 16) * 16 * K values, K a multiple of 32")
         self.data, self.out_features, self.in_features = data, out_features, in_features
-        self.dtype = torch.bfloat16
 
     @property
     def shape(self) -> tuple[int, int]:
