@@ -108,20 +108,19 @@ class Pass:
         self.cos = torch.cat((angles.cos(),) * 2, -1).contiguous()
         self.sin = torch.cat((angles.sin(),) * 2, -1).contiguous()
         self.q = torch.randn(self.rows, c.num_heads, c.head_dim, generator=gen)
-        self.paired: dict[int, torch.Tensor] = {}  # weights in dot pairs, by id of the plain one
+        self.paired: dict[int, ops.PairedBF16] = {}  # weights in dot pairs, by id of the plain one
         self.att = torch.empty_like(self.q)
 
     def linear(self, lib, x, w, y, threads) -> None:
         """One projection, its weight as KernelLinear keeps it on the set in effect: in dot
-        pairs where they pay (``hw_linear_pairs``, reordered once and kept), plain otherwise."""
+        pairs where they pay (``ops.pairs_pay``, reordered once and kept), plain otherwise."""
         n, k = w.shape
-        fmt = int(w.dtype == torch.bfloat16)
-        if fmt and lib.hw_linear_pairs(n, k):
+        data, fmt = w, int(w.dtype == torch.bfloat16)
+        if ops.pairs_pay(w):
             if id(w) not in self.paired:
-                self.paired[id(w)] = torch.empty(-(-n // 16) * 16 * k, dtype=torch.bfloat16)
-                lib.hw_pack_pairs(w.data_ptr(), self.paired[id(w)].data_ptr(), n, k, threads)
-            w, fmt = self.paired[id(w)], 2
-        rc = lib.hw_linear(x.data_ptr(), w.data_ptr(), fmt, None, y.data_ptr(), x.shape[0], n, k, 0, threads)
+                self.paired[id(w)] = ops.PairedBF16.pack(w)
+            data, fmt = self.paired[id(w)].data, 2
+        rc = lib.hw_linear(x.data_ptr(), data.data_ptr(), fmt, None, y.data_ptr(), x.shape[0], n, k, 0, threads)
         if rc != 0:
             raise MemoryError("hw_linear failed")
 
