@@ -40,21 +40,26 @@ def _dense_attention(q, pairs, k_pool, v_pool, rope_cos, rope_sin, scale):
 
 def _tile_units(pairs, r, int8_from=None, unit=256, short=32):
     """Row r's units as the tile path cuts them (attend_plan): each pair from its own start in
-    units of at most ``unit`` keys; a pair shorter than ``short`` keys joins the row's unit
-    before it as a further segment when that unit began with at least ``short`` keys of one
-    pair, stays within ``unit`` keys, and neither is an int8 block (start >= ``int8_from``). A unit is a list of (pair index, first slot, keys)."""
-    units, open_ = [], False
+    units of at most ``unit`` keys, in view order; then the row's pairs shorter than ``short``
+    keys (not int8 blocks, start >= ``int8_from``), ordered by (start, keys, place in the
+    view), fill units of at most ``unit`` keys, a segment each. A unit is a list of (pair
+    index, first slot, keys)."""
+    units, shorts = [], []
     for p, (row, start, n) in enumerate(pairs):
         if row != r:
             continue
-        int8 = int8_from is not None and start >= int8_from
-        if open_ and 0 < n < short and not int8 and sum(k for _, _, k in units[-1]) + n <= unit:
-            units[-1].append((p, start, n))
+        if 0 < n < short and not (int8_from is not None and start >= int8_from):
+            shorts.append((start, n, p))
             continue
-        open_ = False
         for first in range(0, n, unit):
             units.append([(p, start + first, min(n - first, unit))])
-            open_ = not int8 and min(n - first, unit) >= short
+    open_ = None
+    for start, n, p in sorted(shorts):
+        if open_ is not None and sum(k for _, _, k in open_) + n <= unit:
+            open_.append((p, start, n))
+        else:
+            open_ = [(p, start, n)]
+            units.append(open_)
     return units
 
 
@@ -105,6 +110,31 @@ MIXED = [(0, 0, 700), (0, 900, 5), (0, 950, 1), (1, 0, 700), (1, 900, 33), (1, 9
 SHARED = [(r, start, n) for r in range(9) for start, n in ((0, 300), (400, 7))]
 
 
+def _team(first_row: int = 0) -> list[tuple[int, int, int]]:
+    """A 6-worker team in the combined layout, rows from first_row: each sees the prompt,
+    every other worker's step (20-25 keys) followed by a marker, and its own step last, 14
+    blocks; on the dot path its long segments are scored on key tiles. Then a row that sees
+    only the prompt (scored row by row in the same work item), one whose prompt ends 10 keys
+    earlier and one that sees the first 10 of it among as many blocks."""
+    pairs = []
+    for w in range(6):
+        r = first_row + w
+        pairs += [(r, 0, 300), (r, 400, 3)]
+        for o in range(6):
+            if o != w:
+                pairs += [(r, 500 + 40 * o, 20 + o), (r, 700, 3)]
+        pairs += [(r, 410, 3), (r, 500 + 40 * w, 20 + w)]
+    pairs.append((first_row + 6, 0, 300))
+    pairs += [(first_row + 7, 0, 290)] + [(first_row + 7, 500 + 40 * o, 20 + o) for o in range(6)] + [
+        (first_row + 7, 700, 3)] * 4
+    pairs += [(first_row + 8, 0, 10)] + [(first_row + 8, 500 + 40 * o, 20 + o) for o in range(6)] + [
+        (first_row + 8, 700, 3)] * 4
+    return pairs
+
+
+TEAM = _team()
+
+
 def _many_rows(rows: int = 128) -> list[tuple[int, int, int]]:
     """A batched pass: groups of four rows (one run each) share a prompt block of their own or
     the common one, all see a common marker, and each row has its own step block."""
@@ -122,7 +152,7 @@ MANY = _many_rows()
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72)])
-@pytest.mark.parametrize("pairs", [MIXED, SHARED, MANY], ids=["mixed", "shared", "many"])
+@pytest.mark.parametrize("pairs", [MIXED, SHARED, MANY, TEAM], ids=["mixed", "shared", "many", "team"])
 def test_attention_kernel(dtype, heads, kv_heads, d, pairs, isa) -> None:
     torch.manual_seed(heads + d)
     cap = 1500
@@ -166,13 +196,18 @@ def _attend_pairs(q, pairs, cos, sin, k_pool, v_pool, shift=0):
 # head_dim 64, 128 and 96 take the AVX-512 loops where the CPU has them (96: a 32-lane value block)
 @pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72), (14, 2, 20), (6, 2, 96)])
 def test_attention_is_batch_invariant(dtype, heads, kv_heads, d, restore_threads, isa) -> None:
-    """Each row of a 131-row pass (rows sharing blocks, so they are computed together in work
+    """Each row of a 143-row pass (rows sharing blocks, so they are computed together in work
     items) gives the same bits as that row alone, in any order, under any thread count, and
     with its blocks at other places in the pool."""
     torch.manual_seed(d + heads)
-    # rows 128 and 130: on the tiles, 130's last prompt unit is the start of 128's (which the
-    # markers joined), so it rides in 128's work item with its lanes masked past its keys
-    pairs = MANY + [(128, 0, 700), (128, 1290, 3), (128, 1290, 3), (129, 0, 299), (129, 900, 300), (130, 0, 700)]
+    # on the tiles a row's short blocks, ordered by slot, make a unit: rows 131 and 132 see the
+    # same ones in other orders (one work item, each segment with the row's own rotation);
+    # 130's unit is the start of 128's and 133's of 131's (a shorter last block), so they
+    # ride in those work items with their lanes masked past their keys
+    pairs = MANY + [(128, 0, 700), (128, 1290, 3), (128, 1290, 3), (129, 0, 299), (129, 900, 300), (130, 0, 700),
+                    (130, 1290, 3), (131, 0, 700), (131, 1300, 5), (131, 1290, 3), (131, 1310, 6),
+                    (132, 1310, 6), (132, 1290, 3), (132, 0, 700), (132, 1300, 5), (133, 1310, 4), (133, 1290, 3),
+                    (133, 1300, 5)] + _team(134)
     rows = pairs[-1][0] + 1
     shift = 1503  # odd: every block lands at another alignment too
     k_pool = torch.randn(kv_heads, 1500 + shift, d).to(dtype)

@@ -54,6 +54,29 @@ def test_turned_off_by_environment(monkeypatch) -> None:
 
 
 @needs_kernels
+def test_argmax_rows_matches_torch(restore_threads) -> None:
+    """Greedy's pick: torch's max(-1).indices (first of ties, first NaN) for any row length,
+    ties everywhere (small integers), infinities and NaNs, on 1 or 2 threads."""
+    gen = torch.Generator().manual_seed(0)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for n in (1, 5, 8, 9, 16, 17, 31, 1000, 49152):
+            x = torch.randint(-3, 4, (7, n), generator=gen).float()
+            if n > 3:
+                x[1, n // 2] = math.nan
+                x[2, :] = -math.inf
+                x[3, n - 1] = math.inf
+                x[4, 0], x[4, n - 1] = math.nan, math.nan
+            assert kernels.argmax_rows(x) == x.max(-1).indices.tolist(), n
+    view = torch.randn(4, 10, generator=gen)[:, ::2]  # strided: copied first
+    assert kernels.argmax_rows(view) == view.max(-1).indices.tolist()
+    with pytest.raises(ValueError):
+        kernels.argmax_rows(torch.zeros(2, 0))
+    with pytest.raises(ValueError):
+        kernels.argmax_rows(torch.zeros(2, 3, dtype=torch.bfloat16))
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 37, 128])
 # (96, 64), (48, 1120): shapes the AMX path takes (rows % 16, columns % 32)

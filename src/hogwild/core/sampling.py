@@ -23,9 +23,17 @@ class Sampling:
 
 
 def greedy_ids(logits: torch.Tensor) -> list[int]:
-    """Each row's most likely token (the first of ties, as ``argmax``). Reduced with ``max``,
-    which on the CPU took 0.19 ms against ``argmax``'s 0.62 ms for 16 rows of a 49k vocabulary
-    (one pass of a 16-worker SmolLM2 team): the same indices, a visible share of a ~40 ms pass."""
+    """Each row's most likely token (the first of ties, as ``argmax``; a row with a NaN picks
+    its first NaN, as torch does). fp32 logits on the CPU go through the native kernel
+    (:func:`hogwild.kernels.argmax_rows`): torch's reduction runs row by row on one thread,
+    0.35-0.45 ms for the 16 x 49k logits of a 16-worker SmolLM2 pass (about 2 % of it), the
+    kernel about 0.05 ms. Elsewhere ``max`` (on the CPU 0.19 ms against ``argmax``'s 0.62 ms
+    there): the same indices."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2 and logits.shape[-1] > 0:
+        from .. import kernels
+
+        if kernels.available():
+            return kernels.argmax_rows(logits)
     return logits.max(-1).indices.tolist()
 
 

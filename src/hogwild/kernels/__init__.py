@@ -4,7 +4,7 @@ Why native code: on CPU a decode pass is memory-bound, yet PyTorch's bf16 matmul
 without bf16 instructions reads weights at a fraction of the bandwidth, and a layer made of
 ~90 small torch ops spends more time in dispatch than in arithmetic. ``hogwild_cpu.c`` has
 the few kernels a decode pass needs (the linear of a pass of up to :data:`MAX_ROWS` rows with
-fp32 or bf16 weights, RMSNorm, SiLU-gate, the whole per-block attention of a layer, and all
+fp32 or bf16 weights, RMSNorm, SiLU-gate, greedy's argmax, the whole per-block attention of a layer, and all
 layers of a pass in one call). They are batch invariant: a row's results are the same bits
 whatever other rows (of its run, or of other runs batched with it) share the pass.
 
@@ -32,6 +32,7 @@ from .ops import (
     MAX_ROWS,
     CompactPool,
     PairedBF16,
+    argmax_rows,
     attend,
     compact_pool,
     linear,
@@ -47,7 +48,7 @@ from .ops import (
 
 __all__ = [
     "COMPACT_SLOT", "CompactPool", "ENV", "MAX_GROUP", "MAX_HEAD_DIM", "MAX_ROWS", "KernelLinear", "KernelRMSNorm", "NativeDecoder",
-    "NativePass", "NativePassSource", "PackedLinear", "PairedBF16", "QuantLinear", "attend", "attention_rounds", "available", "can_pack", "compact_pool",
+    "NativePass", "NativePassSource", "PackedLinear", "PairedBF16", "QuantLinear", "argmax_rows", "attend", "attention_rounds", "available", "can_pack", "compact_pool",
     "format_supported", "library", "linear", "linear_rounds_input", "pairs_pay", "prepare_for_cpu", "qlinear", "reset", "rmsnorm", "silu_mul",
     "span", "status", "store_kv", "supports_attention",
 ]

@@ -949,6 +949,58 @@ int hw_linear(const float *x, const void *w, int wfmt, const float *b, float *y,
 /* ------------------------------------------------------------------ elementwise */
 
 /* y = x / rms(x) * w, row by row over the last dimension K (fp32 throughout). */
+/* Each row's index of its largest value, the first of ties, or of its first NaN if it has
+ * one (what torch's max(-1).indices returns on the CPU): greedy decoding's pick from the
+ * logits, rows split over threads. Per row: 8 lanes keep their largest value and its first
+ * index (a strictly larger value replaces it, so a lane keeps its first), then the lanes'
+ * largest, the smallest index among the lanes that hold it; a NaN anywhere sends the row to a
+ * scalar scan for the first NaN. */
+void hw_argmax(const float *x, int rows, int n, int64_t *out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * n;
+        int best = 0;
+        float top = n > 0 ? row[0] : 0.0f;
+        int i = 0, nan = 0;
+        if (n >= 8) {
+            __m256 bv = _mm256_loadu_ps(row), unord = _mm256_cmp_ps(bv, bv, _CMP_UNORD_Q);
+            __m256i bi = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), idx = bi;
+            const __m256i step = _mm256_set1_epi32(8);
+            for (i = 8; i + 8 <= n; i += 8) {
+                idx = _mm256_add_epi32(idx, step);
+                __m256 v = _mm256_loadu_ps(row + i);
+                __m256 gt = _mm256_cmp_ps(v, bv, _CMP_GT_OQ);
+                unord = _mm256_or_ps(unord, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                bv = _mm256_blendv_ps(bv, v, gt);
+                bi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx), gt));
+            }
+            nan = _mm256_movemask_ps(unord) != 0;
+            float lv[8];
+            int li[8];
+            _mm256_storeu_ps(lv, bv);
+            _mm256_storeu_si256((__m256i *)li, bi);
+            top = lv[0];
+            best = li[0];
+            for (int l = 1; l < 8; l++)
+                if (lv[l] > top || (lv[l] == top && li[l] < best)) {
+                    top = lv[l];
+                    best = li[l];
+                }
+        }
+        for (; i < n && !nan; i++) {
+            if (row[i] != row[i]) nan = 1;
+            else if (row[i] > top || (i < best && row[i] == top)) {
+                top = row[i];
+                best = i;
+            }
+        }
+        if (nan || top != top)
+            for (best = 0; best < n && row[best] == row[best]; best++) {
+            }
+        out[r] = best;
+    }
+}
+
 void hw_rmsnorm(const float *x, const float *w, float *y, int M, int K, float eps) {
     for (int m = 0; m < M; m++) {
         const float *xr = x + (size_t)m * K;
@@ -1085,9 +1137,10 @@ int hw_store_kv(const float *k, const float *v, const int64_t *slots, const floa
  * the long ones). Results do not depend on it: it decides which thread runs an item. */
 #define ITEMS_PER_GRAB(Hkv) (2 * (Hkv))
 
-/* A unit: keys of one row's view computed as one softmax. Its segments are consecutive pairs
- * of the row: `pair` from key `first` (count0 keys), then the whole pairs pair + 1 ..
- * pair + nseg - 1 (short ones joined on the tile unit, see attend_plan; elsewhere nseg = 1). */
+/* A unit: keys of one row's view computed as one softmax. Segment 0 is pair `pair` from key
+ * `first` (count0 keys); on the tile unit a unit of short pairs has further segments, whole
+ * pairs, the pass's seg list from `seg` on holding each segment's pair (see attend_plan;
+ * elsewhere nseg = 1). */
 typedef struct {
     int row;
     int pair;
@@ -1095,21 +1148,24 @@ typedef struct {
     int count; /* keys in all segments */
     int count0; /* keys in the first segment */
     int nseg;
+    int seg;  /* the unit's segments' pairs: seg list [seg .. seg + nseg - 1] */
+    int lane; /* the dot path may score its long segments on key tiles (attend_plan) */
 } Unit;
 
 typedef struct {
     int64_t slot; /* first pool slot the unit reads */
     int count;
     int unit;
-    int nseg, count0, pair; /* the unit's segments, read from the pass's pairs: */
+    int nseg, count0, lane; /* the unit's segments, read from the pass's pairs: */
+    const int *segp;        /* segment s is pair segp[s] */
     const int64_t *pair_slot;
     const int32_t *pair_len;
 } UnitKey;
 
 /* Segment s of a unit: its first pool slot and its number of keys. */
 static inline void unit_segment(const UnitKey *k, int s, int64_t *slot, int *len) {
-    *slot = s == 0 ? k->slot : k->pair_slot[k->pair + s];
-    *len = s == 0 ? k->count0 : k->pair_len[k->pair + s];
+    *slot = s == 0 ? k->slot : k->pair_slot[k->segp[s]];
+    *len = s == 0 ? k->count0 : k->pair_len[k->segp[s]];
 }
 
 /* Units ordered by the keys they read, segment by segment (a unit whose keys begin another's
@@ -1686,20 +1742,22 @@ typedef struct {
     uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
     uint16_t *rows; /* keys as bf16 rows [UNIT_KEYS][D]: an int8 unit's keys, then its values,
                        widened; a bf16 unit's last partial 16 keys, zero padded */
+    float *qab;     /* the dot path's queries and their half-swaps [AMX_MAX_Q][2][D] (dot_rotate_prep) */
 } AmxWork;
 
 /* This thread's work buffers: allocated on its first AMX attention call and kept, since the
  * OpenMP threads live as long as the process, so the call of every layer and pass allocates
- * nothing (~420 KB per thread). NULL when the allocation fails. */
+ * nothing (~520 KB per thread). NULL when the allocation fails. */
 static const AmxWork *amx_work(void) {
     static __thread AmxWork w;
     static __thread char *mem;
     if (!mem) {
         size_t f = sizeof(float), h = sizeof(uint16_t); /* every part a multiple of 64 bytes */
-        size_t parts[6] = {f * AMX_MAX_Q * MAX_D, f * (UNIT_KEYS + 16) * AMX_MAX_Q, h * 3 * MAX_D * 16,
-                           h * 3 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D};
+        size_t parts[7] = {f * AMX_MAX_Q * MAX_D, f * (UNIT_KEYS + 16) * AMX_MAX_Q, h * 3 * MAX_D * 16,
+                           h * 3 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D,
+                           f * 2 * AMX_MAX_Q * MAX_D};
         size_t total = 0;
-        for (int i = 0; i < 6; i++) total += parts[i];
+        for (int i = 0; i < 7; i++) total += parts[i];
         if (!(mem = (char *)aligned_alloc(64, total))) return NULL;
         char *at = mem;
         w.qf = (float *)at;
@@ -1708,6 +1766,7 @@ static const AmxWork *amx_work(void) {
         w.pt = (uint16_t *)(at += parts[2]);
         w.vt = (uint16_t *)(at += parts[3]);
         w.rows = (uint16_t *)(at += parts[4]);
+        w.qab = (float *)(at += parts[5]);
     }
     return &w;
 }
@@ -1797,25 +1856,75 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i tile_q32(cons
     return (__m512i)_mm512_cvtne2ps_pbh(amx_rope16(x, c, s, d0 + 16, D, scale), amx_rope16(x, c, s, d0, D, scale));
 }
 
+/* The dot path rotates each query once per segment it reads (a 16-worker row reads 33 short
+ * blocks), so the half-swap, which does not depend on the segment, is made once per work
+ * item: a = x and b = rotate_half(x) = [-x[h:], x[:h]] (negation is exact), as rows of D in
+ * qab (a, then b, per query). */
+static HW_AVX512BF16 void dot_rotate_prep(const float *const *qx, int nq, int D, float *qab) {
+    int half = D / 2;
+    for (int qi = 0; qi < nq; qi++) {
+        const float *x = qx[qi];
+        float *a = qab + (size_t)qi * 2 * D, *b = a + D;
+        for (int d = 0; d < D; d += 16) {
+            _mm512_storeu_ps(a + d, _mm512_loadu_ps(x + d));
+            __m512 h = d < half ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x + d + half))
+                                : _mm512_loadu_ps(x + d - half);
+            _mm512_storeu_ps(b + d, h);
+        }
+    }
+}
+
+/* The G queries q0 .. q0 + G - 1 of a member rotated for one segment's pair (c, s) and
+ * scaled: (a * c + b * s) * scale per dim, each step rounded (rope_row's values: x * c -
+ * x' * s is the same sum), as bf16 rows of D in qt, nearest even; c and s are loaded once
+ * for the member's G queries. */
+static inline HW_AVX512BF16 void dot_rotate(const float *qab, int q0, int G, const float *c, const float *s, int D,
+                                            float scale, uint16_t *qt) {
+    __m512 sc = _mm512_set1_ps(scale);
+    for (int d = 0; d < D; d += 32) {
+        __m512 c0 = _mm512_loadu_ps(c + d), c1 = _mm512_loadu_ps(c + d + 16);
+        __m512 s0 = _mm512_loadu_ps(s + d), s1 = _mm512_loadu_ps(s + d + 16);
+        for (int g = 0; g < G; g++) {
+            const float *a = qab + (size_t)(q0 + g) * 2 * D, *b = a + D;
+            __m512 r0 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(a + d), c0), _mm512_mul_ps(_mm512_loadu_ps(b + d), s0));
+            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(a + d + 16), c1),
+                                      _mm512_mul_ps(_mm512_loadu_ps(b + d + 16), s1));
+            r0 = _mm512_mul_ps(r0, sc);
+            r1 = _mm512_mul_ps(r1, sc);
+            _mm512_storeu_si512(qt + (size_t)(q0 + g) * D + d, (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
+        }
+    }
+}
+
 /* The dot path (isa 3, AVX-512 BF16 without tiles): tile_group's rounding with VDPBF16PS,
  * laid out for few queries as well as many: scores and weights query-major, so the softmax
  * runs along keys (16 a vector) and spends nothing on empty query lanes, as the tiles'
  * key-major columns would with the 6 queries of a 2-worker row of a 3-query GQA group.
  * Scores per query row: DOT_ROW floats (a unit's keys, and a block's spill). */
 #define DOT_ROW (UNIT_KEYS + 16)
+#define LANE_KEYS 16 /* a query's segment of at least this many keys is scored on key tiles */
+/* ... when its row's view has at least this many blocks: a team of 4 or more workers in the
+ * combined layout (each teammate adds its step and a marker), so at least 12 queries read
+ * each key of the team's prompt. Making a key tile costs about as much as scoring it for 6
+ * queries, and its extra pass over the keys does not overlap their reads from memory: for
+ * 2-worker runs with prompts of their own (6 queries a key) key tiles measured 11 % slower
+ * than dot_scores, for a 16-worker team 16 % faster (single thread, SmolLM2's head_dim 64). */
+#define LANE_MIN_PAIRS 10
+#define DOT_MAX_Q 24  /* queries per work item on the dot path (a 16-worker prompt: 2 items a head) */
 
 /*
- * Scores of queries q0 .. q0 + QB - 1 (bf16 rows of D in qb) against the n keys at k0 (bf16
- * rows of D), KB keys a block, QB x KB = 16 (a block past n repeats key n - 1, scored and
- * dropped): lane i * KB + j of a block = VDPBF16PS steps over dims 0, 32, .. < D, ascending,
- * then reduce16's tree, so the block shape never changes a score. Stored query-major, rows
- * of DOT_ROW (the last block of a row may fill up to KB - 1 floats past n, which the next
- * segment overwrites or nothing reads). */
-static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_scores_rows(const uint16_t *qb, int q0,
-                                                                                const uint16_t *k0, int n, int D,
-                                                                                float *st, int QB, int KB) {
+ * Scores of queries qi[q0] .. qi[q0 + QB - 1] (bf16 rows of D in qb) against the n keys at
+ * k0 (bf16 rows of D), KB keys a block, QB x KB = 16 (a block past n repeats key n - 1,
+ * scored and dropped): lane i * KB + j of a block = VDPBF16PS steps over dims 0, 32, .. < D,
+ * ascending, then reduce16's tree, so the block shape never changes a score. Stored
+ * query-major, rows of DOT_ROW (the last block of a row may fill up to KB - 1 floats past n,
+ * which the next segment overwrites or nothing reads).
+ */
+static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_scores_rows(const uint16_t *qb, const int *qi,
+                                                                                int q0, const uint16_t *k0, int n,
+                                                                                int D, float *st, int QB, int KB) {
     const uint16_t *qr[4];
-    for (int i = 0; i < QB; i++) qr[i] = qb + (size_t)(q0 + i) * D;
+    for (int i = 0; i < QB; i++) qr[i] = qb + (size_t)qi[q0 + i] * D;
     for (int j0 = 0; j0 < n; j0 += KB) {
         const uint16_t *kr[16];
         for (int j = 0; j < KB; j++) kr[j] = k0 + (size_t)(j0 + j < n ? j0 + j : n - 1) * D;
@@ -1832,16 +1941,105 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_scores_rows(
         }
         float sc[16];
         _mm512_storeu_ps(sc, reduce16(a));
-        for (int i = 0; i < QB; i++) memcpy(st + (size_t)(q0 + i) * DOT_ROW + j0, sc + i * KB, KB * sizeof(float));
+        for (int i = 0; i < QB; i++) memcpy(st + (size_t)qi[q0 + i] * DOT_ROW + j0, sc + i * KB, KB * sizeof(float));
     }
 }
 
-/* Scores of nq queries against a segment's n keys: 4 x 4 blocks, then 2 x 8 and 1 x 16. */
-static HW_AVX512BF16 void dot_scores(const uint16_t *qb, int nq, const uint16_t *k0, int n, int D, float *st) {
+/* Scores of the nq queries listed in qi against a segment's n keys: 4 x 4 blocks, then
+ * 2 x 8 and 1 x 16. */
+static HW_AVX512BF16 void dot_scores(const uint16_t *qb, const int *qi, int nq, const uint16_t *k0, int n, int D,
+                                     float *st) {
     int q0 = 0;
-    for (; q0 + 4 <= nq; q0 += 4) dot_scores_rows(qb, q0, k0, n, D, st, 4, 4);
-    for (; q0 + 2 <= nq; q0 += 2) dot_scores_rows(qb, q0, k0, n, D, st, 2, 8);
-    for (; q0 < nq; q0++) dot_scores_rows(qb, q0, k0, n, D, st, 1, 16);
+    for (; q0 + 4 <= nq; q0 += 4) dot_scores_rows(qb, qi, q0, k0, n, D, st, 4, 4);
+    for (; q0 + 2 <= nq; q0 += 2) dot_scores_rows(qb, qi, q0, k0, n, D, st, 2, 8);
+    for (; q0 < nq; q0++) dot_scores_rows(qb, qi, q0, k0, n, D, st, 1, 16);
+}
+
+/* Keys j0 .. j1 - 1 (j0 a multiple of 16) of a segment's n keys (bf16 rows of D at k0) as
+ * key tiles for lane_scores: per 16 keys, D / 2 rows of 16 lanes, lane l of row i = dims 2i,
+ * 2i + 1 of the tile's key l (a 32-bit pair), zeros past n; keys j0 .. j0 + 15 at kt, the
+ * next 16 at kt + 8 * D words, and so on.
+ * The keys usually come from memory (a work item is the only reader of its keys in a layer):
+ * they are requested KEYS_AHEAD keys ahead, so those of the next tiles arrive while these
+ * are scored, and the values of these keys (v0, rows of D; NULL: none) into L2 for after the
+ * softmax. */
+#define KEYS_AHEAD 128
+static HW_AVX512BF16 void key_tiles(const uint16_t *k0, const uint16_t *v0, int j0, int j1, int n, int D,
+                                    uint16_t *kt) {
+    int pairs = D / 2, first = j0;
+    size_t row_bytes = (size_t)D * 2;
+    if (j0 == 0) amx_prefetch(k0, 0, n < KEYS_AHEAD ? n : KEYS_AHEAD, row_bytes);
+    for (; j0 < j1; j0 += 16) {
+        int ahead = j0 + KEYS_AHEAD;
+        if (ahead < n) amx_prefetch(k0, ahead, n - ahead < 16 ? n - ahead : 16, row_bytes);
+        if (v0) {
+            const char *p = (const char *)(v0 + (size_t)j0 * D), *end = p + (size_t)(n - j0 < 16 ? n - j0 : 16) * row_bytes;
+            for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T1);
+        }
+        uint32_t *tile = (uint32_t *)kt + (size_t)(j0 - first) * pairs;
+        for (int c0 = 0; c0 < pairs; c0 += 16) {
+            __m512i r[16];
+            for (int l = 0; l < 16; l++)
+                r[l] = j0 + l < n ? _mm512_loadu_si512(k0 + (size_t)(j0 + l) * D + 2 * c0) : _mm512_setzero_si512();
+            amx_transpose_store(r, tile + (size_t)c0 * 16);
+        }
+    }
+}
+
+/* Scores of queries qi[q0 ..] (QB of them) against TB key tiles at kt (a segment's tiles t0 ..
+ * t0 + TB - 1, for where they go in st): a lane
+ * per key, acc = VDPBF16PS(acc, the query's dims 2i, 2i + 1 broadcast, the keys' pair row i)
+ * for i = 0 .. D / 2 - 1 in order, nothing summed across lanes: a key's score is the same
+ * bits whichever tile, block or segment length it comes in. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 void lane_scores_block(const uint16_t *qb, const int *qi,
+                                                                                  int q0, const uint16_t *kt, int t0,
+                                                                                  int D, float *st, int QB, int TB) {
+    int pairs = D / 2;
+    const uint32_t *qr[4];
+    const uint32_t *kr = (const uint32_t *)kt; /* tile t0 */
+    __m512 a[4][6];
+    for (int i = 0; i < QB; i++) {
+        qr[i] = (const uint32_t *)(qb + (size_t)qi[q0 + i] * D);
+        for (int t = 0; t < TB; t++) a[i][t] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < pairs; c++) {
+        __m512i kv[6];
+        for (int t = 0; t < TB; t++) kv[t] = _mm512_loadu_si512(kr + ((size_t)t * pairs + c) * 16);
+        for (int i = 0; i < QB; i++) {
+            __m512i qv = _mm512_set1_epi32((int)qr[i][c]);
+            for (int t = 0; t < TB; t++) a[i][t] = _mm512_dpbf16_ps(a[i][t], (__m512bh)qv, (__m512bh)kv[t]);
+        }
+    }
+    for (int i = 0; i < QB; i++)
+        for (int t = 0; t < TB; t++) _mm512_storeu_ps(st + (size_t)qi[q0 + i] * DOT_ROW + (t0 + t) * 16, a[i][t]);
+}
+
+#define LANE_SCORES(QB, TB) \
+    case QB * 8 + TB: lane_scores_block(qb, qi, q0, kt, t0, D, st, QB, TB); break;
+
+#define LANE_TILES 6 /* key tiles made and scored at a time (12 KB at head_dim 64: they stay in L1) */
+
+/* Scores of the nq queries listed in qi against a segment's n keys (bf16 rows of D at k0,
+ * values at v0 or NULL for key_tiles' prefetch): LANE_TILES key tiles at a time made
+ * (key_tiles, into kt) and scored by every query, in blocks of 4 queries; the last tile's
+ * lanes past the keys score 0 and spill up to 15 floats past n, as dot_scores' blocks do. */
+static HW_AVX512BF16 void lane_scores(const uint16_t *qb, const int *qi, int nq, const uint16_t *k0,
+                                      const uint16_t *v0, int n, int D, uint16_t *kt, float *st) {
+    int tiles = (n + 15) / 16;
+    for (int t0 = 0; t0 < tiles; t0 += LANE_TILES) {
+        int TB = tiles - t0 < LANE_TILES ? tiles - t0 : LANE_TILES;
+        key_tiles(k0, v0, t0 * 16, (t0 + TB) * 16 < n ? (t0 + TB) * 16 : n, n, D, kt);
+        for (int q0 = 0; q0 < nq; q0 += 4) {
+            int QB = nq - q0 < 4 ? nq - q0 : 4;
+            switch (QB * 8 + TB) {
+                LANE_SCORES(4, 6) LANE_SCORES(4, 5) LANE_SCORES(4, 4) LANE_SCORES(4, 3) LANE_SCORES(4, 2)
+                LANE_SCORES(4, 1) LANE_SCORES(3, 6) LANE_SCORES(3, 5) LANE_SCORES(3, 4) LANE_SCORES(3, 3)
+                LANE_SCORES(3, 2) LANE_SCORES(3, 1) LANE_SCORES(2, 6) LANE_SCORES(2, 5) LANE_SCORES(2, 4)
+                LANE_SCORES(2, 3) LANE_SCORES(2, 2) LANE_SCORES(2, 1) LANE_SCORES(1, 6) LANE_SCORES(1, 5)
+                LANE_SCORES(1, 4) LANE_SCORES(1, 3) LANE_SCORES(1, 2) LANE_SCORES(1, 1)
+            }
+        }
+    }
 }
 
 /* Values of keys j and j + 1, dims d .. d + 31, interleaved per dim (a row of the tiles' B
@@ -2045,10 +2243,9 @@ static HW_AMX void amx_pv(const AmxWork *w, int nqt, int steps, int DT, int D) {
         }
 }
 
-/* One work item on the tile unit (see above), or with `amx` 0 on the dot path (dot_scores,
- * dot_softmax, dot_pv: the same roundings, sums in orders of their own): members' queries
- * against the keys of the last
- * member's unit (its segments, each scored with every member's query rotated for that
+/* One work item on the tile unit (see above), or with `amx` 0 on the dot path (lane_scores or
+ * dot_scores per query and segment, dot_softmax, dot_pv: the same roundings, sums in orders
+ * of their own): members' queries against the keys of the last member's unit (its segments, each scored with every member's query rotated for that
  * segment's pair; an earlier member, whose keys are the first of those, has its lanes masked
  * past them) in KV head kh of a bf16 pool, or of layer `layer` of the int8 part `pk` for
  * slots from COMPACT_SLOT on (one segment); writes each member's (m, l, acc) into `part` as
@@ -2079,6 +2276,7 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
     }
     const float *qx[AMX_MAX_Q], *qc[AMX_MAX_Q], *qs[AMX_MAX_Q];
     for (int qi = 0; qi < nq; qi++) qx[qi] = q + ((size_t)list[members[qi / G].unit].row * H + (size_t)kh * G + qi % G) * D;
+    if (!amx) dot_rotate_prep(qx, nq, D, w->qab);
     /* per segment: its queries, then its scores S^T, 16 keys a tile, into rows at + .. of st
      * (rows are keys, lanes queries; a partial last tile spills zero-key rows that the next
      * segment overwrites). Keys are requested AMX_AHEAD ahead, values as their keys are
@@ -2092,16 +2290,33 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
          * whose keys end before this segment gets zeros (its lanes are masked below) */
         for (int qi = 0; qi < nq; qi++) {
             const UnitKey *m = &members[qi / G];
-            int pair = m->nseg > sg ? m->pair + sg : -1;
+            int pair = m->nseg > sg ? m->segp[sg] : -1;
             qc[qi] = pair < 0 ? NULL : pair_cos + (size_t)pair * D;
             qs[qi] = pair < 0 ? NULL : pair_sin + (size_t)pair * D;
         }
-        if (!amx) /* the dot path: bf16 rows of D, in natural order */
-            for (int qi = 0; qi < nq; qi++)
-                for (int ks = 0; ks < KS; ks++)
-                    _mm512_storeu_si512(w->qt + (size_t)qi * D + ks * 32,
-                                        qc[qi] ? tile_q32(qx[qi], qc[qi], qs[qi], ks * 32, D, scale)
-                                               : _mm512_setzero_si512());
+        /* the dot path: bf16 rows of D, in natural order, for the members that read this
+         * segment; a query is scored on key tiles (lane_scores) when its own member's
+         * segment has at least LANE_KEYS keys and its row's view LANE_MIN_PAIRS blocks, else
+         * by dot_scores: the choice depends on the row's own view only, not on the longer
+         * unit whose work item it shares nor on the rows it shares it with */
+        int lane_q[AMX_MAX_Q], row_q[AMX_MAX_Q], n_lane = 0, n_row = 0, row_keys = 0;
+        if (!amx)
+            for (int mi = 0; mi < nm; mi++) {
+                int q0 = mi * G;
+                if (!qc[q0]) continue;
+                dot_rotate(w->qab, q0, G, qc[q0], qs[q0], D, scale, w->qt);
+                int64_t own_slot;
+                int own;
+                unit_segment(&members[mi], sg, &own_slot, &own);
+                for (int g = 0; g < G; g++) {
+                    if (own >= LANE_KEYS && members[mi].lane) {
+                        lane_q[n_lane++] = q0 + g;
+                    } else {
+                        row_q[n_row++] = q0 + g;
+                        row_keys = own > row_keys ? own : row_keys;
+                    }
+                }
+            }
         else
         for (int qt = 0; qt < nqt; qt++)
             for (int ks = 0; ks < KS; ks++) {
@@ -2120,7 +2335,9 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
             amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
         }
         if (!amx) {
-            dot_scores(w->qt, nq, k0, n, D, w->st + at);
+            if (n_lane) /* w->vt is free until the values are laid out after the softmax */
+                lane_scores(w->qt, lane_q, n_lane, k0, v0, n, D, w->vt, w->st + at);
+            if (n_row) dot_scores(w->qt, row_q, n_row, k0, row_keys, D, w->st + at);
             at += n;
             continue;
         }
@@ -2203,21 +2420,24 @@ int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 
 
 /* The work items of hw_attend when hw_attend_rounds: each thread runs its items (bf16 and
  * int8 blocks alike) in its own work buffers (amx_work), on the tiles (`amx`: each thread
- * loads the tile configuration) or on the dot path. Returns 0 or -1 (a thread's buffers could
+ * loads the tile configuration; groups in slot order, ITEMS_PER_GRAB at a time) or on the dot
+ * path (groups costliest first, `order`, an item at a time: a 16-worker pass has a few big
+ * items, the short blocks' one last in slot order). Returns 0 or -1 (a thread's buffers could
  * not be allocated). */
 static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start,
-                               int items, int H, int G, int D, int Hkv, const float *pair_cos, const float *pair_sin,
-                               const void *kbase, const void *vbase, int64_t head_stride, const Compact *pk,
-                               int layer, float scale, float *part, size_t per, int threads, int amx) {
-    int failed = 0;
+                               const int *order, int items, int H, int G, int D, int Hkv, const float *pair_cos,
+                               const float *pair_sin, const void *kbase, const void *vbase, int64_t head_stride,
+                               const Compact *pk, int layer, float scale, float *part, size_t per, int threads,
+                               int amx) {
+    int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : 1;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         const AmxWork *w = amx_work();
         failed = !w;
         if (amx) amx_tiles_on();
-#pragma omp for schedule(dynamic, ITEMS_PER_GRAB(Hkv))
+#pragma omp for schedule(dynamic, grab)
         for (int it = 0; it < items; it++) {
-            int gr = it / Hkv, kh = it % Hkv;
+            int gr = amx ? it / Hkv : order[it / Hkv], kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
             if (w)
                 tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
@@ -2241,7 +2461,9 @@ typedef struct {
     int rows, groups;
     Unit *list;
     UnitKey *keys;
+    int *seg;         /* each unit's segments' pairs (Unit.seg) */
     int *group_start; /* [groups + 1] into keys */
+    int *order;       /* the groups, costliest first (the dot path's schedule) */
     int *row_unit;    /* [rows + 1] into list */
     float *part;      /* [units, Hkv, per] */
     size_t per;       /* floats per unit and KV head: G (m), G (l), G x D (weighted values) */
@@ -2250,81 +2472,130 @@ typedef struct {
 static void attend_plan_free(AttendPlan *pl) {
     free(pl->list);
     free(pl->keys);
+    free(pl->seg);
     free(pl->group_start);
+    free(pl->order);
     free(pl->row_unit);
     free(pl->part);
     memset(pl, 0, sizeof(*pl));
 }
 
-/* Pairs shorter than this join the unit before them on the tile unit (attend_plan). */
+/* Pairs shorter than this fill units of short pairs on the tile unit (attend_plan). */
 #define SHORT_KEYS 32
+
+/* A group's estimated work, for the dot path's schedule: its queries times keys, plus a
+ * rotation per member and segment weighed as ROTATE_KEYS of those (measured at head_dim 64
+ * on a 16-worker pass: rotating a member's 3 queries for a segment takes about 85 cycles, a
+ * query's score, weight and P V for one key about 5.6). Only the order of the items depends
+ * on it, never a result. */
+#define ROTATE_KEYS 16
+typedef struct {
+    int64_t cost;
+    int group;
+} GroupCost;
+
+static int group_cost_cmp(const void *a, const void *b) {
+    const GroupCost *x = (const GroupCost *)a, *y = (const GroupCost *)b;
+    if (x->cost != y->cost) return x->cost > y->cost ? -1 : 1;
+    return x->group - y->group;
+}
+
+/* A short pair of a row as attend_plan orders them: by the keys it reads, then its place. */
+typedef struct {
+    int64_t slot;
+    int len, pair;
+} ShortPair;
+
+static int short_pair_cmp(const void *a, const void *b) {
+    const ShortPair *x = (const ShortPair *)a, *y = (const ShortPair *)b;
+    if (x->slot != y->slot) return x->slot < y->slot ? -1 : 1;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->pair - y->pair;
+}
 
 /* Cut every pair into units of at most UNIT_KEYS keys and group the units reading the same
  * keys, a work item taking at most MAX_Q queries (AMX_MAX_Q on the tile unit, `amx`; G per
  * member). Returns 0, -1 when an allocation fails (pl then holds nothing), or -2 for int8
  * slots without a compact part.
  *
- * On the tile unit and the dot path (tile_group), a pair shorter than SHORT_KEYS joins the
- * row's unit before it as a further segment, while the unit stays within UNIT_KEYS keys and
- * both are in the full-precision pool: a team's markers ("unfinished" after each other
+ * On the tile unit and the dot path (tile_group), a row's pairs shorter than SHORT_KEYS (in
+ * the full-precision pool) are not units of their own: ordered by the keys they read (slot,
+ * then length, then their place in the view), they fill units of up to UNIT_KEYS keys, one
+ * segment each, after the row's other units. A team's markers ("unfinished" after each other
  * worker's step, the section headers) and short steps then cost no work item and no partial
- * result of their own. And a unit whose keys begin another's (a worker's own step, which the
- * others see followed by a marker) joins that one's work item, its lanes masked past its own
- * keys. Both depend only on the row's own view, so a row's result stays batch invariant; the
- * masking gives the bits the unit's own item would (weights 0 add +0). */
+ * result of their own; and since softmax does not care in which order a row's keys come, the
+ * order by slot makes the short units of a team's rows read the same keys (each row sees
+ * every worker's step and the same markers, only at other positions, so in another order):
+ * they share one work item, each row's query rotated per segment for its own position, as
+ * the rows sharing a prompt do. A unit whose keys begin another's (a row that sees fewer of
+ * the short blocks, or a shorter last one) joins that one's work item, its lanes masked past
+ * its own keys. All of it depends only on the row's own view, so a row's result stays batch
+ * invariant; the masking gives the bits the unit's own item would (weights 0 add +0). */
 static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32_t *row_start,
                        const int64_t *pair_slot, const int32_t *pair_len, int has_compact, int amx) {
-    int item_q = amx ? AMX_MAX_Q : MAX_Q;
+    int item_q = !amx ? MAX_Q : isa_now() == 4 ? AMX_MAX_Q : DOT_MAX_Q;
     memset(pl, 0, sizeof(*pl));
     if (!has_compact)
         for (int p = 0; p < row_start[R]; p++)
             if (pair_slot[p] >= COMPACT_SLOT) return -2;
-    int units = 0;
-    for (int p = 0; p < row_start[R]; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
+    int units = 0, pairs = row_start[R];
+    for (int p = 0; p < pairs; p++) units += (pair_len[p] + UNIT_KEYS - 1) / UNIT_KEYS;
     int alloc = units > 0 ? units : 1;
     pl->rows = R;
     pl->per = (size_t)G * (D + 2);
     pl->list = (Unit *)malloc(sizeof(Unit) * alloc);
     pl->keys = (UnitKey *)malloc(sizeof(UnitKey) * alloc);
+    pl->seg = (int *)malloc(sizeof(int) * (alloc + pairs));
     pl->group_start = (int *)malloc(sizeof(int) * (alloc + 1));
+    pl->order = (int *)malloc(sizeof(int) * alloc);
     pl->row_unit = (int *)malloc(sizeof(int) * (R + 1));
     pl->part = (float *)malloc(sizeof(float) * pl->per * (size_t)Hkv * alloc);
-    if (!pl->list || !pl->keys || !pl->group_start || !pl->row_unit || !pl->part) {
+    ShortPair *shorts = (ShortPair *)malloc(sizeof(ShortPair) * (pairs > 0 ? pairs : 1));
+    if (!pl->list || !pl->keys || !pl->seg || !pl->group_start || !pl->order || !pl->row_unit || !pl->part ||
+        !shorts) {
+        free(shorts);
         attend_plan_free(pl);
         return -1;
     }
     Unit *list = pl->list;
     UnitKey *keys = pl->keys;
-    int u = 0;
+    int u = 0, nseg = 0;
     for (int r = 0; r < R; r++) {
         pl->row_unit[r] = u;
-        int open = -1; /* the row's last unit, while a short pair may still join it */
+        int ns = 0, lane = row_start[r + 1] - row_start[r] >= LANE_MIN_PAIRS;
         for (int p = row_start[r]; p < row_start[r + 1]; p++) {
             int len = pair_len[p];
-            if (open >= 0 && len > 0 && len < SHORT_KEYS && pair_slot[p] < COMPACT_SLOT &&
-                list[open].count + len <= UNIT_KEYS) {
-                list[open].nseg++;
-                list[open].count += len;
+            if (amx && len > 0 && len < SHORT_KEYS && pair_slot[p] < COMPACT_SLOT) {
+                shorts[ns++] = (ShortPair){pair_slot[p], len, p};
                 continue;
             }
-            open = -1;
             for (int first = 0; first < len; first += UNIT_KEYS) {
-                list[u].row = r;
-                list[u].pair = p;
-                list[u].first = first;
-                list[u].count = list[u].count0 = len - first < UNIT_KEYS ? len - first : UNIT_KEYS;
-                list[u].nseg = 1;
-                if (amx && pair_slot[p] < COMPACT_SLOT) open = u;
+                int n = len - first < UNIT_KEYS ? len - first : UNIT_KEYS;
+                list[u] = (Unit){r, p, first, n, n, 1, nseg, lane};
+                pl->seg[nseg++] = p;
                 u++;
             }
         }
+        qsort(shorts, ns, sizeof(ShortPair), short_pair_cmp);
+        for (int i = 0, open = -1; i < ns; i++) {
+            int len = shorts[i].len, p = shorts[i].pair;
+            if (open >= 0 && list[open].count + len <= UNIT_KEYS) {
+                list[open].nseg++;
+                list[open].count += len;
+            } else {
+                open = u;
+                list[u++] = (Unit){r, p, 0, len, len, 1, nseg, lane};
+            }
+            pl->seg[nseg++] = p;
+        }
     }
+    free(shorts);
     pl->row_unit[R] = u;
     units = u;
     for (int i = 0; i < units; i++) {
         const Unit *un = &list[i];
-        keys[i] = (UnitKey){pair_slot[un->pair] + un->first, un->count, i, un->nseg, un->count0, un->pair,
-                            pair_slot, pair_len};
+        keys[i] = (UnitKey){pair_slot[un->pair] + un->first, un->count, i, un->nseg, un->count0, un->lane,
+                            pl->seg + un->seg, pair_slot, pair_len};
     }
     qsort(keys, units, sizeof(UnitKey), unit_key_cmp);
     int max_members = item_q / G > 0 ? item_q / G : 1;
@@ -2337,6 +2608,20 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
     }
     pl->group_start[groups] = units;
     pl->groups = groups;
+    /* costliest first: queries x keys, and a rotation per member and segment */
+    GroupCost *cost = (GroupCost *)malloc(sizeof(GroupCost) * (groups > 0 ? groups : 1));
+    if (!cost) {
+        attend_plan_free(pl);
+        return -1;
+    }
+    for (int g = 0; g < groups; g++) {
+        int nm = pl->group_start[g + 1] - pl->group_start[g];
+        const UnitKey *lead = &keys[pl->group_start[g + 1] - 1];
+        cost[g] = (GroupCost){(int64_t)nm * G * lead->count + (int64_t)nm * lead->nseg * ROTATE_KEYS, g};
+    }
+    qsort(cost, groups, sizeof(GroupCost), group_cost_cmp);
+    for (int g = 0; g < groups; g++) pl->order[g] = cost[g].group;
+    free(cost);
     return 0;
 }
 
@@ -2352,8 +2637,8 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
     float *part = pl->part;
     size_t per = pl->per;
     if (hw_attend_rounds(D, bf16)) {
-        if (tile_attends(q, list, keys, group_start, items, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase,
-                         head_stride, pk, layer, scale, part, per, threads, isa_now() == 4) != 0)
+        if (tile_attends(q, list, keys, group_start, pl->order, items, H, G, D, Hkv, pair_cos, pair_sin, kbase,
+                         vbase, head_stride, pk, layer, scale, part, per, threads, isa_now() == 4) != 0)
             return -1;
     } else {
 #pragma omp parallel for schedule(dynamic, ITEMS_PER_GRAB(Hkv)) num_threads(threads)
@@ -2404,8 +2689,8 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
  * (more than MAX_G query heads per KV head, head_dim above MAX_D or odd). Any number of rows
  * and pairs: scratch is allocated per call.
  *
- * Work: each pair is cut into units of at most UNIT_KEYS keys (on the tile unit short pairs
- * join the unit before them, see attend_plan); units that read the same keys (the prompt,
+ * Work: each pair is cut into units of at most UNIT_KEYS keys (on the tile unit a row's short
+ * pairs, ordered by slot, fill units of their own, see attend_plan); units that read the same keys (the prompt,
  * history steps, markers seen by several rows) are computed together, so a shared block is
  * read once per layer however many rows see it; partial results of a row's units are merged
  * by log-sum-exp at the end.
@@ -2420,7 +2705,9 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
  * else AVX2) and on head_dim, never on the batch; value sums take the same steps in both.
  * With AMX or AVX512_BF16 and a bf16 pool (hw_attend_rounds) every work item runs in
  * tile_group, on the tile unit or the dot path, int8 blocks of the compact store included:
- * per tile cell or dot-product lane, as invariant as the rest. */
+ * per tile cell or dot-product lane, as invariant as the rest; on the dot path a query's
+ * scores of a segment come from key tiles or from dot_scores by its own row's view
+ * (LANE_KEYS, LANE_MIN_PAIRS), never by the rows it shares a work item with. */
 int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
               const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
               const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,

@@ -76,6 +76,7 @@ declare({
     "hw_attend_rounds": (_I, [_I, _I]),
     "hw_rmsnorm": (None, [_P, _P, _P, _I, _I, ctypes.c_float]),
     "hw_silu_mul": (None, [_P, _P, _I, _I]),
+    "hw_argmax": (None, [_P, _I, _I, _P, _I]),
     "hw_store_kv": (_I, [_P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _I, _I, _I, _P, _I]),
     "hw_attend": (
         _I,
@@ -266,6 +267,22 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     with span("silu_mul"):
         lib.hw_silu_mul(gate_up.data_ptr(), out.data_ptr(), M, two_i // 2)
     return out
+
+
+def argmax_rows(x: torch.Tensor) -> list[int]:
+    """Each row's index of its largest value, the first of ties, or of its first NaN: what
+    ``x.max(-1).indices`` gives on the CPU, for fp32 [rows, n] on the CPU. Greedy decoding's
+    pick: for a 16-worker SmolLM2 pass (16 x 49k logits) about 0.05 ms against torch's
+    0.35-0.45 ms (a row-by-row reduction on one thread)."""
+    lib = _lib_or_fail()
+    _need(x.dtype == torch.float32 and x.dim() == 2 and x.device.type == "cpu", "argmax needs fp32 [rows, n] on the CPU")
+    x = x.contiguous()
+    rows, n = x.shape
+    _need(n > 0, "argmax of empty rows")
+    out = torch.empty(rows, dtype=torch.int64)
+    with span("argmax"):
+        lib.hw_argmax(x.data_ptr(), rows, n, out.data_ptr(), threads())
+    return out.tolist()
 
 
 def _pool_args(k_pool: torch.Tensor, v_pool: torch.Tensor) -> tuple[int, int]:
