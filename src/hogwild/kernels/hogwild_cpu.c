@@ -1856,20 +1856,24 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i tile_q32(cons
     return (__m512i)_mm512_cvtne2ps_pbh(amx_rope16(x, c, s, d0 + 16, D, scale), amx_rope16(x, c, s, d0, D, scale));
 }
 
-/* The dot path rotates each query once per segment it reads (a 16-worker row reads 33 short
- * blocks), so the half-swap, which does not depend on the segment, is made once per work
- * item: a = x and b = rotate_half(x) = [-x[h:], x[:h]] (negation is exact), as rows of D in
- * qab (a, then b, per query). */
+/* Dims d .. d + 15 of rotate_half(x) = [-x[h:], x[:h]] (h = D / 2, d % 16 == 0; negation is
+ * exact). */
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 dot_half(const float *x, int d, int D) {
+    return d < D / 2 ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x + d + D / 2)) : _mm512_loadu_ps(x + d - D / 2);
+}
+
+/* The dot path rotates each query once per segment it reads (a 16-worker row's short blocks
+ * are 33 segments of one unit), so for a unit of several segments the half-swap, which does
+ * not depend on the segment, is made once per work item: a = x and b = rotate_half(x) =
+ * [-x[h:], x[:h]] (negation is exact), as rows of D in qab (a, then b, per query); a unit of
+ * one segment rotates from the query itself (dot_rotate with qab NULL: the same values). */
 static HW_AVX512BF16 void dot_rotate_prep(const float *const *qx, int nq, int D, float *qab) {
-    int half = D / 2;
     for (int qi = 0; qi < nq; qi++) {
         const float *x = qx[qi];
         float *a = qab + (size_t)qi * 2 * D, *b = a + D;
         for (int d = 0; d < D; d += 16) {
             _mm512_storeu_ps(a + d, _mm512_loadu_ps(x + d));
-            __m512 h = d < half ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x + d + half))
-                                : _mm512_loadu_ps(x + d - half);
-            _mm512_storeu_ps(b + d, h);
+            _mm512_storeu_ps(b + d, dot_half(x, d, D));
         }
     }
 }
@@ -1877,18 +1881,27 @@ static HW_AVX512BF16 void dot_rotate_prep(const float *const *qx, int nq, int D,
 /* The G queries q0 .. q0 + G - 1 of a member rotated for one segment's pair (c, s) and
  * scaled: (a * c + b * s) * scale per dim, each step rounded (rope_row's values: x * c -
  * x' * s is the same sum), as bf16 rows of D in qt, nearest even; c and s are loaded once
- * for the member's G queries. */
-static inline HW_AVX512BF16 void dot_rotate(const float *qab, int q0, int G, const float *c, const float *s, int D,
-                                            float scale, uint16_t *qt) {
+ * for the member's G queries. a and b from qab (dot_rotate_prep), or with qab NULL made from
+ * the queries qx on the way. */
+static inline HW_AVX512BF16 void dot_rotate(const float *qab, const float *const *qx, int q0, int G, const float *c,
+                                            const float *s, int D, float scale, uint16_t *qt) {
     __m512 sc = _mm512_set1_ps(scale);
     for (int d = 0; d < D; d += 32) {
         __m512 c0 = _mm512_loadu_ps(c + d), c1 = _mm512_loadu_ps(c + d + 16);
         __m512 s0 = _mm512_loadu_ps(s + d), s1 = _mm512_loadu_ps(s + d + 16);
         for (int g = 0; g < G; g++) {
-            const float *a = qab + (size_t)(q0 + g) * 2 * D, *b = a + D;
-            __m512 r0 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(a + d), c0), _mm512_mul_ps(_mm512_loadu_ps(b + d), s0));
-            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(a + d + 16), c1),
-                                      _mm512_mul_ps(_mm512_loadu_ps(b + d + 16), s1));
+            __m512 a0, a1, b0, b1;
+            if (qab) {
+                const float *a = qab + (size_t)(q0 + g) * 2 * D, *b = a + D;
+                a0 = _mm512_loadu_ps(a + d), a1 = _mm512_loadu_ps(a + d + 16);
+                b0 = _mm512_loadu_ps(b + d), b1 = _mm512_loadu_ps(b + d + 16);
+            } else {
+                const float *x = qx[q0 + g];
+                a0 = _mm512_loadu_ps(x + d), a1 = _mm512_loadu_ps(x + d + 16);
+                b0 = dot_half(x, d, D), b1 = dot_half(x, d + 16, D);
+            }
+            __m512 r0 = _mm512_add_ps(_mm512_mul_ps(a0, c0), _mm512_mul_ps(b0, s0));
+            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(a1, c1), _mm512_mul_ps(b1, s1));
             r0 = _mm512_mul_ps(r0, sc);
             r1 = _mm512_mul_ps(r1, sc);
             _mm512_storeu_si512(qt + (size_t)(q0 + g) * D + d, (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
@@ -1910,7 +1923,6 @@ static inline HW_AVX512BF16 void dot_rotate(const float *qab, int q0, int G, con
  * 2-worker runs with prompts of their own (6 queries a key) key tiles measured 11 % slower
  * than dot_scores, for a 16-worker team 16 % faster (single thread, SmolLM2's head_dim 64). */
 #define LANE_MIN_PAIRS 10
-#define DOT_MAX_Q 24  /* queries per work item on the dot path (a 16-worker prompt: 2 items a head) */
 
 /*
  * Scores of queries qi[q0] .. qi[q0 + QB - 1] (bf16 rows of D in qb) against the n keys at
@@ -2276,7 +2288,8 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
     }
     const float *qx[AMX_MAX_Q], *qc[AMX_MAX_Q], *qs[AMX_MAX_Q];
     for (int qi = 0; qi < nq; qi++) qx[qi] = q + ((size_t)list[members[qi / G].unit].row * H + (size_t)kh * G + qi % G) * D;
-    if (!amx) dot_rotate_prep(qx, nq, D, w->qab);
+    const float *qab = !amx && lead->nseg > 1 ? w->qab : NULL; /* the dot path's half-swaps */
+    if (qab) dot_rotate_prep(qx, nq, D, w->qab);
     /* per segment: its queries, then its scores S^T, 16 keys a tile, into rows at + .. of st
      * (rows are keys, lanes queries; a partial last tile spills zero-key rows that the next
      * segment overwrites). Keys are requested AMX_AHEAD ahead, values as their keys are
@@ -2304,7 +2317,7 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
             for (int mi = 0; mi < nm; mi++) {
                 int q0 = mi * G;
                 if (!qc[q0]) continue;
-                dot_rotate(w->qab, q0, G, qc[q0], qs[q0], D, scale, w->qt);
+                dot_rotate(qab, qx, q0, G, qc[q0], qs[q0], D, scale, w->qt);
                 int64_t own_slot;
                 int own;
                 unit_segment(&members[mi], sg, &own_slot, &own);
@@ -2421,15 +2434,15 @@ int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 
 /* The work items of hw_attend when hw_attend_rounds: each thread runs its items (bf16 and
  * int8 blocks alike) in its own work buffers (amx_work), on the tiles (`amx`: each thread
  * loads the tile configuration; groups in slot order, ITEMS_PER_GRAB at a time) or on the dot
- * path (groups costliest first, `order`, an item at a time: a 16-worker pass has a few big
- * items, the short blocks' one last in slot order). Returns 0 or -1 (a thread's buffers could
- * not be allocated). */
+ * path (groups costliest first, `order`, one group's heads at a time: a 16-worker pass has a
+ * few big items, its short blocks' one last in slot order, and the thread that drew it last
+ * kept the other waiting). Returns 0 or -1 (a thread's buffers could not be allocated). */
 static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start,
                                const int *order, int items, int H, int G, int D, int Hkv, const float *pair_cos,
                                const float *pair_sin, const void *kbase, const void *vbase, int64_t head_stride,
                                const Compact *pk, int layer, float scale, float *part, size_t per, int threads,
                                int amx) {
-    int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : 1;
+    int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : Hkv;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         const AmxWork *w = amx_work();
@@ -2533,7 +2546,7 @@ static int short_pair_cmp(const void *a, const void *b) {
  * invariant; the masking gives the bits the unit's own item would (weights 0 add +0). */
 static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32_t *row_start,
                        const int64_t *pair_slot, const int32_t *pair_len, int has_compact, int amx) {
-    int item_q = !amx ? MAX_Q : isa_now() == 4 ? AMX_MAX_Q : DOT_MAX_Q;
+    int item_q = amx ? AMX_MAX_Q : MAX_Q;
     memset(pl, 0, sizeof(*pl));
     if (!has_compact)
         for (int p = 0; p < row_start[R]; p++)
