@@ -1920,8 +1920,9 @@ static inline HW_AVX512BF16 void dot_rotate(const float *qab, const float *const
  * combined layout (each teammate adds its step and a marker), so at least 12 queries read
  * each key of the team's prompt. Making a key tile costs about as much as scoring it for 6
  * queries, and its extra pass over the keys does not overlap their reads from memory: for
- * 2-worker runs with prompts of their own (6 queries a key) key tiles measured 11 % slower
- * than dot_scores, for a 16-worker team 16 % faster (single thread, SmolLM2's head_dim 64). */
+ * 8 x 2 runs with prompts of their own (6 queries a key) key tiles measured 7-8 % slower
+ * than dot_scores, for a 16-worker team 7-19 % faster (bench/attention_views.py, SmolLM2's
+ * head_dim 64, 1 and 2 threads). */
 #define LANE_MIN_PAIRS 10
 
 /*
