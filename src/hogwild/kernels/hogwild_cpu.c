@@ -2302,11 +2302,12 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
         /* queries: rotated per member's pair of this segment and scaled (rope_row's steps, 16
          * dims at a time, in registers), then bf16 pairs as TDPBF16PS's B operand; a member
          * whose keys end before this segment gets zeros (its lanes are masked below) */
-        for (int qi = 0; qi < nq; qi++) {
-            const UnitKey *m = &members[qi / G];
-            int pair = m->nseg > sg ? m->segp[sg] : -1;
-            qc[qi] = pair < 0 ? NULL : pair_cos + (size_t)pair * D;
-            qs[qi] = pair < 0 ? NULL : pair_sin + (size_t)pair * D;
+        for (int mi = 0; mi < nm; mi++) {
+            int pair = members[mi].nseg > sg ? members[mi].segp[sg] : -1;
+            for (int g = 0; g < G; g++) {
+                qc[mi * G + g] = pair < 0 ? NULL : pair_cos + (size_t)pair * D;
+                qs[mi * G + g] = pair < 0 ? NULL : pair_sin + (size_t)pair * D;
+            }
         }
         /* the dot path: bf16 rows of D, in natural order, for the members that read this
          * segment; a query is scored on key tiles (lane_scores) when its own member's
@@ -2346,7 +2347,8 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
         const uint16_t *v0 = compact ? NULL : vbase + (size_t)kh * head_stride + (size_t)slot * D;
         if (!compact) {
             for (int j = 0; j < n; j++) vrow[at + j] = v0 + (size_t)j * D;
-            amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
+            if (amx || n_row) /* key_tiles requests its own */
+                amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
         }
         if (!amx) {
             if (n_lane) /* w->vt is free until the values are laid out after the softmax */
