@@ -994,7 +994,7 @@ void hw_argmax(const float *x, int rows, int n, int64_t *out, int threads) {
                 best = i;
             }
         }
-        if (nan || top != top)
+        if (nan)
             for (best = 0; best < n && row[best] == row[best]; best++) {
             }
         out[r] = best;
