@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from ..errors import InvalidRequestError
 
 
@@ -27,13 +28,11 @@ def greedy_ids(logits: torch.Tensor) -> list[int]:
     its first NaN, as torch does). fp32 logits on the CPU go through the native kernel
     (:func:`hogwild.kernels.argmax_rows`): torch's reduction runs row by row on one thread,
     0.35-0.45 ms for the 16 x 49k logits of a 16-worker SmolLM2 pass (about 2 % of it), the
-    kernel about 0.05 ms. Elsewhere ``max`` (on the CPU 0.19 ms against ``argmax``'s 0.62 ms
+    kernel about 0.07 ms. Elsewhere ``max`` (on the CPU 0.19 ms against ``argmax``'s 0.62 ms
     there): the same indices."""
-    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2 and logits.shape[-1] > 0:
-        from .. import kernels
-
-        if kernels.available():
-            return kernels.argmax_rows(logits)
+    if (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2 and logits.shape[-1] > 0
+            and kernels.available()):
+        return kernels.argmax_rows(logits)
     return logits.max(-1).indices.tolist()
 
 
