@@ -1056,27 +1056,28 @@ void hw_silu_mul(const float *gu, float *y, int M, int I) { silu_mul_rows(gu, y,
  * norms on one thread); every row is computed on its own, so the bits are the same. */
 #define ROWS_PAR_MIN 8192 /* elements of a call below which one thread does it */
 
+/* This thread's share [*m0, *m1) of M rows (all of them outside a parallel region). */
+static inline void thread_rows(int M, int *m0, int *m1) {
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    *m0 = (int)((int64_t)M * t / nt);
+    *m1 = (int)((int64_t)M * (t + 1) / nt);
+}
+
 static void rmsnorm_par(const float *x, const float *w, float *y, int M, int K, float eps, int threads) {
-    if (threads < 2 || M < 2 || (int64_t)M * K < ROWS_PAR_MIN) {
-        rmsnorm_rows(x, w, y, 0, M, K, eps);
-        return;
-    }
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (M > 1 && (int64_t)M * K >= ROWS_PAR_MIN)
     {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        rmsnorm_rows(x, w, y, (int)((int64_t)M * t / nt), (int)((int64_t)M * (t + 1) / nt), K, eps);
+        int m0, m1;
+        thread_rows(M, &m0, &m1);
+        rmsnorm_rows(x, w, y, m0, m1, K, eps);
     }
 }
 
 static void silu_mul_par(const float *gu, float *y, int M, int I, int threads) {
-    if (threads < 2 || M < 2 || (int64_t)M * I < ROWS_PAR_MIN) {
-        silu_mul_rows(gu, y, 0, M, I);
-        return;
-    }
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (M > 1 && (int64_t)M * I >= ROWS_PAR_MIN)
     {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        silu_mul_rows(gu, y, (int)((int64_t)M * t / nt), (int)((int64_t)M * (t + 1) / nt), I);
+        int m0, m1;
+        thread_rows(M, &m0, &m1);
+        silu_mul_rows(gu, y, m0, m1, I);
     }
 }
 
