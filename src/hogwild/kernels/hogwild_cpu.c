@@ -1778,22 +1778,20 @@ typedef struct {
     uint16_t *vt;   /* value B tiles [UNIT_KEYS/32][D/16][16 x 32] */
     uint16_t *rows; /* keys as bf16 rows [UNIT_KEYS][D]: an int8 unit's keys, then its values,
                        widened; a bf16 unit's last partial 16 keys, zero padded */
-    float *qab;     /* the dot path's queries and their half-swaps [AMX_MAX_Q][2][D] (dot_rotate_prep) */
 } AmxWork;
 
 /* This thread's work buffers: allocated on its first AMX attention call and kept, since the
  * OpenMP threads live as long as the process, so the call of every layer and pass allocates
- * nothing (~520 KB per thread). NULL when the allocation fails. */
+ * nothing (~420 KB per thread). NULL when the allocation fails. */
 static const AmxWork *amx_work(void) {
     static __thread AmxWork w;
     static __thread char *mem;
     if (!mem) {
         size_t f = sizeof(float), h = sizeof(uint16_t); /* every part a multiple of 64 bytes */
-        size_t parts[7] = {f * AMX_MAX_Q * MAX_D, f * (UNIT_KEYS + 16) * AMX_MAX_Q, h * 3 * MAX_D * 16,
-                           h * 3 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D,
-                           f * 2 * AMX_MAX_Q * MAX_D};
+        size_t parts[6] = {f * AMX_MAX_Q * MAX_D, f * (UNIT_KEYS + 16) * AMX_MAX_Q, h * 3 * MAX_D * 16,
+                           h * 3 * UNIT_KEYS * 16, h * UNIT_KEYS * MAX_D, h * UNIT_KEYS * MAX_D};
         size_t total = 0;
-        for (int i = 0; i < 7; i++) total += parts[i];
+        for (int i = 0; i < 6; i++) total += parts[i];
         if (!(mem = (char *)aligned_alloc(64, total))) return NULL;
         char *at = mem;
         w.qf = (float *)at;
@@ -1802,7 +1800,6 @@ static const AmxWork *amx_work(void) {
         w.pt = (uint16_t *)(at += parts[2]);
         w.vt = (uint16_t *)(at += parts[3]);
         w.rows = (uint16_t *)(at += parts[4]);
-        w.qab = (float *)(at += parts[5]);
     }
     return &w;
 }
@@ -1898,46 +1895,22 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 dot_half(const
     return d < D / 2 ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x + d + D / 2)) : _mm512_loadu_ps(x + d - D / 2);
 }
 
-/* The dot path rotates each query once per segment it reads (a 16-worker row's short blocks
- * are 33 segments of one unit), so for a unit of several segments the half-swap, which does
- * not depend on the segment, is made once per work item: a = x and b = rotate_half(x) =
- * [-x[h:], x[:h]] (negation is exact), as rows of D in qab (a, then b, per query); a unit of
- * one segment rotates from the query itself (dot_rotate with qab NULL: the same values). */
-static HW_AVX512BF16 void dot_rotate_prep(const float *const *qx, int nq, int D, float *qab) {
-    for (int qi = 0; qi < nq; qi++) {
-        const float *x = qx[qi];
-        float *a = qab + (size_t)qi * 2 * D, *b = a + D;
-        for (int d = 0; d < D; d += 16) {
-            _mm512_storeu_ps(a + d, _mm512_loadu_ps(x + d));
-            _mm512_storeu_ps(b + d, dot_half(x, d, D));
-        }
-    }
-}
-
-/* The G queries q0 .. q0 + G - 1 of a member rotated for one segment's pair (c, s) and
- * scaled: (a * c + b * s) * scale per dim, each step rounded (rope_row's values: x * c -
- * x' * s is the same sum), as bf16 rows of D in qt, nearest even; c and s are loaded once
- * for the member's G queries. a and b from qab (dot_rotate_prep), or with qab NULL made from
- * the queries qx on the way. */
-static inline HW_AVX512BF16 void dot_rotate(const float *qab, const float *const *qx, int q0, int G, const float *c,
-                                            const float *s, int D, float scale, uint16_t *qt) {
+/* The G queries qx[q0 .. q0 + G - 1] of a member rotated for one segment's pair (c, s) and
+ * scaled: (x * c + rotate_half(x) * s) * scale per dim, each step rounded (rope_row's values:
+ * x * c - x' * s is the same sum), as bf16 rows of D in qt, nearest even; c and s are loaded
+ * once for the member's G queries (a 16-worker row's short blocks are 33 segments, each
+ * rotated for every member). */
+static inline HW_AVX512BF16 void dot_rotate(const float *const *qx, int q0, int G, const float *c, const float *s,
+                                            int D, float scale, uint16_t *qt) {
     __m512 sc = _mm512_set1_ps(scale);
     for (int d = 0; d < D; d += 32) {
         __m512 c0 = _mm512_loadu_ps(c + d), c1 = _mm512_loadu_ps(c + d + 16);
         __m512 s0 = _mm512_loadu_ps(s + d), s1 = _mm512_loadu_ps(s + d + 16);
         for (int g = 0; g < G; g++) {
-            __m512 a0, a1, b0, b1;
-            if (qab) {
-                const float *a = qab + (size_t)(q0 + g) * 2 * D, *b = a + D;
-                a0 = _mm512_loadu_ps(a + d), a1 = _mm512_loadu_ps(a + d + 16);
-                b0 = _mm512_loadu_ps(b + d), b1 = _mm512_loadu_ps(b + d + 16);
-            } else {
-                const float *x = qx[q0 + g];
-                a0 = _mm512_loadu_ps(x + d), a1 = _mm512_loadu_ps(x + d + 16);
-                b0 = dot_half(x, d, D), b1 = dot_half(x, d + 16, D);
-            }
-            __m512 r0 = _mm512_add_ps(_mm512_mul_ps(a0, c0), _mm512_mul_ps(b0, s0));
-            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(a1, c1), _mm512_mul_ps(b1, s1));
+            const float *x = qx[q0 + g];
+            __m512 r0 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d), c0), _mm512_mul_ps(dot_half(x, d, D), s0));
+            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d + 16), c1),
+                                      _mm512_mul_ps(dot_half(x, d + 16, D), s1));
             r0 = _mm512_mul_ps(r0, sc);
             r1 = _mm512_mul_ps(r1, sc);
             _mm512_storeu_si512(qt + (size_t)(q0 + g) * D + d, (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
@@ -2325,8 +2298,6 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
     }
     const float *qx[AMX_MAX_Q], *qc[AMX_MAX_Q], *qs[AMX_MAX_Q];
     for (int qi = 0; qi < nq; qi++) qx[qi] = q + ((size_t)list[members[qi / G].unit].row * H + (size_t)kh * G + qi % G) * D;
-    const float *qab = !amx && lead->nseg > 1 ? w->qab : NULL; /* the dot path's half-swaps */
-    if (qab) dot_rotate_prep(qx, nq, D, w->qab);
     /* per segment: its queries, then its scores S^T, 16 keys a tile, into rows at + .. of st
      * (rows are keys, lanes queries; a partial last tile spills zero-key rows that the next
      * segment overwrites). Keys are requested AMX_AHEAD ahead, values as their keys are
@@ -2355,7 +2326,7 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
             for (int mi = 0; mi < nm; mi++) {
                 int q0 = mi * G;
                 if (!qc[q0]) continue;
-                dot_rotate(qab, qx, q0, G, qc[q0], qs[q0], D, scale, w->qt);
+                dot_rotate(qx, q0, G, qc[q0], qs[q0], D, scale, w->qt);
                 int64_t own_slot;
                 int own;
                 unit_segment(&members[mi], sg, &own_slot, &own);
