@@ -237,7 +237,10 @@ class Batch:
             return self.graphs.run(ids, groups, logit_rows)
         plan = cls(self.store, self.rope, groups)
         device = self.model.device
-        return self.model(torch.tensor(ids, device=device), plan, torch.tensor(logit_rows, device=device))
+        # every row's logits (a decode pass of workers): no selection to make
+        rows = None if len(logit_rows) == len(ids) and logit_rows == list(range(len(ids))) else (
+            torch.tensor(logit_rows, device=device))
+        return self.model(torch.tensor(ids, device=device), plan, rows)
 
     def step(self, runs: Sequence[Run] | None = None,
              force: dict[Run, dict[int, int]] | None = None) -> dict[Run, list[Event]]:

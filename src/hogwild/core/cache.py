@@ -238,15 +238,13 @@ class KVStore:
     def length(self, block_id: int) -> int:
         return self.blocks[block_id].length
 
-    def reserve(self, block_id: int, n: int) -> torch.Tensor:
-        """Extend a block by ``n`` tokens and return their slots (to be written per layer)."""
+    def reserve(self, block_id: int, n: int) -> None:
+        """Extend a block by ``n`` tokens (slots ``base + length`` on, written per layer by the
+        pass that feeds them); the block moves to a bigger region when it is full."""
         block = self.blocks[block_id]
         if block.length + n > block.capacity:
             self._move(block, max(2 * block.capacity, block.length + n))
-        base = block.base
-        slots = torch.arange(base + block.length, base + block.length + n, device=self.device)
         block.length += n
-        return slots
 
     def retain(self, block_id: int) -> None:
         """One more holder of ``block_id``: it stays allocated until every holder freed it."""

@@ -1746,7 +1746,9 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
 #define AMX_MAX_Q (3 * AMX_Q)
 
 /* exp(x) for x <= 0, 16 lanes: exp8_nonpositive's steps, lane for lane the same results, on
- * 512-bit registers (running exp8_nonpositive on the two halves made the kernel ~10 % slower). */
+ * 512-bit registers (running exp8_nonpositive on the two halves made the kernel ~10 % slower).
+ * The last step, p * 2^n, is one VSCALEFPS instead of building 2^n's bits and multiplying:
+ * both are exact here (x >= -87, so p * 2^n is a normal float), so the same bits. */
 static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 exp16_nonpositive(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-87.0f);
     __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
@@ -1763,8 +1765,7 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 exp16_nonposit
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps((__mmask16)~underflow, p, _mm512_castsi512_ps(e));
+    return _mm512_maskz_scalef_ps((__mmask16)~underflow, p, n);
 }
 
 /* Work buffers of tile_group, sized for head_dim up to MAX_D (the dot path uses them in its
@@ -1889,10 +1890,14 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512i tile_q32(cons
     return (__m512i)_mm512_cvtne2ps_pbh(amx_rope16(x, c, s, d0 + 16, D, scale), amx_rope16(x, c, s, d0, D, scale));
 }
 
-/* Dims d .. d + 15 of rotate_half(x) = [-x[h:], x[:h]] (h = D / 2, d % 16 == 0; negation is
- * exact). */
-static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 dot_half(const float *x, int d, int D) {
-    return d < D / 2 ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x + d + D / 2)) : _mm512_loadu_ps(x + d - D / 2);
+/* Dims d .. d + 15 (d % 16 == 0) of x * c + rotate_half(x) * s, rotate_half(x) = [-x[h:],
+ * x[:h]] (h = D / 2), with c and s those dims' cos and sin: in the first half x * c - x[d + h]
+ * * s, which rounds as adding the negated product (negation is exact), without negating. */
+static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 dot_rope16(const float *x, int d, int D, __m512 c,
+                                                                             __m512 s) {
+    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(x + d), c);
+    return d < D / 2 ? _mm512_sub_ps(a, _mm512_mul_ps(_mm512_loadu_ps(x + d + D / 2), s))
+                     : _mm512_add_ps(a, _mm512_mul_ps(_mm512_loadu_ps(x + d - D / 2), s));
 }
 
 /* The G queries qx[q0 .. q0 + G - 1] of a member rotated for one segment's pair (c, s) and
@@ -1908,9 +1913,7 @@ static inline HW_AVX512BF16 void dot_rotate(const float *const *qx, int q0, int 
         __m512 s0 = _mm512_loadu_ps(s + d), s1 = _mm512_loadu_ps(s + d + 16);
         for (int g = 0; g < G; g++) {
             const float *x = qx[q0 + g];
-            __m512 r0 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d), c0), _mm512_mul_ps(dot_half(x, d, D), s0));
-            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d + 16), c1),
-                                      _mm512_mul_ps(dot_half(x, d + 16, D), s1));
+            __m512 r0 = dot_rope16(x, d, D, c0, s0), r1 = dot_rope16(x, d + 16, D, c1, s1);
             r0 = _mm512_mul_ps(r0, sc);
             r1 = _mm512_mul_ps(r1, sc);
             _mm512_storeu_si512(qt + (size_t)(q0 + g) * D + d, (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
@@ -2135,8 +2138,18 @@ static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int s
         if (j < n) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(mv, (__mmask16)((1u << (n - j)) - 1), row + j));
         float m = _mm512_reduce_max_ps(mv);
         __m512 vm = _mm512_set1_ps(m), l = _mm512_setzero_ps();
+        const __m512i ones = _mm512_set1_epi16(0x3f80); /* bf16 1.0: l's lanes sum pairs of keys */
         uint32_t *out = pp + (size_t)qi * (UNIT_KEYS / 2);
-        for (int s = 0; s < steps; s++) {
+        int s = 0;
+        if (!vscale) /* whole steps of 32 keys: no masks (the same values as the masked loop) */
+            for (; s * 32 + 32 <= n; s++) {
+                __m512 e0 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + s * 32), vm));
+                __m512 e1 = exp16_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + s * 32 + 16), vm));
+                __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
+                l = _mm512_dpbf16_ps(l, (__m512bh)b, (__m512bh)ones);
+                _mm512_storeu_si512(out + s * 16, b);
+            }
+        for (; s < steps; s++) {
             __m512 e[2];
             __mmask16 in[2];
             for (int h = 0; h < 2; h++) {
@@ -2146,7 +2159,7 @@ static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int s
                 e[h] = _mm512_maskz_mov_ps(in[h], exp16_nonpositive(_mm512_sub_ps(x, vm)));
             }
             __m512i b = (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]); /* keys s * 32 .. + 31, in order */
-            l = add_bf16_halves(l, b);
+            l = _mm512_dpbf16_ps(l, (__m512bh)b, (__m512bh)ones);
             if (vscale) { /* weights of int8 values: times each value's scale (zero past the keys) */
                 __m512 s0 = _mm512_maskz_loadu_ps(in[0], vscale + s * 32);
                 __m512 s1 = _mm512_maskz_loadu_ps(in[1], vscale + s * 32 + 16);
@@ -2356,6 +2369,9 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
             for (int j = 0; j < n; j++) vrow[at + j] = v0 + (size_t)j * D;
             if (amx || n_row) /* key_tiles requests its own */
                 amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
+            if (!amx && !n_lane) /* and the values of what it scores (read after the softmax) */
+                for (const char *p = (const char *)v0, *end = p + (size_t)n * row_bytes; p < end; p += 64)
+                    _mm_prefetch(p, _MM_HINT_T1);
         }
         if (!amx) {
             if (n_lane) /* w->vt is free until the values are laid out after the softmax */

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 
@@ -35,18 +36,25 @@ class KernelPlan(kernels.NativePassSource):
         rows = expanded.num_rows
         self.slots = torch.tensor(expanded.slots, dtype=torch.long)
         self.k_cos, self.k_sin = rope.cos_sin(expanded.k_locals)
-        pairs = expanded.pairs
+        # one walk over the pairs (a 16-worker pass has about 550): each pair's first slot,
+        # its keys and rotation, and the rows' first pairs
+        blocks, base = store.blocks, {}
         counts = [0] * (rows + 1)
-        for r, _, _, _ in pairs:
+        starts, lens, deltas = [], [], []
+        for r, b, d, v in expanded.pairs:
+            start = base.get(b)
+            if start is None:
+                start = base[b] = blocks[b].base
+            starts.append(start)
+            lens.append(v)
+            deltas.append(d)
             counts[r + 1] += 1
-        for r in range(rows):
-            counts[r + 1] += counts[r]
-        self.row_start = torch.tensor(counts, dtype=torch.int32)
-        starts = [store.blocks[b].base for _, b, _, _ in pairs]
+        self.row_start = torch.tensor(list(accumulate(counts)), dtype=torch.int32)
         self.pair_slot = torch.tensor(starts, dtype=torch.long)
-        self.pair_len = torch.tensor([v for _, _, _, v in pairs], dtype=torch.int32)
-        ends = [s + v for s, (_, _, _, v) in zip(starts, pairs)]
-        # bounds of what the pairs read in each pool (int8 slots less COMPACT_SLOT)
+        self.pair_len = torch.tensor(lens, dtype=torch.int32)
+        # bounds of what the pairs read and write in each pool (int8 slots less COMPACT_SLOT):
+        # a pair reads at most its block's length, so the blocks' ends bound the reads
+        ends = [start + blocks[b].length for b, start in base.items()]
         self.max_slot = max((e for e in ends if e <= COMPACT_SLOT), default=0)
         self.max_compact = max((e - COMPACT_SLOT for e in ends if e > COMPACT_SLOT), default=0)
         self.max_write = max((s for s in expanded.slots if s < COMPACT_SLOT), default=-1)
@@ -54,7 +62,7 @@ class KernelPlan(kernels.NativePassSource):
         # the int8 pool as C reads it (this pass only: the pool's tensors are replaced when it grows)
         p = store.compact
         self.compact = None if p is None else kernels.compact_pool(p.t["k"], p.t["v"], p.t["ks"], p.t["vs"])
-        self.q_cos, self.q_sin = (t.contiguous() for t in rope.cos_sin([d for _, _, d, _ in pairs]))
+        self.q_cos, self.q_sin = (t.contiguous() for t in rope.cos_sin(deltas))
         self.scale = scale if scale is not None else 1.0 / math.sqrt(store.config.head_dim)
         self._native: kernels.NativePass | None = None
 

@@ -25,9 +25,10 @@ class QueryGroup:
 
     def lengths(self, store: KVStore) -> list[int]:
         """The length each view entry shows (its block's length, or less when capped)."""
+        blocks = store.blocks
         if self.caps is None:
-            return [store.length(b) for b in self.view]
-        return [store.length(b) if c is None else min(c, store.length(b)) for b, c in zip(self.view, self.caps)]
+            return [blocks[b].length for b in self.view]
+        return [blocks[b].length if c is None else min(c, blocks[b].length) for b, c in zip(self.view, self.caps)]
 
 
 def view_offsets(lengths: Sequence[int]) -> list[int]:
@@ -65,17 +66,19 @@ def pass_pairs(store: KVStore, groups: Sequence[QueryGroup]) -> PassPairs:
     position: whole blocks before it, the row's block up to itself, nothing after it. A block
     that repeats in a view (a marker) yields one pair per occurrence, each with its rotation."""
     slots, k_locals, pairs = [], [], []
+    add = pairs.append
     row = 0
     for g in groups:
         lengths = g.lengths(store)
         offsets = view_offsets(lengths)
+        entries = list(zip(g.view, offsets, lengths))
         for block_id, local in zip(g.blocks, g.locals):
             slots.append(store.blocks[block_id].base + local)
             k_locals.append(local)
             p = row_position(g.view, offsets, block_id, local)
-            for b, off, n in zip(g.view, offsets, lengths):
-                if n == 0 or off > p:
-                    continue
-                pairs.append((row, b, p - off, min(n, p - off + 1)))
+            for b, off, n in entries:
+                if n and off <= p:
+                    d = p - off
+                    add((row, b, d, n if n <= d else d + 1))
             row += 1
     return PassPairs(slots, k_locals, pairs, row)
