@@ -1875,7 +1875,8 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 amx_rope16(con
 }
 
 /* l + the 16 bf16 of b's low half (widened exactly), then + the 16 of its high half: the
- * running sum of rounded softmax weights on both attention paths. */
+ * running sum of rounded softmax weights on the tile unit (the dot path sums them with a dot
+ * product against ones instead, dot_softmax). */
 static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 add_bf16_halves(__m512 l, __m512i b) {
     __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
     __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
@@ -2121,8 +2122,9 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_pv_block(con
  * what the tiles compute, per query along its keys: the scores of int8 keys times each key's
  * scale; m = the max over the keys the query sees (valid[qi]; an earlier member's lanes past
  * its own keys are left out, as masked there); e = exp(s - m) rounded to bf16 (nearest even),
- * l = the sum of the rounded e (16 lanes along keys, then reduced: an order of its own, fixed
- * per query); the weights for P V as bf16 pairs of keys (2t, 2t + 1) per query, pp[qi *
+ * l = the sum of the rounded e (VDPBF16PS against bf16 ones: lane i adds keys 2i + 1 and 2i of
+ * each 32, 16 lanes, then reduced: an order of its own, fixed per query; one instruction where
+ * widening the halves took seven); the weights for P V as bf16 pairs of keys (2t, 2t + 1) per query, pp[qi *
  * UNIT_KEYS / 2 + t], zeros past its keys up to steps * 32 (int8 values: e times each value's
  * scale before the rounding, as there). */
 static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int steps, const float *kscale,
