@@ -493,6 +493,13 @@ static HW_AVX512BF16 void dot_round_x(const float *x, uint16_t *out, int M, int 
     }
 }
 
+/* The linear call that follows, when it comes right after on the same rows (the native
+ * decoder's o -> gate/up -> down -> the next layer's q/k/v): its weights in dot pairs, [N, K]. */
+typedef struct {
+    const uint16_t *w;
+    int N, K;
+} PairsNext;
+
 /* y [M, N] (+)= x [M, K] @ w^T + b on the dot pairs: w is either already in dot pairs
  * (`packed`) or plain [N, K] bf16, reordered here group by group into per-thread scratch.
  * Threads split the panels; each takes groups of NB panels and runs every row tile over a
@@ -501,11 +508,15 @@ static HW_AVX512BF16 void dot_round_x(const float *x, uint16_t *out, int M, int 
  * fast as 8 x 3 and faster where 8-row tiles would leave a short one), 4 x 6 for 4-5 rows,
  * 1-3 rows x 8 panels. From three row tiles on, the first streams the group's weights from
  * memory while the others compute from cache, so those others fetch the next group into L2
- * meanwhile, a share each: 6-12 % faster at 16-24 rows on Zen 4. Ahead in a panel or with
+ * meanwhile, a share each: 6-12 % faster at 16-24 rows on Zen 4. A short last row tile runs
+ * first, so the fetching spans more of a group's time, and in a thread's last group the
+ * tiles fetch the first group of the call that follows (`after`, NULL: none), which would
+ * otherwise start cold: together 3 % faster over a 16-row SmolLM2 pass's linears (bench/
+ * pass_linears.c). Ahead in a panel, further ahead or with
  * fewer row tiles, fetching by hand did no better than the hardware's streams, or worse.
  * Returns 0, or -1 when scratch allocation failed. */
 static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int packed, const float *b, float *y, int M,
-                                      int N, int K, int accumulate, int threads) {
+                                      int N, int K, int accumulate, int threads, const PairsNext *after) {
     uint32_t *xb = (uint32_t *)malloc(sizeof(uint16_t) * (size_t)M * K);
     if (!xb) return -1;
     dot_round_x(x, (uint16_t *)xb, M, K);
@@ -539,13 +550,23 @@ static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int pac
              * compute from cache */
             int next = packed && g + n < q1 ? (q1 - g - n < nb ? q1 - g - n : nb) : 0;
             int64_t KP = K / 2, lines = (int64_t)next * KP; /* 64-byte lines: one per key pair and panel */
-            int tiles_n = (M + mr_max - 1) / mr_max;
-            for (int m0 = 0, r = 0; m0 < M; m0 += mr_max, r++) {
+            const char *ahead = (const char *)(w + (size_t)(g + n) * KP * 32);
+            if (packed && !next && after) { /* the last group: the next call's first, this thread's share */
+                int nP = (after->N + 15) / 16, n0 = (int)((int64_t)nP * t / nt), n1 = (int)((int64_t)nP * (t + 1) / nt);
+                next = n1 - n0 < nb ? n1 - n0 : nb;
+                lines = (int64_t)next * (after->K / 2);
+                ahead = (const char *)(after->w + (size_t)n0 * (after->K / 2) * 32);
+            }
+            int tiles_n = (M + mr_max - 1) / mr_max, rem = M % mr_max;
+            for (int r = 0; r < tiles_n; r++) {
+                /* a short last row tile runs first: the full ones after it, more of the group's
+                 * time, fetch the next group */
+                int m0 = !rem ? r * mr_max : r == 0 ? M - rem : (r - 1) * mr_max;
                 const char *pf = NULL;
                 int64_t s0 = 0, s1 = 0;
                 if (next && tiles_n >= 3 && r > 0) {
                     s0 = lines * (r - 1) / (tiles_n - 1), s1 = lines * r / (tiles_n - 1);
-                    pf = (const char *)(w + (size_t)(g + n) * KP * 32) + s0 * 64;
+                    pf = ahead + s0 * 64;
                 }
                 pairs_tiles(&mine, M - m0 < mr_max ? M - m0 : mr_max, n, m0, first, pf,
                             (int)((s1 - s0 + KP - 1) / KP), s1 - s0);
@@ -866,14 +887,14 @@ typedef void (*LinTiles)(const LinJob *j, int mr, int nr, int m0, int n0, int k0
  * native path stops paying off, not a bound of this code). Returns 0, -1 when scratch
  * allocation failed, or -3 for weights in dot pairs when the instruction set was pinned
  * below AVX512_BF16 (only that set computes them). */
-int hw_linear(const float *x, const void *w, int wfmt, const float *b, float *y, int M, int N, int K,
-              int accumulate, int threads) {
+static int linear_call(const float *x, const void *w, int wfmt, const float *b, float *y, int M, int N, int K,
+                       int accumulate, int threads, const PairsNext *after) {
     if (M <= 0 || N <= 0) return 0;
     int isa = isa_now(), wide = isa >= 2, w_bf16 = wfmt != W_F32;
     if (wfmt == W_PAIRS && (isa < 3 || K % 32 != 0 || K <= 0)) return -3;
     if (lin_amx(isa, N, K, wfmt)) return amx_linear(x, (const uint16_t *)w, b, y, M, N, K, accumulate, threads);
     if (lin_dot(isa, K, wfmt))
-        return pairs_linear(x, (const uint16_t *)w, wfmt == W_PAIRS, b, y, M, N, K, accumulate, threads);
+        return pairs_linear(x, (const uint16_t *)w, wfmt == W_PAIRS, b, y, M, N, K, accumulate, threads, after);
     int es = w_bf16 ? 2 : 4;
     int lanes = wide ? 16 : 8;          /* floats per accumulator */
     int step = wide ? 64 / es : 8;      /* keys per vector step */
@@ -944,6 +965,11 @@ int hw_linear(const float *x, const void *w, int wfmt, const float *b, float *y,
     }
     free(xread);
     return failed ? -1 : 0;
+}
+
+int hw_linear(const float *x, const void *w, int wfmt, const float *b, float *y, int M, int N, int K,
+              int accumulate, int threads) {
+    return linear_call(x, w, wfmt, b, y, M, N, K, accumulate, threads, NULL);
 }
 
 /* ------------------------------------------------------------------ elementwise */
@@ -2790,15 +2816,24 @@ int hw_qlinear(const float *x, const void *w, int fmt, float scale, const int32_
 
 /* y [M, N] (+)= x [M, K] @ m^T + b whatever m's format: hw_linear for fp32 and bf16, hw_qlinear
  * for the block formats. Each is batch invariant, so the decoder is whatever the mix.
+ * `next` [next_N, next_K]: the call that follows on the same rows (NULL: none or not right
+ * after), whose first weights a call on dot pairs fetches ahead when those are dot pairs too.
  * Returns 0, -1 (scratch allocation failed), -2 (a format not built in) or -3 (dot pairs
  * below AVX512_BF16, see hw_linear). */
-int hw_linear_any(const HwMat *m, const float *x, float *y, int M, int N, int K, int accumulate, int threads) {
-    if (m->fmt == 0 || m->fmt == 30 || m->fmt == FMT_PAIRS)
-        return hw_linear(x, m->w, m->fmt == 0 ? W_F32 : m->fmt == 30 ? W_BF16 : W_PAIRS, m->b, y, M, N, K, accumulate,
-                         threads);
+static int linear_any(const HwMat *m, const HwMat *next, int next_N, int next_K, const float *x, float *y, int M,
+                      int N, int K, int accumulate, int threads) {
+    if (m->fmt == 0 || m->fmt == 30 || m->fmt == FMT_PAIRS) {
+        PairsNext after = {next ? (const uint16_t *)next->w : NULL, next_N, next_K};
+        return linear_call(x, m->w, m->fmt == 0 ? W_F32 : m->fmt == 30 ? W_BF16 : W_PAIRS, m->b, y, M, N, K, accumulate,
+                           threads, next && next->fmt == FMT_PAIRS && next_K % 32 == 0 ? &after : NULL);
+    }
     if (!hw_qlinear) return -2;
     return hw_qlinear(x, m->w, m->fmt, m->scale, m->fix_start, m->fix_j, m->fix_delta, m->b, y, M, N, K, accumulate,
                       threads);
+}
+
+int hw_linear_any(const HwMat *m, const float *x, float *y, int M, int N, int K, int accumulate, int threads) {
+    return linear_any(m, NULL, 0, 0, x, y, M, N, K, accumulate, threads);
 }
 
 /* One layer's weights (as prepared by hogwild.kernels.native). q/k/v: either fused, in
@@ -2840,7 +2875,8 @@ int64_t hw_decode_scratch(const Dims *dm, int rows) {
 }
 
 /* One layer l for the pass's rows (hw_decode_layers), attention on the pass's plan `pl`. */
-static int decode_layer(float *x, const LayerWeights *w, int l, const Dims *dm, const PassInfo *ps,
+static int decode_layer(float *x, const LayerWeights *w, const LayerWeights *following, int l, const Dims *dm,
+                        const PassInfo *ps,
                         const AttendPlan *pl, void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride,
                         const Compact *pk, float *scratch) {
     int R = ps->rows, H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim, E = dm->hidden, I = dm->inter;
@@ -2857,12 +2893,13 @@ static int decode_layer(float *x, const LayerWeights *w, int l, const Dims *dm, 
     size_t es = dm->kv_bf16 ? 2 : 4;
     int rc;
     rmsnorm_par(x, w->ln_in, h, R, E, dm->eps, dm->threads);
+    int t = dm->threads, split_gu = w->gate_up[1].w != NULL;
     if (w->qkv[1].w) {
-        if ((rc = hw_linear_any(&w->qkv[0], h, q, R, qd, E, 0, dm->threads)) != 0) return rc;
-        if ((rc = hw_linear_any(&w->qkv[1], h, k, R, kd, E, 0, dm->threads)) != 0) return rc;
-        if ((rc = hw_linear_any(&w->qkv[2], h, v, R, kd, E, 0, dm->threads)) != 0) return rc;
+        if ((rc = linear_any(&w->qkv[0], &w->qkv[1], kd, E, h, q, R, qd, E, 0, t)) != 0) return rc;
+        if ((rc = linear_any(&w->qkv[1], &w->qkv[2], kd, E, h, k, R, kd, E, 0, t)) != 0) return rc;
+        if ((rc = linear_any(&w->qkv[2], NULL, 0, 0, h, v, R, kd, E, 0, t)) != 0) return rc;
     } else {
-        if ((rc = hw_linear_any(&w->qkv[0], h, qkv, R, qkvd, E, 0, dm->threads)) != 0) return rc;
+        if ((rc = linear_any(&w->qkv[0], NULL, 0, 0, h, qkv, R, qkvd, E, 0, t)) != 0) return rc;
         for (int r = 0; r < R; r++) {
             const float *src = qkv + (size_t)r * qkvd;
             memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
@@ -2879,20 +2916,22 @@ static int decode_layer(float *x, const LayerWeights *w, int l, const Dims *dm, 
     if ((rc = attend_planned(pl, q, att, H, Hkv, D, ps->pair_cos, ps->pair_sin, kl, vl, head_stride, dm->kv_bf16, pk,
                              l, dm->scale, dm->threads)) != 0)
         return rc;
-    if ((rc = hw_linear_any(&w->o, att, x, R, E, qd, 1, dm->threads)) != 0) return rc;
+    if ((rc = linear_any(&w->o, &w->gate_up[0], split_gu ? I : 2 * I, E, att, x, R, E, qd, 1, t)) != 0) return rc;
     rmsnorm_par(x, w->ln_post, h, R, E, dm->eps, dm->threads);
-    if (w->gate_up[1].w) { /* separate gate and up: side by side per row, as fused */
-        if ((rc = hw_linear_any(&w->gate_up[0], h, act, R, I, E, 0, dm->threads)) != 0) return rc;
-        if ((rc = hw_linear_any(&w->gate_up[1], h, up, R, I, E, 0, dm->threads)) != 0) return rc;
+    if (split_gu) { /* separate gate and up: side by side per row, as fused */
+        if ((rc = linear_any(&w->gate_up[0], &w->gate_up[1], I, E, h, act, R, I, E, 0, t)) != 0) return rc;
+        if ((rc = linear_any(&w->gate_up[1], &w->down, E, I, h, up, R, I, E, 0, t)) != 0) return rc;
         for (int r = 0; r < R; r++) {
             memcpy(gu + (size_t)r * 2 * I, act + (size_t)r * I, sizeof(float) * I);
             memcpy(gu + (size_t)r * 2 * I + I, up + (size_t)r * I, sizeof(float) * I);
         }
-    } else if ((rc = hw_linear_any(&w->gate_up[0], h, gu, R, 2 * I, E, 0, dm->threads)) != 0) {
+    } else if ((rc = linear_any(&w->gate_up[0], &w->down, E, I, h, gu, R, 2 * I, E, 0, t)) != 0) {
         return rc;
     }
     silu_mul_par(gu, act, R, I, dm->threads);
-    return hw_linear_any(&w->down, act, x, R, E, I, 1, dm->threads);
+    /* the next layer's q/k/v (or q) follows, after a norm */
+    const HwMat *nq = following ? &following->qkv[0] : NULL;
+    return linear_any(&w->down, nq, following && following->qkv[1].w ? qd : qkvd, E, act, x, R, E, I, 1, t);
 }
 
 /* Run every layer for the pass's rows: x [rows, hidden] fp32 is the residual stream, updated
@@ -2916,7 +2955,7 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, pk != NULL,
                          hw_attend_rounds(D, dm->kv_bf16));
     for (int l = 0; l < num_layers && rc == 0; l++)
-        rc = decode_layer(x, &layers[l], l, dm, ps, &pl, k_pool, v_pool, layer_stride, head_stride, pk, scratch);
+        rc = decode_layer(x, &layers[l], l + 1 < num_layers ? &layers[l + 1] : NULL, l, dm, ps, &pl, k_pool, v_pool, layer_stride, head_stride, pk, scratch);
     attend_plan_free(&pl);
     return rc;
 }
