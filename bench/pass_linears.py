@@ -1,7 +1,7 @@
 """The linears of a decode pass on the dot pairs, this checkout's kernel against another revision's.
 
 Replays the projections of every layer of a model shape in the native decoder's order (fused
-q/k/v, o, fused gate/up, down, then the next layer), each weight its own copy in dot pairs so
+q/k/v, o, fused gate/up, the SiLU gate, down, then the next layer), each weight its own copy in dot pairs so
 the weights stream from memory as in a real pass, on ``pairs_linear`` (the AVX512_BF16 dot
 tiles) of two builds: ``--base``'s ``hogwild_cpu.c`` and this checkout's, each compiled here
 into a driver with the flags of :mod:`hogwild.kernels.build`. Where a build's kernel takes the
@@ -47,7 +47,7 @@ DRIVER = r"""
 #include <time.h>
 static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 static uint16_t *W[256][4];
-static float *X, *Y;
+static float *X, *Y, *Z;
 static int NS[4], KS[4], L_, M_;
 int setup(int layers, int rows, const int *ns, const int *ks) {
     L_ = layers; M_ = rows;
@@ -55,7 +55,8 @@ int setup(int layers, int rows, const int *ns, const int *ks) {
     for (int c = 0; c < 4; c++) { NS[c] = ns[c]; KS[c] = ks[c]; widest = ns[c] > widest ? ns[c] : widest; widest = ks[c] > widest ? ks[c] : widest; }
     X = aligned_alloc(64, sizeof(float) * (size_t)rows * widest);
     Y = aligned_alloc(64, sizeof(float) * (size_t)rows * widest);
-    if (!X || !Y) return -1;
+    Z = aligned_alloc(64, sizeof(float) * (size_t)rows * widest);
+    if (!X || !Y || !Z) return -1;
     for (size_t i = 0; i < (size_t)rows * widest; i++) X[i] = 0.01f * (float)(i % 7);
     for (int l = 0; l < layers; l++)
         for (int c = 0; c < 4; c++) {
@@ -78,6 +79,7 @@ double pass_once(int threads) {
 #else
             pairs_linear(X, W[l][c], 1, NULL, Y, M_, NS[c], KS[c], 0, threads);
 #endif
+            if (c == 2) silu_mul_par(Y, Z, M_, NS[c] / 2, threads); /* the SiLU gate between gate/up and down */
         }
     return now_s() - t;
 }

@@ -314,6 +314,26 @@ def test_native_decoder_bf16_weights() -> None:
             assert (a - b).abs().max().item() < 0.03 * b.abs().max().item()
 
 
+@needs_kernels
+@pytest.mark.parametrize("workers", [3, 16])
+def test_native_decoder_equals_its_modules(workers: int) -> None:
+    """bf16 weights (in dot pairs where the CPU has AVX512_BF16): all layers in one native call
+    give the same bits as the same kernels called module by module. On the dot pairs the
+    decoder fetches each next projection's weights ahead and runs a short row tile first;
+    neither may change a value. 16 workers make three row tiles per group (6 + 6 + 4 rows),
+    3 workers one."""
+    bf16 = tiny_model(seed=11, dtype=torch.bfloat16)
+    native = _prepared(bf16)
+    modules = _prepared(bf16)
+    modules.stack = None  # the module path: KernelLinear, ops.silu_mul, KernelRMSNorm, KernelPlan
+    script = random_script(workers, seed=11)
+    a = Engine(native, "combined", decode=toy_decode).start(script)
+    b = Engine(modules, "combined", decode=toy_decode).start(script)
+    for pairs in lockstep(a, b, forced_tokens(workers, 8, seed=11)):
+        for x, y in pairs:
+            assert torch.equal(x, y)
+
+
 class _GivenPass:
     """A NativePassSource that hands the decoder a pass built by the test."""
 
