@@ -2497,18 +2497,27 @@ static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *
                                const Compact *pk, int layer, float scale, float *part, size_t per, int threads,
                                int amx) {
     int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : Hkv;
+    /* the last items one at a time on the dot path (the cheapest, as they are ordered): a
+     * group's heads per grab keep its rows' rotations in one cache, but the thread that drew
+     * the last group kept the others waiting for up to its three heads */
+    int tail = amx ? 0 : threads * Hkv, next = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         const AmxWork *w = amx_work();
         failed = !w;
         if (amx) amx_tiles_on();
-#pragma omp for schedule(dynamic, grab)
-        for (int it = 0; it < items; it++) {
-            int gr = amx ? it / Hkv : order[it / Hkv], kh = it % Hkv;
-            int first = group_start[gr], nm = group_start[gr + 1] - first;
-            if (w)
-                tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, (const uint16_t *)kbase,
-                           (const uint16_t *)vbase, head_stride, pk, layer, scale, part, per, w, amx);
+        for (;;) {
+            int take = items - __atomic_load_n(&next, __ATOMIC_RELAXED) > tail ? grab : 1;
+            int it0 = __atomic_fetch_add(&next, take, __ATOMIC_RELAXED);
+            if (it0 >= items) break;
+            for (int it = it0; it < it0 + take && it < items; it++) {
+                int gr = amx ? it / Hkv : order[it / Hkv], kh = it % Hkv;
+                int first = group_start[gr], nm = group_start[gr + 1] - first;
+                if (w)
+                    tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin,
+                               (const uint16_t *)kbase, (const uint16_t *)vbase, head_stride, pk, layer, scale, part,
+                               per, w, amx);
+            }
         }
         if (amx) _tile_release();
     }
