@@ -17,6 +17,7 @@ Usage::
 
     python bench/pass_linears.py --base HEAD~1                 # SmolLM2, 16 rows
     python bench/pass_linears.py --base HEAD~1 --shape qwen2.5-0.5b --rows 16 --out /tmp/lin
+    python bench/pass_linears.py --base HEAD --hot        # the weights from cache: what is left
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t
 static uint16_t *W[256][4];
 static float *X, *Y, *Z;
 static int NS[4], KS[4], L_, M_;
-int setup(int layers, int rows, const int *ns, const int *ks) {
+static int HOT;
+int setup(int layers, int rows, const int *ns, const int *ks, int hot) {
+    HOT = hot; /* every layer reads layer 0's weights: they stay in the last-level cache */
     L_ = layers; M_ = rows;
     int widest = 0;
     for (int c = 0; c < 4; c++) { NS[c] = ns[c]; KS[c] = ks[c]; widest = ns[c] > widest ? ns[c] : widest; widest = ks[c] > widest ? ks[c] : widest; }
@@ -61,6 +64,7 @@ int setup(int layers, int rows, const int *ns, const int *ks) {
     for (int l = 0; l < layers; l++)
         for (int c = 0; c < 4; c++) {
             size_t n = (size_t)((ns[c] + 15) / 16) * 16 * ks[c];
+            if (hot && l > 0) { W[l][c] = W[0][c]; continue; }
             if (!(W[l][c] = aligned_alloc(64, n * 2))) return -1;
             for (size_t i = 0; i < n; i++) W[l][c][i] = (uint16_t)(0x3f80 + (i & 7));
         }
@@ -100,7 +104,8 @@ def compile_driver(source_text: str, out_dir: Path, name: str) -> ctypes.CDLL:
                     "-lm"], check=True)
     lib = ctypes.CDLL(str(so))
     lib.setup.restype = ctypes.c_int
-    lib.setup.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    lib.setup.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
+                          ctypes.c_int]
     lib.pass_once.restype = ctypes.c_double
     lib.pass_once.argtypes = [ctypes.c_int]
     return lib
@@ -113,6 +118,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--hot", action="store_true",
+                    help="every layer reads the first layer's weights (in the last-level cache): the same "
+                         "arithmetic without the weight stream from memory, what hiding that stream could reach")
     ap.add_argument("--out", type=Path, help="folder to write pass_linears.json into")
     args = ap.parse_args()
     lib = build.library()
@@ -129,7 +137,7 @@ def main() -> None:
         libs = {"before": compile_driver(base, Path(tmp), "before"),
                 "after": compile_driver((ROOT / KERNEL).read_text(), Path(tmp), "after")}
         for name, d in libs.items():
-            if d.setup(c.num_layers, args.rows, (ctypes.c_int * 4)(*ns), (ctypes.c_int * 4)(*ks)) != 0:
+            if d.setup(c.num_layers, args.rows, (ctypes.c_int * 4)(*ns), (ctypes.c_int * 4)(*ks), int(args.hot)) != 0:
                 raise SystemExit(f"{name}: out of memory")
         best = {name: float("inf") for name in libs}
         for _ in range(args.rounds):
@@ -143,7 +151,7 @@ def main() -> None:
           f"(best of {args.rounds} interleaved rounds)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"pass_linears-{args.shape}-{args.rows}.json"
+        path = args.out / f"pass_linears-{args.shape}-{args.rows}{'-hot' if args.hot else ''}.json"
         path.write_text(json.dumps({"meta": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                                              if k != "out"} | {"flags": build.FLAGS},
                                     "ms": {k: v * 1e3 for k, v in best.items()}, "ratio": ratio}, indent=1))
