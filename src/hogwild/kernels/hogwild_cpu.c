@@ -1963,6 +1963,7 @@ static inline HW_AVX512BF16 void dot_rotate(const float *const *qx, int q0, int 
  * than dot_scores, for a 16-worker team 7-19 % faster (bench/attention_views.py, SmolLM2's
  * head_dim 64, 1 and 2 threads). */
 #define LANE_MIN_PAIRS 10
+#define ROW_VALUES_AHEAD 32 /* a row-scored segment's values are fetched ahead below this many keys */
 
 /*
  * Scores of queries qi[q0] .. qi[q0 + QB - 1] (bf16 rows of D in qb) against the n keys at
@@ -2397,7 +2398,10 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
             for (int j = 0; j < n; j++) vrow[at + j] = v0 + (size_t)j * D;
             if (amx || n_row) /* key_tiles requests its own */
                 amx_prefetch(k0, 0, n < AMX_AHEAD ? n : AMX_AHEAD, row_bytes);
-            if (!amx && !n_lane) /* and the values of what it scores (read after the softmax) */
+            /* and the values of a short one (read after the softmax): too short a stream for the
+             * hardware to follow; a long one's it does follow, and fetching all of it by hand at
+             * once held the loads up (8 x 2 runs 3-6 % slower) */
+            if (!amx && !n_lane && n < ROW_VALUES_AHEAD)
                 for (const char *p = (const char *)v0, *end = p + (size_t)n * row_bytes; p < end; p += 64)
                     _mm_prefetch(p, _MM_HINT_T1);
         }
