@@ -18,7 +18,6 @@ the engine's kernel attention plan is), so it never guesses at a plan's internal
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -179,9 +178,6 @@ class NativeDecoder:
         self.table = table
         self.num_layers = c.num_layers
         self.config = c
-        # each thread's scratch, kept between passes: a 16-row SmolLM2 pass needs 0.6 MB,
-        # which a fresh allocation per pass maps and zeroes page by page
-        self._scratch = threading.local()
         self.heads_ok = supports_attention(c.num_heads, c.num_kv_heads, c.head_dim)
 
     def __deepcopy__(self, memo: Any) -> NativeDecoder:
@@ -208,10 +204,7 @@ class NativeDecoder:
         info = PassInfo(p.rows, *(t.data_ptr() for t in (
             p.slots, p.k_cos, p.k_sin, p.row_start, p.pair_slot, p.pair_len, p.pair_cos, p.pair_sin,
         )))
-        need = int(self.lib.hw_decode_scratch(ctypes.byref(dims), p.rows))
-        scratch = getattr(self._scratch, "buffer", None)
-        if scratch is None or scratch.numel() < need:
-            scratch = self._scratch.buffer = torch.empty(need, dtype=torch.float32)
+        scratch = torch.empty(int(self.lib.hw_decode_scratch(ctypes.byref(dims), p.rows)), dtype=torch.float32)
         _, kv_heads, capacity, head_dim = p.k.shape
         with span("decode_layers"):
             rc = self.lib.hw_decode_layers(
