@@ -511,8 +511,8 @@ typedef struct {
  * meanwhile, a share each: 6-12 % faster at 16-24 rows on Zen 4. A short last row tile runs
  * first, so the fetching spans more of a group's time, and in a thread's last group the
  * tiles fetch the first group of the call that follows (`after`, NULL: none), which would
- * otherwise start cold: together 3 % faster over a 16-row SmolLM2 pass's linears (bench/
- * pass_linears.c). Ahead in a panel, further ahead or with
+ * otherwise start cold: together 1.10 x over a 16-row SmolLM2 pass's linears on Zen 4
+ * (bench/pass_linears.py). Ahead in a panel, further ahead or with
  * fewer row tiles, fetching by hand did no better than the hardware's streams, or worse.
  * Returns 0, or -1 when scratch allocation failed. */
 static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int packed, const float *b, float *y, int M,
@@ -2149,11 +2149,11 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_pv_block(con
  * what the tiles compute, per query along its keys: the scores of int8 keys times each key's
  * scale; m = the max over the keys the query sees (valid[qi]; an earlier member's lanes past
  * its own keys are left out, as masked there); e = exp(s - m) rounded to bf16 (nearest even),
- * l = the sum of the rounded e (VDPBF16PS against bf16 ones: lane i adds keys 2i + 1 and 2i of
- * each 32, 16 lanes, then reduced: an order of its own, fixed per query; one instruction where
- * widening the halves took seven); the weights for P V as bf16 pairs of keys (2t, 2t + 1) per query, pp[qi *
- * UNIT_KEYS / 2 + t], zeros past its keys up to steps * 32 (int8 values: e times each value's
- * scale before the rounding, as there). */
+ * l = the sum of the rounded e (VDPBF16PS against bf16 ones: lane i adds keys 2i and 2i + 1
+ * of each 32, 16 lanes, then reduced: an order of its own, fixed per query; one instruction
+ * where widening the halves took seven); the weights for P V as bf16 pairs of keys (2t,
+ * 2t + 1) per query, pp[qi * UNIT_KEYS / 2 + t], zeros past its keys up to steps * 32 (int8
+ * values: e times each value's scale before the rounding, as there). */
 static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int steps, const float *kscale,
                                       const float *vscale, float *ms, float *ls, uint32_t *pp) {
     for (int qi = 0; qi < nq; qi++) {
@@ -2492,9 +2492,10 @@ int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 
 /* The work items of hw_attend when hw_attend_rounds: each thread runs its items (bf16 and
  * int8 blocks alike) in its own work buffers (amx_work), on the tiles (`amx`: each thread
  * loads the tile configuration; groups in slot order, ITEMS_PER_GRAB at a time) or on the dot
- * path (groups costliest first, `order`, one group's heads at a time: a 16-worker pass has a
- * few big items, its short blocks' one last in slot order, and the thread that drew it last
- * kept the other waiting). Returns 0 or -1 (a thread's buffers could not be allocated). */
+ * path (groups costliest first, `order`, one group's heads at a time, the last threads x
+ * heads items singly: a 16-worker pass has a few big items, and the thread that drew the last
+ * group kept the other waiting). Threads take items from a shared counter. Returns 0 or -1
+ * (a thread's buffers could not be allocated). */
 static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start,
                                const int *order, int items, int H, int G, int D, int Hkv, const float *pair_cos,
                                const float *pair_sin, const void *kbase, const void *vbase, int64_t head_stride,
@@ -2502,8 +2503,9 @@ static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *
                                int amx) {
     int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : Hkv;
     /* the last items one at a time on the dot path (the cheapest, as they are ordered): a
-     * group's heads per grab keep its rows' rotations in one cache, but the thread that drew
-     * the last group kept the others waiting for up to its three heads */
+     * group's heads per grab keep its segment tables in one core's cache (every item taken
+     * singly was 7 % slower at long steps), but the thread that drew the last group kept the
+     * others waiting for up to all its heads */
     int tail = amx ? 0 : threads * Hkv, next = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -2887,11 +2889,12 @@ int64_t hw_decode_scratch(const Dims *dm, int rows) {
     return (int64_t)rows * (dm->hidden + (qd + 2 * kd) + qd + kd + kd + qd + 4 * (int64_t)dm->inter);
 }
 
-/* One layer l for the pass's rows (hw_decode_layers), attention on the pass's plan `pl`. */
+/* One layer l for the pass's rows (hw_decode_layers), attention on the pass's plan `pl`;
+ * `following`: the next layer's weights (NULL for the last), whose q/k/v the down projection
+ * fetches ahead. */
 static int decode_layer(float *x, const LayerWeights *w, const LayerWeights *following, int l, const Dims *dm,
-                        const PassInfo *ps,
-                        const AttendPlan *pl, void *k_pool, void *v_pool, int64_t layer_stride, int64_t head_stride,
-                        const Compact *pk, float *scratch) {
+                        const PassInfo *ps, const AttendPlan *pl, void *k_pool, void *v_pool, int64_t layer_stride,
+                        int64_t head_stride, const Compact *pk, float *scratch) {
     int R = ps->rows, H = dm->heads, Hkv = dm->kv_heads, D = dm->head_dim, E = dm->hidden, I = dm->inter;
     int qd = H * D, kd = Hkv * D, qkvd = qd + 2 * kd;
     float *h = scratch;                  /* [R, E] normed input */
@@ -2968,7 +2971,8 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, pk != NULL,
                          hw_attend_rounds(D, dm->kv_bf16));
     for (int l = 0; l < num_layers && rc == 0; l++)
-        rc = decode_layer(x, &layers[l], l + 1 < num_layers ? &layers[l + 1] : NULL, l, dm, ps, &pl, k_pool, v_pool, layer_stride, head_stride, pk, scratch);
+        rc = decode_layer(x, &layers[l], l + 1 < num_layers ? &layers[l + 1] : NULL, l, dm, ps, &pl, k_pool, v_pool,
+                          layer_stride, head_stride, pk, scratch);
     attend_plan_free(&pl);
     return rc;
 }
