@@ -328,9 +328,8 @@ class Run(PromptStorage, RunReadout):
         for w in active:
             for block, toks in w.pending:
                 incoming[block] = incoming.get(block, 0) + len(toks)
-        blocks = self.store.blocks
-        size = {b: blocks[b].length + incoming.get(b, 0) for w in active for b in views[w.index]}
-        return any(sum(size[b] for b in views[w.index]) > self.max_positions for w in active)
+        return any(sum(self.store.length(b) + incoming.get(b, 0) for b in views[w.index]) > self.max_positions
+                   for w in active)
 
     def _reserve(self, block: int, toks: Sequence[int]) -> None:
         self.store.reserve(block, len(toks))
