@@ -229,6 +229,36 @@ def test_dot_pairs_follow_their_order_in_either_layout() -> None:
 
 
 @needs_kernels
+def test_dot_pairs_threads_share_every_column_once(restore_threads) -> None:
+    """Threads share a call's column groups two by two, one from each end, as fast as they
+    go (pairs_linear): whatever the split comes out as, every column is computed once (an
+    accumulating call would add a column twice, a missed one keeps its old value), in its
+    order, with 1 to 5 threads, with the weights in dot pairs or plain."""
+    lib = kernels.library()
+    torch.manual_seed(12)
+    try:
+        if lib.hw_isa(3) != 3:
+            pytest.skip("no AVX512_BF16 on this CPU")
+        n, k = 1000, 64  # 63 panels: many groups for every row tile shape
+        w, b = torch.randn(n, k).to(torch.bfloat16), torch.randn(n)
+        paired = kernels.PairedBF16.pack(w)
+        x = torch.randn(16, k)
+        for threads in (1, 2, 3, 4, 5):
+            torch.set_num_threads(threads)
+            for rows in (1, 5, 16):
+                want = _dot_pairs_order(x[:rows], w, b)
+                for weight in (paired, w):
+                    for _ in range(3):
+                        assert torch.equal(kernels.linear(x[:rows].contiguous(), weight, b), want), (threads, rows)
+                        out = torch.randn(rows, n)
+                        start = out.clone()
+                        kernels.linear(x[:rows].contiguous(), weight, b, out=out, accumulate=True)
+                        assert torch.equal(out, start + want), (threads, rows)
+    finally:
+        lib.hw_isa(0)
+
+
+@needs_kernels
 def test_wrappers_refuse_bad_tensors() -> None:
     with pytest.raises(ValueError, match="fp32"):
         kernels.linear(torch.randn(2, 4, dtype=torch.float64), torch.randn(3, 4))
