@@ -21,7 +21,8 @@ import torch
 from ..models.llama import CausalLM
 from ..models.rope import Rope
 from .attention import GpuPlan, QueryGroup
-from .attention.gpu import PassShape, describe_pass, int32_tensor, target_items
+from .attention.gpu import PassShape, describe_pass, target_items
+from .attention.plan import int_tensor
 from .cache import KVStore
 
 #: decode passes up to this many rows are replayed as graphs (larger ones run eagerly)
@@ -82,7 +83,7 @@ class PassGraphs:
 
     def _fill(self, entry: _Graph, values: list[int]) -> None:
         entry.copied.synchronize()  # the previous transfer has read the host buffer
-        entry.host.copy_(int32_tensor(values))
+        entry.host.copy_(int_tensor(values))
         entry.buffer.copy_(entry.host, non_blocking=True)
         entry.copied.record()
 

@@ -11,7 +11,6 @@ tile of rows, for the rows of every run that see it (a shared prompt among them)
 
 from __future__ import annotations
 
-import array
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from ... import gpu
 from ...models.rope import Rope
 from ..cache import KVStore
-from .plan import QueryGroup, pass_pairs
+from .plan import QueryGroup, int_tensor, pass_pairs
 
 #: the shortest key chunk an item takes (shorter ones cost more in the merge than they save)
 MIN_CHUNK = 2 * gpu.BLOCK_N
@@ -132,12 +131,6 @@ def describe_pass(store: KVStore, groups: Sequence[QueryGroup], target_items: in
                      row_ptr, part_idx, num_parts)
 
 
-def int32_tensor(values: list[int]) -> torch.Tensor:
-    """A CPU int32 tensor of ``values``, built through a C array: ``torch.tensor`` on a list
-    of ten thousand ints (a big pass's table) costs most of a millisecond per pass."""
-    return torch.frombuffer(array.array("i", values), dtype=torch.int32) if values else torch.zeros(0, dtype=torch.int32)
-
-
 _SMS: dict[int, int] = {}
 
 
@@ -160,7 +153,7 @@ class GpuPlan:
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup], scale: float | None = None,
                  chunk: int | None = None):
         table = describe_pass(store, groups, target_items(store), chunk)
-        buffer = int32_tensor(table.pack()).to(store.device)
+        buffer = int_tensor(table.pack()).to(store.device)
         self.bind(store, rope, buffer, table.shape, scale)
 
     @classmethod

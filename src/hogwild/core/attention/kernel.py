@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import accumulate
 
 import torch
 
 from ... import kernels
 from ...models.rope import Rope
 from ..cache import COMPACT_SLOT, KVStore
-from .plan import QueryGroup, pass_pairs
+from .plan import QueryGroup, int_tensor, pass_pairs
 
 
 class KernelPlan(kernels.NativePassSource):
@@ -33,25 +32,15 @@ class KernelPlan(kernels.NativePassSource):
     def __init__(self, store: KVStore, rope: Rope, groups: Sequence[QueryGroup], scale: float | None = None):
         self.store = store
         expanded = pass_pairs(store, groups)
-        rows = expanded.num_rows
-        self.slots = torch.tensor(expanded.slots, dtype=torch.long)
+        self.slots = int_tensor(expanded.slots, torch.long)
         self.k_cos, self.k_sin = rope.cos_sin(expanded.k_locals)
-        # one walk over the pairs (a 16-worker pass has about 550): each pair's first slot,
-        # its keys and rotation, and the rows' first pairs
-        blocks, base = store.blocks, {}
-        counts = [0] * (rows + 1)
-        starts, lens, deltas = [], [], []
-        for r, b, d, v in expanded.pairs:
-            start = base.get(b)
-            if start is None:
-                start = base[b] = blocks[b].base
-            starts.append(start)
-            lens.append(v)
-            deltas.append(d)
-            counts[r + 1] += 1
-        self.row_start = torch.tensor(list(accumulate(counts)), dtype=torch.int32)
-        self.pair_slot = torch.tensor(starts, dtype=torch.long)
-        self.pair_len = torch.tensor(lens, dtype=torch.int32)
+        # each pair's first slot, keys and rotation (a 16-worker pass has about 550 pairs)
+        _, pair_blocks, deltas, lens = zip(*expanded.pairs) if expanded.pairs else ((),) * 4
+        blocks = store.blocks
+        base = {b: blocks[b].base for b in set(pair_blocks)}
+        self.row_start = int_tensor(expanded.row_start)
+        self.pair_slot = int_tensor([base[b] for b in pair_blocks], torch.long)
+        self.pair_len = int_tensor(lens)
         # bounds of what the pairs read and write in each pool (int8 slots less COMPACT_SLOT):
         # a pair reads at most its block's length, so the blocks' ends bound the reads
         ends = [start + blocks[b].length for b, start in base.items()]
