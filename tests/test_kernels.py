@@ -230,10 +230,11 @@ def test_dot_pairs_follow_their_order_in_either_layout() -> None:
 
 @needs_kernels
 def test_dot_pairs_threads_share_every_column_once(restore_threads) -> None:
-    """Threads share a call's column groups two by two, one from each end, as fast as they
-    go (pairs_linear): whatever the split comes out as, every column is computed once (an
-    accumulating call would add a column twice, a missed one keeps its old value), in its
-    order, with 1 to 5 threads, with the weights in dot pairs or plain."""
+    """Each thread takes its share of a call's column groups in order, then its mate's last
+    ones while the mate is still at work (pairs_linear): however the groups come out split,
+    every column is computed once (an accumulating call would add a column twice, a missed
+    one keeps its old value), in its order, with 1 to 5 threads, with the weights in dot
+    pairs or plain."""
     lib = kernels.library()
     torch.manual_seed(12)
     try:

@@ -500,39 +500,38 @@ typedef struct {
     int N, K;
 } PairsNext;
 
-/* The panels [*p0, *p1) a pair of threads shares (threads 2i and 2i + 1 of nt; an odd last
- * thread alone) among P, and whether thread t walks them from the end (the pair's second). */
-static inline int pair_panels(int P, int t, int nt, int *p0, int *p1) {
-    int first = t & ~1, two = first + 1 < nt;
-    *p0 = (int)((int64_t)P * first / nt);
-    *p1 = (int)((int64_t)P * (first + 1 + two) / nt);
-    return two && (t & 1);
+/* Thread t's own panels [*p0, *p1) of P among nt threads. */
+static inline void own_panels(int P, int t, int nt, int *p0, int *p1) {
+    *p0 = (int)((int64_t)P * t / nt);
+    *p1 = (int)((int64_t)P * (t + 1) / nt);
 }
 
 /* y [M, N] (+)= x [M, K] @ w^T + b on the dot pairs: w is either already in dot pairs
  * (`packed`) or plain [N, K] bf16, reordered here group by group into per-thread scratch.
- * Threads share the panels two by two (pair_panels): the first of a pair takes groups of NB
- * panels from the front of the pair's panels, the second from the back, each claiming one
- * group at a time from a shared count until none is left, and runs every row tile over a
- * group while its weights are in cache. The split point follows the threads' speeds: with
- * fixed halves the thread that shared its core with the system finished 0.5-1 ms of each
- * 16-row SmolLM2 pass late, the other waiting (Zen 4, 2 vCPUs); which thread computes a
- * column changes none of its bits. Tiles of 24 accumulators: one 7 x 3 or 8 x 3 tile for
+ * Each thread has its share of the panels and takes them in groups of NB, in order, running
+ * every row tile over a group while its weights are in cache; a thread done with its share
+ * takes its partner's last groups (threads 2i and 2i + 1), one at a time from the end, while
+ * the partner goes on from the front (a count of each share's unclaimed groups keeps them
+ * apart). With fixed shares the thread that shared its core with the system finished 0.5-1
+ * ms of each 16-row SmolLM2 pass late, the other waiting (Zen 4, 2 vCPUs); walking a share
+ * from the end instead made whole passes slower (the hardware's streams run ahead, and
+ * from the end they ran into done groups). Which thread computes a column changes none of
+ * its bits. Tiles of 24 accumulators: one 7 x 3 or 8 x 3 tile for
  * 7-8 rows, 6 x 4 tiles from 6 rows on (4 weight loads and 6 broadcasts per 24 products; as
  * fast as 8 x 3 and faster where 8-row tiles would leave a short one), 4 x 6 for 4-5 rows,
  * 1-3 rows x 8 panels. From three row tiles on, the first streams the group's weights from
  * memory while the others compute from cache, so those others fetch the next group into L2
  * meanwhile, a share each: 6-12 % faster at 16-24 rows on Zen 4. A short last row tile runs
  * first, so the fetching spans more of a group's time, and in a thread's last group the
- * tiles fetch the group it starts the call that follows with (`after`, NULL: none), which
- * would otherwise start cold: together 1.10 x over a 16-row SmolLM2 pass's linears on Zen 4
- * (bench/pass_linears.py). Ahead in a panel, further ahead or with
+ * tiles fetch the first group of its share of the call that follows (`after`, NULL: none),
+ * which would otherwise start cold: together 1.10 x over a 16-row SmolLM2 pass's linears on
+ * Zen 4 (bench/pass_linears.py). Ahead in a panel, further ahead or with
  * fewer row tiles, fetching by hand did no better than the hardware's streams, or worse.
  * Returns 0, or -1 when scratch allocation failed. */
 static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int packed, const float *b, float *y, int M,
                                       int N, int K, int accumulate, int threads, const PairsNext *after) {
     uint32_t *xb = (uint32_t *)malloc(sizeof(uint16_t) * (size_t)M * K);
-    int *left = (int *)malloc(sizeof(int) * (size_t)(threads / 2 + 1)); /* each pair's unclaimed groups */
+    int *left = (int *)malloc(sizeof(int) * (size_t)threads); /* each share's unclaimed groups */
     if (!xb || !left) {
         free(xb);
         free(left);
@@ -543,40 +542,38 @@ static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int pac
     int P = (N + 15) / 16;
     int mr_max = M == 7 || M == 8 ? M : M >= 6 ? 6 : M >= 4 ? 4 : M;
     int nb = mr_max >= 7 ? 3 : mr_max == 6 ? 4 : mr_max >= 4 ? 6 : 8;
-    for (int t = 0; t < threads; t += 2) {
+    for (int t = 0; t < threads; t++) {
         int q0, q1;
-        pair_panels(P, t, threads, &q0, &q1);
-        left[t / 2] = (q1 - q0 + nb - 1) / nb;
+        own_panels(P, t, threads, &q0, &q1);
+        left[t] = (q1 - q0 + nb - 1) / nb;
     }
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int q0, q1, back = pair_panels(P, t, nt, &q0, &q1);
-        int groups = (q1 - q0 + nb - 1) / nb, taken = 0;
-        int *pool = &left[t / 2];
-        if (nt != threads) { /* fewer threads than asked for: each its own panels, as pairs of one */
-            q0 = (int)((int64_t)P * t / nt), q1 = (int)((int64_t)P * (t + 1) / nt);
-            groups = (q1 - q0 + nb - 1) / nb, back = 0, pool = NULL;
-        }
+        int mate = nt == threads && (t ^ 1) < nt ? t ^ 1 : -1; /* whose last groups this thread may take */
+        int own0, own1, mate0 = 0, mate1 = 0, own_taken = 0, stolen = 0;
+        own_panels(P, t, nt, &own0, &own1);
+        if (mate >= 0) own_panels(P, mate, nt, &mate0, &mate1);
+        int own_groups = (own1 - own0 + nb - 1) / nb, mate_groups = (mate1 - mate0 + nb - 1) / nb;
         PairsJob mine = job;
         uint16_t *scratch = NULL;
-        if (!packed && q1 > q0 && !(scratch = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)nb * 16 * K))) {
+        if (!packed && !(scratch = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)nb * 16 * K))) {
 #pragma omp atomic write
             failed = 1;
         }
         for (;;) {
             if (!packed && !scratch) break;
-            int rest; /* groups nobody has claimed after this claim */
-            if (pool) {
-                rest = __atomic_sub_fetch(pool, 1, __ATOMIC_RELAXED);
-                if (rest < 0) break;
+            /* a group of this thread's share, in order, else its mate's last unclaimed one */
+            int q0, q1, gi, rest, theirs = 0;
+            if (nt == threads ? (rest = __atomic_sub_fetch(&left[t], 1, __ATOMIC_RELAXED)) >= 0
+                              : (rest = own_groups - own_taken - 1) >= 0) {
+                q0 = own0, q1 = own1, gi = own_taken++;
+            } else if (mate >= 0 && (rest = __atomic_sub_fetch(&left[mate], 1, __ATOMIC_RELAXED)) >= 0) {
+                q0 = mate0, q1 = mate1, gi = mate_groups - 1 - stolen++, theirs = 1;
             } else {
-                if (taken == groups) break;
-                rest = groups - taken - 1;
+                break;
             }
-            int gi = back ? groups - 1 - taken : taken; /* this thread's next group from its end */
-            taken++;
             int g = q0 + gi * nb, n = q1 - g < nb ? q1 - g : nb, first = g;
             if (!packed) { /* the group's panels as panels 0 .. n-1 of the scratch */
                 pairs_pack(w + (size_t)g * 16 * K, scratch, N - g * 16, K, 0, n);
@@ -586,32 +583,30 @@ static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int pac
                 mine.N = N - g * 16; /* the columns left from the group on; y's rows stay N long */
                 first = 0;
             }
-            /* the group this thread takes next if its pair partner does not (claims are
-             * counted, so both never take one group), fetched into L2 by the row tiles after the
-             * first (which stream this group's from memory), a share each, so memory keeps busy
-             * while they compute from cache */
-            int ng = back ? gi - 1 : gi + 1, next = 0;
+            /* the group this thread takes next (the next of its share, or the one before in its
+             * mate's), fetched into L2 by the row tiles after the first (which stream this
+             * group's from memory), a share each, so memory keeps busy while they compute from
+             * cache; a thread with nothing left to take fetches its share of the next call's
+             * first group instead */
+            int next = 0, ng = -1, nq0 = q0, nq1 = q1;
             int64_t KP = K / 2, lines = 0;
             const char *ahead = NULL;
-            if (packed && rest > 0 && ng >= 0 && ng < groups) {
-                int g2 = q0 + ng * nb;
-                next = q1 - g2 < nb ? q1 - g2 : nb;
+            if (!theirs && rest > 0) {
+                ng = gi + 1;
+            } else if (mate >= 0 && (theirs ? rest : __atomic_load_n(&left[mate], __ATOMIC_RELAXED)) > 0) {
+                nq0 = mate0, nq1 = mate1, ng = mate_groups - 1 - stolen;
+            }
+            if (packed && ng >= 0) {
+                int g2 = nq0 + ng * nb;
+                next = nq1 - g2 < nb ? nq1 - g2 : nb;
                 lines = (int64_t)next * KP; /* 64-byte lines: one per key pair and panel */
                 ahead = (const char *)(w + (size_t)g2 * KP * 32);
-            } else if (packed && rest <= 0 && after) {
-                /* the last group: the next call's group this thread starts with, from its end of
-                 * its panels there */
+            } else if (packed && after) {
                 int nP = (after->N + 15) / 16, n0, n1;
-                if (nt == threads) {
-                    pair_panels(nP, t, nt, &n0, &n1);
-                } else {
-                    n0 = (int)((int64_t)nP * t / nt), n1 = (int)((int64_t)nP * (t + 1) / nt);
-                }
-                int ngroups = (n1 - n0 + nb - 1) / nb, start = back && ngroups > 0 ? n0 + (ngroups - 1) * nb : n0;
-                next = n1 - start < nb ? n1 - start : nb;
-                next = next > 0 ? next : 0;
+                own_panels(nP, t, nt, &n0, &n1);
+                next = n1 - n0 < nb ? n1 - n0 : nb;
                 lines = (int64_t)next * (after->K / 2);
-                ahead = (const char *)(after->w + (size_t)start * (after->K / 2) * 32);
+                ahead = (const char *)(after->w + (size_t)n0 * (after->K / 2) * 32);
             }
             int tiles_n = (M + mr_max - 1) / mr_max, rem = M % mr_max;
             for (int r = 0; r < tiles_n; r++) {
