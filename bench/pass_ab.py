@@ -7,13 +7,17 @@ of N workers, prompts of C tokens, the combined layout) steps on the "before" li
 (``--base``'s ``hogwild_cpu.c`` and ``hogwild_quant.c``, compiled into a temporary directory
 with the flags of :mod:`hogwild.kernels.build`) and on this checkout's in turn, ``--passes``
 passes each, ``--rounds`` times: both see the same load, the same model, the same growing
-steps. A function the base library lacks is taken from this checkout's (an added kernel then
+steps. With ``--restart`` every round starts each build on a fresh engine instead (3 passes
+of warm-up, then ``--passes`` timed, the builds' order alternating), so the passes stay a
+few tokens into the steps, where ``hogwild bench`` times them (``--passes 15``: its 3 rounds
+of 5). A function the base library lacks is taken from this checkout's (an added kernel then
 counts on both sides). Prints best and median ms per pass of each and their ratios.
 
 Usage::
 
     python bench/pass_ab.py --base 543692a                      # SmolLM2, 1 run x 16 workers
     python bench/pass_ab.py --base 543692a --model qwen2.5-coder-0.5b --runs 8 --workers 2
+    python bench/pass_ab.py --base 543692a --restart --rounds 12 --passes 15
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--passes", type=int, default=5, help="timed passes per build per round")
+    ap.add_argument("--restart", action="store_true",
+                    help="a fresh engine per build and round: passes as early in the steps as the bench's")
     ap.add_argument("--out", type=Path, help="folder to write pass_ab.json into")
     args = ap.parse_args()
 
@@ -101,20 +107,30 @@ def main() -> None:
         libs = {"before": base_library(args.base, Path(tmp), current), "after": current}
         models = load_models(cfg, torch.bfloat16, torch.device("cpu"), weights=args.weights)
         prompts = run_prompts(models.config.vocab_size, args.context, args.runs, 0, 1)
-        variant = OursVariant(models, args.workers, args.context, prompts, torch.device("cpu"), shared_prefix=0)
-        variant.setup()
-        for _ in range(3):
-            variant.step()
+        def engine() -> OursVariant:
+            v = OursVariant(models, args.workers, args.context, prompts, torch.device("cpu"), shared_prefix=0)
+            v.setup()
+            for _ in range(3):
+                v.step()
+            return v
+
+        variant = None if args.restart else engine()
         stack = getattr(models.ours, "stack", None)  # the NativeDecoder, which holds its library
         times: dict[str, list[float]] = {name: [] for name in libs}
         load = os.getloadavg()[0]
         try:
-            for _ in range(args.rounds):
-                for name, lib in libs.items():
+            for r in range(args.rounds):
+                order = list(libs.items())
+                for name, lib in order if not args.restart or r % 2 == 0 else order[::-1]:
                     build._lib = lib
                     if stack is not None and hasattr(stack, "lib"):
                         stack.lib = lib
-                    variant.step()  # the switch's first pass is not timed
+                    if args.restart:
+                        if variant is not None:
+                            variant.close()
+                        variant = engine()
+                    else:
+                        variant.step()  # the switch's first pass is not timed
                     for _ in range(args.passes):
                         start = time.perf_counter()
                         variant.step()
@@ -135,7 +151,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
         meta.update(flags=build.FLAGS, load_average=[load, os.getloadavg()[0]])
-        path = args.out / f"pass_ab-{args.model}-{args.runs}x{args.workers}.json"
+        path = args.out / f"pass_ab-{args.model}-{args.runs}x{args.workers}{'-restart' if args.restart else ''}.json"
         path.write_text(json.dumps({"meta": meta, "results": result, "ratio_best": ratio_best,
                                     "ratio_median": ratio_median}, indent=1))
         print(f"wrote {path}")
