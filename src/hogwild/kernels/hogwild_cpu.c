@@ -1848,7 +1848,7 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 __m512 exp16_nonposit
 /* Work buffers of tile_group, sized for head_dim up to MAX_D (the dot path uses them in its
  * own layout: qt queries as rows, st scores query-major, pt weight pairs per query). */
 typedef struct {
-    float *qf;      /* each query's P V row [AMX_MAX_Q, D] fp32 */
+    float *qf;      /* each query's P V row [AMX_MAX_Q, D] fp32 (the tiles'; the dot path writes its sums in place) */
     float *st;      /* scores, key-major [UNIT_KEYS + 16][AMX_MAX_Q] (a segment's last tile may
                        spill 15 rows past the unit) */
     uint16_t *qt;   /* query B tiles [3][D/32][16 rows x 32] */
@@ -2169,7 +2169,7 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void value_pairs(cons
 static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_pv_block(const uint32_t *pp, const uint16_t *vt,
                                                                              const uint16_t *const *vrow, int count,
                                                                              int steps, int DT, int q0, int dt0,
-                                                                             float *qf, int D, int QB, int ND) {
+                                                                             float *const *out, int QB, int ND) {
     __m512 a[4][4];
     const uint32_t *pw[4];
     for (int i = 0; i < QB; i++) {
@@ -2193,7 +2193,7 @@ static inline __attribute__((always_inline)) HW_AVX512BF16 void dot_pv_block(con
             }
         }
     for (int i = 0; i < QB; i++)
-        for (int c = 0; c < ND; c++) _mm512_storeu_ps(qf + (size_t)(q0 + i) * D + (size_t)(dt0 + c) * 16, a[i][c]);
+        for (int c = 0; c < ND; c++) _mm512_storeu_ps(out[q0 + i] + (size_t)(dt0 + c) * 16, a[i][c]);
 }
 
 /* The softmax of the dot path over a unit's scores (query-major rows of st, DOT_ROW each),
@@ -2253,12 +2253,13 @@ static HW_AVX512BF16 void dot_softmax(float *st, int nq, const int *valid, int s
 }
 
 #define DOT_PV(QB, ND) \
-    case QB * 8 + ND: dot_pv_block(pp, vt, vrow, count, steps, DT, q0, dt0, qf, D, QB, ND); break;
+    case QB * 8 + ND: dot_pv_block(pp, vt, vrow, count, steps, DT, q0, dt0, out, QB, ND); break;
 
-/* acc = P V for all nq queries of an item: blocks of 4 queries x 4 (or 2) 16-dim blocks; the
- * value pairs from vt (filled by the caller) or, vt NULL, made on the way. */
+/* acc = P V for all nq queries of an item, query qi's D sums to out[qi] (its row of the
+ * units' partial results: written there once, not copied): blocks of 4 queries x 4 (or 2)
+ * 16-dim blocks; the value pairs from vt (filled by the caller) or, vt NULL, made on the way. */
 static HW_AVX512BF16 void dot_pv(const uint32_t *pp, const uint16_t *vt, const uint16_t *const *vrow, int count,
-                                 int steps, int DT, int nq, float *qf, int D) {
+                                 int steps, int DT, int nq, float *const *out) {
     for (int q0 = 0; q0 < nq; q0 += 4) {
         int qb = nq - q0 < 4 ? nq - q0 : 4;
         for (int dt0 = 0; dt0 < DT; dt0 += 4) {
@@ -2522,16 +2523,20 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
                 _mm512_storeu_si512(tile, lo);
                 _mm512_storeu_si512(tile + 512, hi);
             }
-    /* acc = P V, four 16-dim tiles at a time over the unit's 32-key steps */
-    if (!amx)
-        dot_pv((const uint32_t *)w->pt, fill_vt ? w->vt : NULL, vrow, count, steps, DT, nq, w->qf, D);
-    else
-        amx_pv(w, nqt, steps, DT, D);
+    /* acc = P V, four 16-dim tiles at a time over the unit's 32-key steps, into each query's
+     * row of `part` (the dot path's stores; the tiles' go through qf) */
+    float *acc[AMX_MAX_Q];
     for (int qi = 0; qi < nq; qi++) {
         float *base = part + per * ((size_t)members[qi / G].unit * Hkv + kh);
         base[qi % G] = ms[qi];
         base[G + qi % G] = ls[qi];
-        memcpy(base + 2 * G + (size_t)(qi % G) * D, w->qf + (size_t)qi * D, (size_t)D * sizeof(float));
+        acc[qi] = base + 2 * G + (size_t)(qi % G) * D;
+    }
+    if (!amx) {
+        dot_pv((const uint32_t *)w->pt, fill_vt ? w->vt : NULL, vrow, count, steps, DT, nq, acc);
+    } else {
+        amx_pv(w, nqt, steps, DT, D);
+        for (int qi = 0; qi < nq; qi++) memcpy(acc[qi], w->qf + (size_t)qi * D, (size_t)D * sizeof(float));
     }
 }
 
