@@ -515,10 +515,10 @@ static inline void own_panels(int P, int t, int nt, int *p0, int *p1) {
  * apart). With fixed shares one thread (the OpenMP worker) finished 0.5-1 ms of each 16-row
  * SmolLM2 pass late, the other waiting (Zen 4, 2 vCPUs); walking a share from the end
  * instead made whole passes slower (the hardware's streams run ahead, and from the end they
- * ran into done groups). Which thread computes a column changes none of its bits. Tiles of 24 accumulators: one 7 x 3 or 8 x 3 tile for
- * 7-8 rows, 6 x 4 tiles from 6 rows on (4 weight loads and 6 broadcasts per 24 products; as
- * fast as 8 x 3 and faster where 8-row tiles would leave a short one), 4 x 6 for 4-5 rows,
- * 1-3 rows x 8 panels. From three row tiles on, the first streams the group's weights from
+ * ran into done groups). Which thread computes a column changes none of its bits.
+ * Tiles of 24 accumulators: one 7 x 3 or 8 x 3 tile for 7-8 rows, 6 x 4 tiles from 6 rows
+ * on (4 weight loads and 6 broadcasts per 24 products; as fast as 8 x 3 and faster where
+ * 8-row tiles would leave a short one), 4 x 6 for 4-5 rows, 1-3 rows x 8 panels. From three row tiles on, the first streams the group's weights from
  * memory while the others compute from cache, so those others fetch the next group into L2
  * meanwhile, a share each: 6-12 % faster at 16-24 rows on Zen 4. A short last row tile runs
  * first, so the fetching spans more of a group's time, and in a thread's last group the
