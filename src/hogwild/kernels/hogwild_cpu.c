@@ -516,16 +516,17 @@ static inline void own_panels(int P, int t, int nt, int *p0, int *p1) {
  * SmolLM2 pass late, the other waiting (Zen 4, 2 vCPUs); walking a share from the end
  * instead made whole passes slower (the hardware's streams run ahead, and from the end they
  * ran into done groups). Which thread computes a column changes none of its bits.
- * Tiles of 24 accumulators: one 7 x 3 or 8 x 3 tile for 7-8 rows, 6 x 4 tiles from 6 rows
- * on (4 weight loads and 6 broadcasts per 24 products; as fast as 8 x 3 and faster where
- * 8-row tiles would leave a short one), 4 x 6 for 4-5 rows, 1-3 rows x 8 panels. From three row tiles on, the first streams the group's weights from
- * memory while the others compute from cache, so those others fetch the next group into L2
- * meanwhile, a share each: 6-12 % faster at 16-24 rows on Zen 4. A short last row tile runs
- * first, so the fetching spans more of a group's time, and in a thread's last group the
- * tiles fetch the first group of its share of the call that follows (`after`, NULL: none),
- * which would otherwise start cold: together 1.10 x over a 16-row SmolLM2 pass's linears on
- * Zen 4 (bench/pass_linears.py). Ahead in a panel, further ahead or with
- * fewer row tiles, fetching by hand did no better than the hardware's streams, or worse.
+ * Tiles of 24 accumulators: one 7 x 3 or 8 x 3 tile for 7-8 rows, 6 x 4 tiles from 6 rows on
+ * (4 weight loads and 6 broadcasts per 24 products; as fast as 8 x 3 and faster where 8-row
+ * tiles would leave a short one), 4 x 6 for 4-5 rows, 1-3 rows x 8 panels. From three row
+ * tiles on, the first streams the group's weights from memory while the others compute from
+ * cache, so those others fetch the next group into L2 meanwhile, a share each: 6-12 % faster
+ * at 16-24 rows on Zen 4. A short last row tile runs first, so the fetching spans more of a
+ * group's time, and in a thread's last group the tiles fetch the first group of its share of
+ * the call that follows (`after`, NULL: none), which would otherwise start cold: together 1.10
+ * x over a 16-row SmolLM2 pass's linears on Zen 4 (bench/pass_linears.py). Ahead in a panel,
+ * further ahead or with fewer row tiles, fetching by hand did no better than the hardware's
+ * streams, or worse.
  * Returns 0, or -1 when scratch allocation failed. */
 static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int packed, const float *b, float *y, int M,
                                       int N, int K, int accumulate, int threads, const PairsNext *after) {
