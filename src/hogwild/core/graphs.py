@@ -20,9 +20,9 @@ import torch
 
 from ..models.llama import CausalLM
 from ..models.rope import Rope
+from ..tensors import int_tensor
 from .attention import GpuPlan, QueryGroup
 from .attention.gpu import PassShape, describe_pass, target_items
-from .attention.plan import int_tensor
 from .cache import KVStore
 
 #: decode passes up to this many rows are replayed as graphs (larger ones run eagerly)

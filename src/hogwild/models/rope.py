@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..tensors import int_tensor
 from .config import ModelConfig
 
 
@@ -67,7 +68,7 @@ class Rope:
         if top >= self._cos.shape[0]:
             size = max(1024, 2 * top + 2)
             self._cos, self._sin = self._angles(torch.arange(size, device=self.inv_freq.device))
-        index = torch.tensor(positions, device=self.inv_freq.device)
+        index = int_tensor(positions, torch.long).to(self.inv_freq.device)
         return self._cos.index_select(0, index), self._sin.index_select(0, index)
 
 

@@ -19,8 +19,9 @@ import torch
 
 from ... import gpu
 from ...models.rope import Rope
+from ...tensors import int_tensor
 from ..cache import KVStore
-from .plan import QueryGroup, int_tensor, pass_pairs
+from .plan import QueryGroup, pass_pairs
 
 #: the shortest key chunk an item takes (shorter ones cost more in the merge than they save)
 MIN_CHUNK = 2 * gpu.BLOCK_N

@@ -9,8 +9,9 @@ import torch
 
 from ... import kernels
 from ...models.rope import Rope
+from ...tensors import int_tensor
 from ..cache import COMPACT_SLOT, KVStore
-from .plan import QueryGroup, int_tensor, pass_pairs
+from .plan import QueryGroup, pass_pairs
 
 
 class KernelPlan(kernels.NativePassSource):

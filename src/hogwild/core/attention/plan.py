@@ -6,11 +6,8 @@ and the reference oracle agree on semantics by construction; see docs/architectu
 
 from __future__ import annotations
 
-import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
 
 from ..cache import KVStore
 
@@ -89,11 +86,3 @@ def pass_pairs(store: KVStore, groups: Sequence[QueryGroup]) -> PassPairs:
     row_start.append(len(pairs))
     return PassPairs(slots, k_locals, pairs, row, row_start)
 
-
-def int_tensor(values: Sequence[int], dtype: torch.dtype = torch.int32) -> torch.Tensor:
-    """A CPU int32 or int64 tensor of ``values``, built through a C array: ``torch.tensor``
-    on a list costs 4 x as much (30 us for a 16-worker pass's 550 pairs; most of a
-    millisecond for a big pass's GPU table)."""
-    if not values:
-        return torch.zeros(0, dtype=dtype)
-    return torch.frombuffer(array.array("i" if dtype == torch.int32 else "q", values), dtype=dtype)
