@@ -36,6 +36,7 @@ from .. import kernels
 from ..errors import InvalidRequestError
 from ..models.llama import CausalLM
 from ..models.rope import Rope
+from ..tensors import int_tensor
 from .attention import FastPlan, GpuPlan, KernelPlan, QueryGroup, ReferencePlan
 from .cache import KVStore, PoolFullError, kv_setting
 from .events import Event
@@ -239,8 +240,8 @@ class Batch:
         device = self.model.device
         # every row's logits (a decode pass of workers): no selection to make
         rows = None if len(logit_rows) == len(ids) and logit_rows == list(range(len(ids))) else (
-            torch.tensor(logit_rows, device=device))
-        return self.model(torch.tensor(ids, device=device), plan, rows)
+            int_tensor(logit_rows, torch.long).to(device))
+        return self.model(int_tensor(ids, torch.long).to(device), plan, rows)
 
     def step(self, runs: Sequence[Run] | None = None,
              force: dict[Run, dict[int, int]] | None = None) -> dict[Run, list[Event]]:

@@ -85,4 +85,3 @@ def pass_pairs(store: KVStore, groups: Sequence[QueryGroup]) -> PassPairs:
             row += 1
     row_start.append(len(pairs))
     return PassPairs(slots, k_locals, pairs, row, row_start)
-
