@@ -34,6 +34,7 @@ import torch
 from ..errors import HogwildError, InvalidRequestError
 from ..models.config import ModelConfig
 from ..models.rope import Rope, rotate
+from ..tensors import huge_empty
 
 
 #: ``--kv``: how the store keeps keys and values. "auto": in the model's dtype; "fp32",
@@ -55,6 +56,14 @@ def kv_setting(mode: str, model_dtype: torch.dtype) -> tuple[torch.dtype, bool]:
     check_kv(mode)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(mode, model_dtype)
     return dtype, mode == "int8"
+
+
+def pool_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed pool tensor; on the CPU on huge pages (:func:`hogwild.tensors.huge_empty`): a
+    pass reads keys and values scattered over tens of megabytes."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return huge_empty(shape, dtype).zero_()
 
 
 class PoolFullError(HogwildError):
@@ -157,7 +166,7 @@ class Pool:
                     f"wait for running runs to finish or raise the limit")
             new = min(new, limit)
         for name, t in self.t.items():
-            bigger = torch.zeros(t.shape[:2] + (new,) + t.shape[3:], dtype=t.dtype, device=t.device)
+            bigger = pool_zeros(t.shape[:2] + (new,) + t.shape[3:], t.dtype, t.device)
             bigger[:, :, :old] = t
             self.t[name] = bigger
         self.release(old, new - old)
@@ -186,7 +195,7 @@ class KVStore:
         L, H, D = config.num_layers, config.num_kv_heads, config.head_dim
 
         def zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:
-            return torch.zeros(shape, dtype=dtype, device=self.device)
+            return pool_zeros(shape, dtype, self.device)
 
         self.full = Pool({"k": zeros(L, H, capacity, D, dtype=dtype), "v": zeros(L, H, capacity, D, dtype=dtype)})
         self.compact: Pool | None = None

@@ -15,6 +15,7 @@ import torch
 from torch.autograd import profiler as _autograd_profiler
 
 from .build import declare, library, status
+from ..tensors import huge_empty
 
 #: The most rows a pass may have for the native path: the one row limit of hogwild's CPU
 #: kernels. KernelLinear, NativeDecoder and the engine's choice of KernelPlan all follow it,
@@ -156,7 +157,7 @@ class PairedBF16:
               "only a contiguous bf16 [N, K] weight goes into dot pairs")
         n, k = weight.shape
         _need(k % 32 == 0 and k > 0 and n > 0, "dot pairs need K a multiple of 32")
-        data = torch.empty(-(-n // 16) * 16 * k, dtype=torch.bfloat16)
+        data = huge_empty((-(-n // 16) * 16 * k,), torch.bfloat16)  # read whole every pass
         lib.hw_pack_pairs(weight.data_ptr(), data.data_ptr(), n, k, threads())
         return cls(data, n, k)
 

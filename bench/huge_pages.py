@@ -1,0 +1,119 @@
+"""Whole decode passes with the weights and KV pools on small pages against huge pages.
+
+One process loads the model twice, once with ``HOGWILD_HUGE_PAGES=0`` (every buffer on the
+4 KiB pages ``torch.empty`` gives) and once with huge pages on (the packed weights, quantized
+blocks and KV pools through :func:`hogwild.tensors.huge_empty`), then steps fresh engines (a
+bench variant: R runs of N workers, prompts of C tokens, the combined layout) of the two in
+turn, ``--rounds`` times: 3 passes of warm-up, then ``--passes`` timed, the order
+alternating, so both see the same load on a shared machine. Prints best and median ms per
+pass of each and their ratio, and how much of the process the kernel gave huge pages
+(``AnonHugePages``; 0 where transparent huge pages are off).
+
+Usage::
+
+    python bench/huge_pages.py                                   # SmolLM2, 1 run x 16 workers
+    python bench/huge_pages.py --model qwen2.5-coder-0.5b --runs 8 --workers 2 --rounds 6
+    python bench/huge_pages.py --weights q4_k --out /tmp/huge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    from hogwild.bench.config import BenchConfig
+except ImportError:  # not installed: run from a checkout
+    sys.path.insert(0, str(ROOT / "src"))
+    from hogwild.bench.config import BenchConfig
+from hogwild.bench.variants import OursVariant, load_models, run_prompts  # noqa: E402
+
+SETTINGS = {"small pages": "0", "huge pages": "1"}
+
+
+def huge_kib() -> int:
+    """KiB of this process's anonymous memory on huge pages (0 where the kernel does not say)."""
+    rollup = Path("/proc/self/smaps_rollup")
+    if not rollup.exists():
+        return 0
+    for line in rollup.read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--weights", default="bf16")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--passes", type=int, default=15, help="timed passes per setting per round")
+    ap.add_argument("--out", type=Path, help="folder to write huge_pages.json into")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    cfg = BenchConfig(model=args.model, workers=[args.workers], runs=[args.runs], contexts=[args.context],
+                      transformers=False, threads=args.threads)
+    before = os.environ.get("HOGWILD_HUGE_PAGES")
+    models, huge = {}, {}
+    try:
+        for name, value in SETTINGS.items():
+            os.environ["HOGWILD_HUGE_PAGES"] = value
+            start = huge_kib()
+            models[name] = load_models(cfg, torch.bfloat16, torch.device("cpu"), weights=args.weights)
+            huge[name] = huge_kib() - start
+        prompts = run_prompts(models["small pages"].config.vocab_size, args.context, args.runs, 0, 1)
+        times: dict[str, list[float]] = {name: [] for name in SETTINGS}
+        load = os.getloadavg()[0]
+        for r in range(args.rounds):
+            order = list(SETTINGS.items())
+            for name, value in order if r % 2 == 0 else order[::-1]:
+                os.environ["HOGWILD_HUGE_PAGES"] = value  # the engine's KV pools follow it too
+                variant = OursVariant(models[name], args.workers, args.context, prompts, torch.device("cpu"),
+                                      shared_prefix=0)
+                variant.setup()
+                for _ in range(3):
+                    variant.step()
+                for _ in range(args.passes):
+                    start = time.perf_counter()
+                    variant.step()
+                    times[name].append(time.perf_counter() - start)
+                variant.close()
+    finally:
+        if before is None:
+            os.environ.pop("HOGWILD_HUGE_PAGES", None)
+        else:
+            os.environ["HOGWILD_HUGE_PAGES"] = before
+    result = {name: dict(best_ms=min(t) * 1e3, median_ms=statistics.median(t) * 1e3, passes=len(t),
+                         model_huge_kib=huge[name]) for name, t in times.items()}
+    for name, r in result.items():
+        print(f"{name:>11}: best {r['best_ms']:.2f} ms  median {r['median_ms']:.2f} ms  ({r['passes']} passes; "
+              f"the model's load put {r['model_huge_kib'] / 1024:.0f} MiB on huge pages)")
+    small, big = result["small pages"], result["huge pages"]
+    ratio_best, ratio_median = small["best_ms"] / big["best_ms"], small["median_ms"] / big["median_ms"]
+    print(f"{args.model} ({args.weights}) {args.runs} x {args.workers}, context {args.context}, {args.threads} threads: "
+          f"small / huge {ratio_best:.3f} (best), {ratio_median:.3f} (median); load average {load:.2f}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
+        meta.update(load_average=[load, os.getloadavg()[0]])
+        path = args.out / f"huge_pages-{args.model}-{args.weights}-{args.runs}x{args.workers}.json"
+        path.write_text(json.dumps({"meta": meta, "results": result, "ratio_best": ratio_best,
+                                    "ratio_median": ratio_median}, indent=1))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
