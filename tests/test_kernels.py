@@ -408,14 +408,20 @@ class _BatchedPasses:
             k[:, :, shift : shift + self.SPAN] = self.k[:, :, : self.SPAN]
             v[:, :, shift : shift + self.SPAN] = self.v[:, :, : self.SPAN]
         slots = torch.tensor([self.own_start[r] + self.own_len[r] - 1 + shift for r in order])
+        # rotation tables holding the rows' key angles, then their pairs' query angles, in
+        # reverse so that an index, not the row order, must pick them
         k_cos, k_sin = self._cos_sin(self.key_angles[order])
         q_cos, q_sin = self._cos_sin(self.query_angles[order].reshape(-1, self.d // 2))
+        cos, sin = torch.cat((k_cos, q_cos)).flip(0).contiguous(), torch.cat((k_sin, q_sin)).flip(0).contiguous()
+        top = cos.shape[0] - 1
         native = kernels.NativePass(
-            slots=slots, k_cos=k_cos, k_sin=k_sin,
+            slots=slots, rope_cos=cos, rope_sin=sin,
+            k_at=torch.tensor([top - r for r in range(len(order))], dtype=torch.int32),
             row_start=torch.arange(0, 3 * len(order) + 1, 3, dtype=torch.int32),
             pair_slot=torch.tensor([start + shift for r in order for start, _ in self.pairs[r]]),
             pair_len=torch.tensor([n for r in order for _, n in self.pairs[r]], dtype=torch.int32),
-            pair_cos=q_cos, pair_sin=q_sin, k=k, v=v, scale=1 / math.sqrt(self.d),
+            pair_at=torch.tensor([top - len(order) - p for p in range(3 * len(order))], dtype=torch.int32),
+            k=k, v=v, scale=1 / math.sqrt(self.d),
         )
         x = self.x[order].clone()
         assert self.model.stack.run(x, _GivenPass(native))

@@ -1200,21 +1200,34 @@ static float q8_vector(const float *x, int8_t *q, int D) {
     return s;
 }
 
+/* Rotations (cos and sin rows of D floats, rope_row's layout) by index: row p is row at[p] of
+ * the tables, or row p itself when `at` is NULL. The native decoder passes the rotary tables
+ * and each pass's positions (hogwild.kernels.native.NativePass), so no per-pass copy of cos and
+ * sin rows is made; hw_attend and hw_store_kv take the rows themselves. */
+typedef struct {
+    const float *cos, *sin;
+    const int32_t *at;
+} Rot;
+
+static inline const float *rot_row(const float *table, const int32_t *at, int p, int D) {
+    return table + (size_t)(at ? at[p] : p) * D;
+}
+
 /* Write this pass's keys (rotated at their local positions) and values into the pool.
  * k, v [R, Hkv, D] fp32; slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
  * capacity * D elements), fp32 or bf16. A slot at or above COMPACT_SLOT goes to layer `layer`
  * of the int8 part `pk`, quantized per vector (q8_vector). Returns 0, or -2 when D >
  * STORE_MAX_D or a compact slot comes without an int8 part. */
 #define STORE_MAX_D 1024
-int hw_store_kv(const float *k, const float *v, const int64_t *slots, const float *kcos, const float *ksin,
-                void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk,
-                int layer) {
+static int store_kv(const float *k, const float *v, const int64_t *slots, const Rot *kr_rot, void *kpool, void *vpool,
+                    int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk, int layer) {
     float tmp[STORE_MAX_D];
     if (D > STORE_MAX_D) return -2;
     for (int r = 0; r < R; r++) {
+        const float *kc = rot_row(kr_rot->cos, kr_rot->at, r, D), *ks = rot_row(kr_rot->sin, kr_rot->at, r, D);
         for (int h = 0; h < Hkv; h++) {
             const float *kr = k + ((size_t)r * Hkv + h) * D, *vr = v + ((size_t)r * Hkv + h) * D;
-            rope_row(kr, kcos + (size_t)r * D, ksin + (size_t)r * D, tmp, D, 1.0f);
+            rope_row(kr, kc, ks, tmp, D, 1.0f);
             if (slots[r] >= COMPACT_SLOT) {
                 if (!pk) return -2;
                 size_t line = ((size_t)layer * Hkv + h) * (size_t)pk->capacity + (size_t)(slots[r] - COMPACT_SLOT);
@@ -1236,6 +1249,13 @@ int hw_store_kv(const float *k, const float *v, const int64_t *slots, const floa
         }
     }
     return 0;
+}
+
+int hw_store_kv(const float *k, const float *v, const int64_t *slots, const float *kcos, const float *ksin,
+                void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk,
+                int layer) {
+    Rot rot = {kcos, ksin, NULL};
+    return store_kv(k, v, slots, &rot, kpool, vpool, head_stride, bf16, R, Hkv, D, pk, layer);
 }
 
 #define UNIT_KEYS 256 /* keys per work unit: long blocks are split so all threads get work */
@@ -1628,9 +1648,9 @@ static inline void from_eo32(const float *src, float *dst, int D) {
  * is read (and converted from bf16) once for all of them. Writes every member's unnormalised
  * partial result into its own slot of `part`: max score m, weight sum l, weighted values. */
 static void attend_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
-                         int D, int Hkv, const float *pair_cos, const float *pair_sin, const void *kbase,
-                         const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer, float scale,
-                         float *part, size_t per) {
+                         int D, int Hkv, const Rot *rot, const void *kbase, const void *vbase,
+                         int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, float *part,
+                         size_t per) {
     float qr[MAX_Q * MAX_D], accb[MAX_Q * MAX_D]; /* rows of D floats */
     float sc[MAX_Q * CHUNK];                       /* rows of CHUNK floats */
     float kbuf[CHUNK * MAX_D], vbuf[CHUNK * MAX_D];
@@ -1643,7 +1663,7 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
     int wide = isa_now() >= 2 && D % 32 == 0; /* the AVX-512 loops (scores5_chunk, pv5_chunk; eo32 order) */
     for (int i = 0; i < nm; i++) {
         const Unit *u = &list[members[i].unit];
-        const float *c = pair_cos + (size_t)u->pair * D, *s = pair_sin + (size_t)u->pair * D;
+        const float *c = rot_row(rot->cos, rot->at, u->pair, D), *s = rot_row(rot->sin, rot->at, u->pair, D);
         for (int g = 0; g < G; g++) {
             float *row = qr + (size_t)(i * G + g) * D;
             rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, row, D, scale);
@@ -2372,7 +2392,7 @@ static HW_AMX void amx_pv(const AmxWork *w, int nqt, int steps, int DT, int D) {
  * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). With
  * `amx`, the caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
 static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
-                              int D, int Hkv, const float *pair_cos, const float *pair_sin, const uint16_t *kbase,
+                              int D, int Hkv, const Rot *rot, const uint16_t *kbase,
                               const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
                               float *part, size_t per, const AmxWork *w, int amx) {
     int nq = nm * G, nqt = (nq + AMX_Q - 1) / AMX_Q, KS = D / 32, DT = D / 16;
@@ -2407,8 +2427,8 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
         for (int mi = 0; mi < nm; mi++) {
             int pair = members[mi].nseg > sg ? members[mi].segp[sg] : -1;
             for (int g = 0; g < G; g++) {
-                qc[mi * G + g] = pair < 0 ? NULL : pair_cos + (size_t)pair * D;
-                qs[mi * G + g] = pair < 0 ? NULL : pair_sin + (size_t)pair * D;
+                qc[mi * G + g] = pair < 0 ? NULL : rot_row(rot->cos, rot->at, pair, D);
+                qs[mi * G + g] = pair < 0 ? NULL : rot_row(rot->sin, rot->at, pair, D);
             }
         }
         /* the dot path: bf16 rows of D, in natural order, for the members that read this
@@ -2554,8 +2574,8 @@ int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 
  * group kept the other waiting). Threads take items from a shared counter. Returns 0 or -1
  * (a thread's buffers could not be allocated). */
 static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start,
-                               const int *order, int items, int H, int G, int D, int Hkv, const float *pair_cos,
-                               const float *pair_sin, const void *kbase, const void *vbase, int64_t head_stride,
+                               const int *order, int items, int H, int G, int D, int Hkv, const Rot *rot,
+                               const void *kbase, const void *vbase, int64_t head_stride,
                                const Compact *pk, int layer, float scale, float *part, size_t per, int threads,
                                int amx) {
     int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : Hkv;
@@ -2577,7 +2597,7 @@ static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *
                 int gr = amx ? it / Hkv : order[it / Hkv], kh = it % Hkv;
                 int first = group_start[gr], nm = group_start[gr + 1] - first;
                 if (w)
-                    tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin,
+                    tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, rot,
                                (const uint16_t *)kbase, (const uint16_t *)vbase, head_stride, pk, layer, scale, part,
                                per, w, amx);
             }
@@ -2767,7 +2787,7 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
 /* hw_attend over a plan built for these rows and views (attend_plan, `amx` as
  * hw_attend_rounds decides); returns 0 or -1 (a thread's work buffers could not be allocated). */
 static int attend_planned(const AttendPlan *pl, const float *q, float *out, int H, int Hkv, int D,
-                          const float *pair_cos, const float *pair_sin, const void *kbase, const void *vbase,
+                          const Rot *rot, const void *kbase, const void *vbase,
                           int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, int threads) {
     int G = H / Hkv, R = pl->rows, items = pl->groups * Hkv;
     const Unit *list = pl->list;
@@ -2776,7 +2796,7 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
     float *part = pl->part;
     size_t per = pl->per;
     if (hw_attend_rounds(D, bf16)) {
-        if (tile_attends(q, list, keys, group_start, pl->order, items, H, G, D, Hkv, pair_cos, pair_sin, kbase,
+        if (tile_attends(q, list, keys, group_start, pl->order, items, H, G, D, Hkv, rot, kbase,
                          vbase, head_stride, pk, layer, scale, part, per, threads, isa_now() == 4) != 0)
             return -1;
     } else {
@@ -2784,7 +2804,7 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
-            attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, pair_cos, pair_sin, kbase, vbase, head_stride,
+            attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, rot, kbase, vbase, head_stride,
                          bf16, pk, layer, scale, part, per);
         }
     }
@@ -2855,7 +2875,8 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
     AttendPlan pl;
     int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, hw_attend_rounds(D, bf16));
     if (rc != 0) return rc;
-    rc = attend_planned(&pl, q, out, H, Hkv, D, pair_cos, pair_sin, kbase, vbase, head_stride, bf16, pk, layer,
+    Rot rot = {pair_cos, pair_sin, NULL};
+    rc = attend_planned(&pl, q, out, H, Hkv, D, &rot, kbase, vbase, head_stride, bf16, pk, layer,
                         scale, threads);
     attend_plan_free(&pl);
     return rc;
@@ -2933,11 +2954,12 @@ typedef struct {
 typedef struct {
     int rows;
     const int64_t *slots;
-    const float *k_cos, *k_sin;
+    const float *rope_cos, *rope_sin; /* the rotary tables, a row of D per position */
+    const int32_t *k_at;              /* each row's new key: its position in the tables */
     const int32_t *row_start;
     const int64_t *pair_slot;
     const int32_t *pair_len;
-    const float *pair_cos, *pair_sin;
+    const int32_t *pair_at; /* each pair's query rotation: its position in the tables */
 } PassInfo;
 
 /* Floats of scratch hw_decode_layers needs for `rows` rows. */
@@ -2995,10 +3017,10 @@ static int decode_layer(float *x, const LayerWeights *w, const LayerWeights *fol
     }
     if (w->q_norm) rmsnorm_par(q, w->q_norm, q, R * H, D, dm->eps, dm->threads);
     if (w->k_norm) rmsnorm_par(k, w->k_norm, k, R * Hkv, D, dm->eps, dm->threads);
-    if ((rc = hw_store_kv(k, v, ps->slots, ps->k_cos, ps->k_sin, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk,
-                          l)) != 0)
+    Rot key_rot = {ps->rope_cos, ps->rope_sin, ps->k_at}, query_rot = {ps->rope_cos, ps->rope_sin, ps->pair_at};
+    if ((rc = store_kv(k, v, ps->slots, &key_rot, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk, l)) != 0)
         return rc;
-    if ((rc = attend_planned(pl, q, att, H, Hkv, D, ps->pair_cos, ps->pair_sin, kl, vl, head_stride, dm->kv_bf16, pk,
+    if ((rc = attend_planned(pl, q, att, H, Hkv, D, &query_rot, kl, vl, head_stride, dm->kv_bf16, pk,
                              l, dm->scale, dm->threads)) != 0)
         return rc;
     if ((rc = linear_any(&w->o, &w->gate_up[0], split_gu ? I : 2 * I, E, att, x, R, E, qd, 1, t)) != 0) return rc;

@@ -37,17 +37,19 @@ class NativePass:
     stored keys each row attends to with which query rotation, and the store itself.
 
     Row r owns pairs ``row_start[r]:row_start[r+1]``; pair p reads keys at pool slots
-    ``pair_slot[p] .. + pair_len[p] - 1``. The producer guarantees every slot is inside the
-    store: the C side does not check."""
+    ``pair_slot[p] .. + pair_len[p] - 1``. Rotations are rows of the rotary tables picked by
+    index (``k_at``, ``pair_at``), the tables themselves being passed, not rows gathered per
+    pass. The producer guarantees every slot is inside the store and every index inside the
+    tables: the C side does not check."""
 
     slots: torch.Tensor  # int64 [rows]: pool slot of each row's new key and value
-    k_cos: torch.Tensor  # fp32 [rows, head_dim]: rotation of each row's new key
-    k_sin: torch.Tensor
+    rope_cos: torch.Tensor  # fp32 [positions, head_dim]: the rotary tables (rotate-half layout)
+    rope_sin: torch.Tensor
+    k_at: torch.Tensor  # int32 [rows]: the table row rotating each row's new key
     row_start: torch.Tensor  # int32 [rows + 1]
     pair_slot: torch.Tensor  # int64 [pairs]
     pair_len: torch.Tensor  # int32 [pairs]
-    pair_cos: torch.Tensor  # fp32 [pairs, head_dim]: rotation of the query for each pair
-    pair_sin: torch.Tensor
+    pair_at: torch.Tensor  # int32 [pairs]: the table row rotating the query of each pair
     k: torch.Tensor  # the store's keys [layers, kv_heads, capacity, head_dim], fp32 or bf16
     v: torch.Tensor  # the store's values, same shape and dtype
     scale: float  # attention score scale
@@ -100,7 +102,7 @@ _PAIRS = 1030  # bf16 in dot pairs (ops.PairedBF16): hogwild's own, hogwild_cpu.
 
 class PassInfo(ctypes.Structure):
     _fields_ = [("rows", ctypes.c_int)] + [(name, ctypes.c_void_p) for name in (
-        "slots", "k_cos", "k_sin", "row_start", "pair_slot", "pair_len", "pair_cos", "pair_sin",
+        "slots", "rope_cos", "rope_sin", "k_at", "row_start", "pair_slot", "pair_len", "pair_at",
     )]
 
 
@@ -189,9 +191,12 @@ class NativeDecoder:
         Takes passes of at most :data:`MAX_ROWS` rows from a :class:`NativePassSource` on a
         head layout the attention kernel supports; for any other pass it returns False and
         the model goes module by module."""
-        if x.shape[0] > MAX_ROWS or not self.heads_ok or not isinstance(plan, NativePassSource):
+        # the protocol's method looked up directly: isinstance on a runtime-checkable protocol
+        # walks its attributes, 25 us a pass
+        native_pass = getattr(plan, "native_pass", None)
+        if x.shape[0] > MAX_ROWS or not self.heads_ok or native_pass is None:
             return False
-        p = plan.native_pass()
+        p = native_pass()
         c = self.config
         if x.dtype != torch.float32 or not x.is_contiguous() or x.shape[0] != p.rows:
             raise ValueError("native decode needs a contiguous fp32 stream with one row per plan row")
@@ -202,7 +207,7 @@ class NativeDecoder:
             int(p.k.dtype == torch.bfloat16), threads(), c.rms_eps, p.scale,
         )
         info = PassInfo(p.rows, *(t.data_ptr() for t in (
-            p.slots, p.k_cos, p.k_sin, p.row_start, p.pair_slot, p.pair_len, p.pair_cos, p.pair_sin,
+            p.slots, p.rope_cos, p.rope_sin, p.k_at, p.row_start, p.pair_slot, p.pair_len, p.pair_at,
         )))
         scratch = torch.empty(int(self.lib.hw_decode_scratch(ctypes.byref(dims), p.rows)), dtype=torch.float32)
         _, kv_heads, capacity, head_dim = p.k.shape

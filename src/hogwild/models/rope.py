@@ -65,11 +65,18 @@ class Rope:
         top = max(positions)
         if min(positions) < 0:
             return self._angles(torch.tensor(positions, device=self.inv_freq.device))
+        cos, sin = self.tables(top)
+        index = int_tensor(positions, torch.long).to(self.inv_freq.device)
+        return cos.index_select(0, index), sin.index_select(0, index)
+
+    def tables(self, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole cos and sin tables [positions, head_dim], grown (to at least twice ``top``)
+        so that they hold position ``top``: for a consumer that picks its rows by index itself
+        (the native decoder, :class:`hogwild.kernels.NativePass`)."""
         if top >= self._cos.shape[0]:
             size = max(1024, 2 * top + 2)
             self._cos, self._sin = self._angles(torch.arange(size, device=self.inv_freq.device))
-        index = int_tensor(positions, torch.long).to(self.inv_freq.device)
-        return self._cos.index_select(0, index), self._sin.index_select(0, index)
+        return self._cos, self._sin
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
