@@ -530,15 +530,9 @@ static inline void own_panels(int P, int t, int nt, int *p0, int *p1) {
  * Returns 0, or -1 when scratch allocation failed. */
 static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int packed, const float *b, float *y, int M,
                                       int N, int K, int accumulate, int threads, const PairsNext *after) {
-    uint32_t *xb = (uint32_t *)malloc(sizeof(uint16_t) * (size_t)M * K);
     int *left = (int *)malloc(sizeof(int) * (size_t)threads); /* each share's unclaimed groups */
-    if (!xb || !left) {
-        free(xb);
-        free(left);
-        return -1;
-    }
-    dot_round_x(x, (uint16_t *)xb, M, K);
-    PairsJob job = {xb, w, b, y, M, N, K, accumulate, N};
+    if (!left) return -1;
+    PairsJob job = {NULL, w, b, y, M, N, K, accumulate, N};
     int P = (N + 15) / 16;
     int mr_max = M == 7 || M == 8 ? M : M >= 6 ? 6 : M >= 4 ? 4 : M;
     int nb = mr_max >= 7 ? 3 : mr_max == 6 ? 4 : mr_max >= 4 ? 6 : 8;
@@ -558,12 +552,19 @@ static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int pac
         int own_groups = (own1 - own0 + nb - 1) / nb, mate_groups = (mate1 - mate0 + nb - 1) / nb;
         PairsJob mine = job;
         uint16_t *scratch = NULL;
-        if (!packed && !(scratch = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)nb * 16 * K))) {
+        /* x rounded to bf16 by every thread into memory of its own: one rounding by the caller
+         * into a shared buffer was serial, and it wrote lines the other core had read in the
+         * call before, each store waiting for that core to let go of its copy (2 us a call for
+         * 16 x 576 on Zen 4, where the rounding itself takes 0.5) */
+        uint16_t *xb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)M * K);
+        if (xb) dot_round_x(x, xb, M, K);
+        mine.x = (const uint32_t *)xb;
+        if (!xb || (!packed && !(scratch = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)nb * 16 * K)))) {
 #pragma omp atomic write
             failed = 1;
         }
         for (;;) {
-            if (!packed && !scratch) break;
+            if (!xb || (!packed && !scratch)) break;
             /* a group of this thread's share, in order, else its mate's last unclaimed one */
             int q0, q1, gi, rest, theirs = 0;
             if (nt == threads ? (rest = __atomic_sub_fetch(&left[t], 1, __ATOMIC_RELAXED)) >= 0
@@ -624,8 +625,8 @@ static HW_AVX512BF16 int pairs_linear(const float *x, const uint16_t *w, int pac
             }
         }
         free(scratch);
+        free(xb);
     }
-    free(xb);
     free(left);
     return failed ? -1 : 0;
 }
@@ -1219,14 +1220,14 @@ static inline const float *rot_row(const float *table, const int32_t *at, int p,
  * of the int8 part `pk`, quantized per vector (q8_vector). Returns 0, or -2 when D >
  * STORE_MAX_D or a compact slot comes without an int8 part. */
 #define STORE_MAX_D 1024
-static int store_kv(const float *k, const float *v, const int64_t *slots, const Rot *kr_rot, void *kpool, void *vpool,
-                    int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk, int layer) {
+static int store_kv(const float *k, const float *v, size_t kv_ld, const int64_t *slots, const Rot *kr_rot, void *kpool,
+                    void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk, int layer) {
     float tmp[STORE_MAX_D];
     if (D > STORE_MAX_D) return -2;
     for (int r = 0; r < R; r++) {
         const float *kc = rot_row(kr_rot->cos, kr_rot->at, r, D), *ks = rot_row(kr_rot->sin, kr_rot->at, r, D);
         for (int h = 0; h < Hkv; h++) {
-            const float *kr = k + ((size_t)r * Hkv + h) * D, *vr = v + ((size_t)r * Hkv + h) * D;
+            const float *kr = k + (size_t)r * kv_ld + (size_t)h * D, *vr = v + (size_t)r * kv_ld + (size_t)h * D;
             rope_row(kr, kc, ks, tmp, D, 1.0f);
             if (slots[r] >= COMPACT_SLOT) {
                 if (!pk) return -2;
@@ -1255,7 +1256,7 @@ int hw_store_kv(const float *k, const float *v, const int64_t *slots, const floa
                 void *kpool, void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk,
                 int layer) {
     Rot rot = {kcos, ksin, NULL};
-    return store_kv(k, v, slots, &rot, kpool, vpool, head_stride, bf16, R, Hkv, D, pk, layer);
+    return store_kv(k, v, (size_t)Hkv * D, slots, &rot, kpool, vpool, head_stride, bf16, R, Hkv, D, pk, layer);
 }
 
 #define UNIT_KEYS 256 /* keys per work unit: long blocks are split so all threads get work */
@@ -1647,7 +1648,7 @@ static inline void from_eo32(const float *src, float *dst, int D) {
  * head: members x G query vectors against keys [slot, slot + count). Each key and value row
  * is read (and converted from bf16) once for all of them. Writes every member's unnormalised
  * partial result into its own slot of `part`: max score m, weight sum l, weighted values. */
-static void attend_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
+static void attend_group(const float *q, size_t qld, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
                          int D, int Hkv, const Rot *rot, const void *kbase, const void *vbase,
                          int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, float *part,
                          size_t per) {
@@ -1666,7 +1667,7 @@ static void attend_group(const float *q, const Unit *list, const UnitKey *member
         const float *c = rot_row(rot->cos, rot->at, u->pair, D), *s = rot_row(rot->sin, rot->at, u->pair, D);
         for (int g = 0; g < G; g++) {
             float *row = qr + (size_t)(i * G + g) * D;
-            rope_row(q + ((size_t)u->row * H + (size_t)kh * G + g) * D, c, s, row, D, scale);
+            rope_row(q + (size_t)u->row * qld + ((size_t)kh * G + g) * D, c, s, row, D, scale);
             if (eo && wide)
                 to_eo32(row, D);
             else if (eo)
@@ -2391,7 +2392,7 @@ static HW_AMX void amx_pv(const AmxWork *w, int nqt, int steps, int DT, int D) {
  * is multiplied by its key's scale after the tile product, and each weight by its value's
  * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). With
  * `amx`, the caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
-static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
+static HW_AMX void tile_group(const float *q, size_t qld, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
                               int D, int Hkv, const Rot *rot, const uint16_t *kbase,
                               const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
                               float *part, size_t per, const AmxWork *w, int amx) {
@@ -2412,7 +2413,8 @@ static HW_AMX void tile_group(const float *q, const Unit *list, const UnitKey *m
         vscale = pk->vs + line;
     }
     const float *qx[AMX_MAX_Q], *qc[AMX_MAX_Q], *qs[AMX_MAX_Q];
-    for (int qi = 0; qi < nq; qi++) qx[qi] = q + ((size_t)list[members[qi / G].unit].row * H + (size_t)kh * G + qi % G) * D;
+    for (int qi = 0; qi < nq; qi++)
+        qx[qi] = q + (size_t)list[members[qi / G].unit].row * qld + ((size_t)kh * G + qi % G) * D;
     /* per segment: its queries, then its scores S^T, 16 keys a tile, into rows at + .. of st
      * (rows are keys, lanes queries; a partial last tile spills zero-key rows that the next
      * segment overwrites). Keys are requested AMX_AHEAD ahead, values as their keys are
@@ -2573,7 +2575,7 @@ int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 
  * heads items singly: a 16-worker pass has a few big items, and the thread that drew the last
  * group kept the other waiting). Threads take items from a shared counter. Returns 0 or -1
  * (a thread's buffers could not be allocated). */
-static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *keys, const int *group_start,
+static HW_AMX int tile_attends(const float *q, size_t qld, const Unit *list, const UnitKey *keys, const int *group_start,
                                const int *order, int items, int H, int G, int D, int Hkv, const Rot *rot,
                                const void *kbase, const void *vbase, int64_t head_stride,
                                const Compact *pk, int layer, float scale, float *part, size_t per, int threads,
@@ -2597,7 +2599,7 @@ static HW_AMX int tile_attends(const float *q, const Unit *list, const UnitKey *
                 int gr = amx ? it / Hkv : order[it / Hkv], kh = it % Hkv;
                 int first = group_start[gr], nm = group_start[gr + 1] - first;
                 if (w)
-                    tile_group(q, list, keys + first, nm, kh, H, G, D, Hkv, rot,
+                    tile_group(q, qld, list, keys + first, nm, kh, H, G, D, Hkv, rot,
                                (const uint16_t *)kbase, (const uint16_t *)vbase, head_stride, pk, layer, scale, part,
                                per, w, amx);
             }
@@ -2786,7 +2788,7 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
 
 /* hw_attend over a plan built for these rows and views (attend_plan, `amx` as
  * hw_attend_rounds decides); returns 0 or -1 (a thread's work buffers could not be allocated). */
-static int attend_planned(const AttendPlan *pl, const float *q, float *out, int H, int Hkv, int D,
+static int attend_planned(const AttendPlan *pl, const float *q, size_t qld, float *out, int H, int Hkv, int D,
                           const Rot *rot, const void *kbase, const void *vbase,
                           int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, int threads) {
     int G = H / Hkv, R = pl->rows, items = pl->groups * Hkv;
@@ -2796,7 +2798,7 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
     float *part = pl->part;
     size_t per = pl->per;
     if (hw_attend_rounds(D, bf16)) {
-        if (tile_attends(q, list, keys, group_start, pl->order, items, H, G, D, Hkv, rot, kbase,
+        if (tile_attends(q, qld, list, keys, group_start, pl->order, items, H, G, D, Hkv, rot, kbase,
                          vbase, head_stride, pk, layer, scale, part, per, threads, isa_now() == 4) != 0)
             return -1;
     } else {
@@ -2804,7 +2806,7 @@ static int attend_planned(const AttendPlan *pl, const float *q, float *out, int 
         for (int it = 0; it < items; it++) {
             int gr = it / Hkv, kh = it % Hkv;
             int first = group_start[gr], nm = group_start[gr + 1] - first;
-            attend_group(q, list, keys + first, nm, kh, H, G, D, Hkv, rot, kbase, vbase, head_stride,
+            attend_group(q, qld, list, keys + first, nm, kh, H, G, D, Hkv, rot, kbase, vbase, head_stride,
                          bf16, pk, layer, scale, part, per);
         }
     }
@@ -2876,7 +2878,7 @@ int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const in
     int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, hw_attend_rounds(D, bf16));
     if (rc != 0) return rc;
     Rot rot = {pair_cos, pair_sin, NULL};
-    rc = attend_planned(&pl, q, out, H, Hkv, D, &rot, kbase, vbase, head_stride, bf16, pk, layer,
+    rc = attend_planned(&pl, q, (size_t)H * D, out, H, Hkv, D, &rot, kbase, vbase, head_stride, bf16, pk, layer,
                         scale, threads);
     attend_plan_free(&pl);
     return rc;
@@ -3002,25 +3004,33 @@ static int decode_layer(float *x, const LayerWeights *w, const LayerWeights *fol
             }
     rmsnorm_par(x, w->ln_in, h, R, E, dm->eps, dm->threads);
     int t = dm->threads, split_gu = w->gate_up[1].w != NULL;
+    size_t q_ld = (size_t)qd, kv_ld = (size_t)kd; /* floats from one row of q (of k, v) to the next */
     if (w->qkv[1].w) {
         if ((rc = linear_any(&w->qkv[0], &w->qkv[1], kd, E, h, q, R, qd, E, 0, t)) != 0) return rc;
         if ((rc = linear_any(&w->qkv[1], &w->qkv[2], kd, E, h, k, R, kd, E, 0, t)) != 0) return rc;
         if ((rc = linear_any(&w->qkv[2], NULL, 0, 0, h, v, R, kd, E, 0, t)) != 0) return rc;
     } else {
         if ((rc = linear_any(&w->qkv[0], NULL, 0, 0, h, qkv, R, qkvd, E, 0, t)) != 0) return rc;
-        for (int r = 0; r < R; r++) {
-            const float *src = qkv + (size_t)r * qkvd;
-            memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
-            memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
-            memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
+        if (!w->q_norm && !w->k_norm) {
+            /* read in place, rows qkvd apart: a copy into q, k and v ran on one thread, and
+             * its stores waited on lines the other core had read in the layer before */
+            q = qkv, k = qkv + qd, v = qkv + qd + kd;
+            q_ld = kv_ld = (size_t)qkvd;
+        } else { /* the per-head norms below take contiguous rows */
+            for (int r = 0; r < R; r++) {
+                const float *src = qkv + (size_t)r * qkvd;
+                memcpy(q + (size_t)r * qd, src, sizeof(float) * qd);
+                memcpy(k + (size_t)r * kd, src + qd, sizeof(float) * kd);
+                memcpy(v + (size_t)r * kd, src + qd + kd, sizeof(float) * kd);
+            }
         }
     }
     if (w->q_norm) rmsnorm_par(q, w->q_norm, q, R * H, D, dm->eps, dm->threads);
     if (w->k_norm) rmsnorm_par(k, w->k_norm, k, R * Hkv, D, dm->eps, dm->threads);
     Rot key_rot = {ps->rope_cos, ps->rope_sin, ps->k_at}, query_rot = {ps->rope_cos, ps->rope_sin, ps->pair_at};
-    if ((rc = store_kv(k, v, ps->slots, &key_rot, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk, l)) != 0)
+    if ((rc = store_kv(k, v, kv_ld, ps->slots, &key_rot, kl, vl, head_stride, dm->kv_bf16, R, Hkv, D, pk, l)) != 0)
         return rc;
-    if ((rc = attend_planned(pl, q, att, H, Hkv, D, &query_rot, kl, vl, head_stride, dm->kv_bf16, pk,
+    if ((rc = attend_planned(pl, q, q_ld, att, H, Hkv, D, &query_rot, kl, vl, head_stride, dm->kv_bf16, pk,
                              l, dm->scale, dm->threads)) != 0)
         return rc;
     if ((rc = linear_any(&w->o, &w->gate_up[0], split_gu ? I : 2 * I, E, att, x, R, E, qd, 1, t)) != 0) return rc;
