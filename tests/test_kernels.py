@@ -68,6 +68,17 @@ def test_argmax_rows_matches_torch(restore_threads) -> None:
                 x[3, n - 1] = math.inf
                 x[4, 0], x[4, n - 1] = math.nan, math.nan
             assert kernels.argmax_rows(x) == x.max(-1).indices.tolist(), n
+    # many wide rows on 2 and 3 threads: ties and NaNs far apart, a tie across the rows' middle
+    for threads in (2, 3):
+        torch.set_num_threads(threads)
+        x = torch.randint(-3, 4, (140, 8195), generator=gen).float()
+        x[0, :] = 0.0  # ties everywhere: the first column
+        x[1, 6000], x[1, 7000] = 9.0, 9.0  # the largest late in the row, tied there
+        x[2, 10], x[2, 8000] = 9.0, math.nan  # a NaN long after the largest
+        x[3, 5000], x[3, 8194] = math.nan, math.nan  # two NaNs: the first one
+        x[4, 4095], x[4, 4096] = 9.0, 9.0  # a tie across the middle
+        x[5, :] = -math.inf
+        assert kernels.argmax_rows(x) == x.max(-1).indices.tolist(), threads
     view = torch.randn(4, 10, generator=gen)[:, ::2]  # strided: copied first
     assert kernels.argmax_rows(view) == view.max(-1).indices.tolist()
     with pytest.raises(ValueError):
