@@ -9,11 +9,16 @@ alternating, so both see the same load on a shared machine. Prints best and medi
 pass of each and their ratio, and how much of the process the kernel gave huge pages
 (``AnonHugePages``; 0 where transparent huge pages are off).
 
+With ``--out`` it writes ``huge_pages-<model>-<weights>-<R>x<N>.json`` and a PNG of the
+same name (each setting's best and median pass); ``--plot FILE.json ...`` redraws the PNGs of
+earlier results.
+
 Usage::
 
     python bench/huge_pages.py                                   # SmolLM2, 1 run x 16 workers
     python bench/huge_pages.py --model qwen2.5-coder-0.5b --runs 8 --workers 2 --rounds 6
     python bench/huge_pages.py --weights q4_k --out /tmp/huge
+    python bench/huge_pages.py --plot docs/results/bench-cpu/huge-pages/*.json
 """
 
 from __future__ import annotations
@@ -50,6 +55,35 @@ def huge_kib() -> int:
     return 0
 
 
+def plot(path: Path) -> Path:
+    """A PNG next to a result file: best and median ms per pass on small and huge pages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    meta, results = data["meta"], data["results"]
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.38
+    for i, stat in enumerate(("best_ms", "median_ms")):
+        values = [results[n][stat] for n in names]
+        bars = ax.bar([x + (i - 0.5) * width for x in range(len(names))], values, width,
+                      label=stat.replace("_ms", " pass"))
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("ms per pass")
+    ax.set_title(f"{meta['model']} ({meta['weights']}) {meta['runs']} x {meta['workers']}, context "
+                 f"{meta['context']}: small / huge {data['ratio_median']:.3f} x (median)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -61,7 +95,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--passes", type=int, default=15, help="timed passes per setting per round")
     ap.add_argument("--out", type=Path, help="folder to write huge_pages.json into")
+    ap.add_argument("--plot", type=Path, nargs="+", help="only redraw the PNGs of these result files")
     args = ap.parse_args()
+    if args.plot:
+        for path in args.plot:
+            print(f"wrote {plot(path)}")
+        return
 
     torch.set_num_threads(args.threads)
     cfg = BenchConfig(model=args.model, workers=[args.workers], runs=[args.runs], contexts=[args.context],
@@ -107,12 +146,12 @@ def main() -> None:
           f"small / huge {ratio_best:.3f} (best), {ratio_median:.3f} (median); load average {load:.2f}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
+        meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "plot")}
         meta.update(load_average=[load, os.getloadavg()[0]])
         path = args.out / f"huge_pages-{args.model}-{args.weights}-{args.runs}x{args.workers}.json"
         path.write_text(json.dumps({"meta": meta, "results": result, "ratio_best": ratio_best,
                                     "ratio_median": ratio_median}, indent=1))
-        print(f"wrote {path}")
+        print(f"wrote {path} and {plot(path)}")
 
 
 if __name__ == "__main__":
