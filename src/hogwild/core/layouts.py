@@ -73,12 +73,13 @@ def _interleaved(s: LayoutState, w: int) -> list[int]:
 def _combined(s: LayoutState, w: int) -> list[int]:
     view = [s.prompt, *s.history]
     # a finished worker's last step is already in history; with no one else, no section
-    others = [o for o in s.others(w) if not s.is_done(o)]
+    # (built with comprehensions: every pass builds every worker's view)
+    done, current, unfinished = s.done, s.current, s.constants[UNFINISHED]
+    others = [o for o in range(len(current)) if o != w and not (done and done[o])]
     if others:
         view.append(s.constants[OTHERS_HEADER])
-    for o in others:
-        view += [s.current[o], s.constants[UNFINISHED]]
-    return view + [s.constants[OWN_HEADER], s.current[w]]
+        view += [b for o in others for b in (current[o], unfinished)]
+    return view + [s.constants[OWN_HEADER], current[w]]
 
 
 def _independent(s: LayoutState, w: int) -> list[int]:
