@@ -34,12 +34,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    from hogwild.bench.config import BenchConfig
-except ImportError:  # not installed: run from a checkout
-    sys.path.insert(0, str(ROOT / "src"))
-    from hogwild.bench.config import BenchConfig
-from hogwild.bench.variants import OursVariant, load_models, run_prompts  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+from pass_ab import fresh_engine, save_comparison, team_arguments, team_config  # noqa: E402 (a sibling script)
+
+from hogwild.bench.variants import load_models, run_prompts  # noqa: E402
 
 SETTINGS = {"small pages": "0", "huge pages": "1"}
 
@@ -86,14 +84,7 @@ def plot(path: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--weights", default="bf16")
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--context", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--passes", type=int, default=15, help="timed passes per setting per round")
+    team_arguments(ap, rounds=8, passes=15)
     ap.add_argument("--out", type=Path, help="folder to write huge_pages.json into")
     ap.add_argument("--plot", type=Path, nargs="+", help="only redraw the PNGs of these result files")
     args = ap.parse_args()
@@ -103,8 +94,7 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
-    cfg = BenchConfig(model=args.model, workers=[args.workers], runs=[args.runs], contexts=[args.context],
-                      transformers=False, threads=args.threads)
+    cfg = team_config(args)
     before = os.environ.get("HOGWILD_HUGE_PAGES")
     models, huge = {}, {}
     try:
@@ -120,11 +110,7 @@ def main() -> None:
             order = list(SETTINGS.items())
             for name, value in order if r % 2 == 0 else order[::-1]:
                 os.environ["HOGWILD_HUGE_PAGES"] = value  # the engine's KV pools follow it too
-                variant = OursVariant(models[name], args.workers, args.context, prompts, torch.device("cpu"),
-                                      shared_prefix=0)
-                variant.setup()
-                for _ in range(3):
-                    variant.step()
+                variant = fresh_engine(models[name], args, prompts)
                 for _ in range(args.passes):
                     start = time.perf_counter()
                     variant.step()
@@ -145,12 +131,8 @@ def main() -> None:
     print(f"{args.model} ({args.weights}) {args.runs} x {args.workers}, context {args.context}, {args.threads} threads: "
           f"small / huge {ratio_best:.3f} (best), {ratio_median:.3f} (median); load average {load:.2f}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "plot")}
-        meta.update(load_average=[load, os.getloadavg()[0]])
-        path = args.out / f"huge_pages-{args.model}-{args.weights}-{args.runs}x{args.workers}.json"
-        path.write_text(json.dumps({"meta": meta, "results": result, "ratio_best": ratio_best,
-                                    "ratio_median": ratio_median}, indent=1))
+        name = f"huge_pages-{args.model}-{args.weights}-{args.runs}x{args.workers}.json"
+        path = save_comparison(args, name, result, ratio_best, ratio_median, load)
         print(f"wrote {path} and {plot(path)}")
 
 

@@ -81,17 +81,50 @@ def base_library(rev: str, out_dir: Path, current: ctypes.CDLL) -> Fallback:
     return Fallback(lib, current)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="HEAD", help="git revision of the before kernels")
+def team_arguments(ap: argparse.ArgumentParser, rounds: int, passes: int) -> None:
+    """The options of a whole-pass comparison: which team of which model, and how long."""
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--weights", default="bf16")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--passes", type=int, default=5, help="timed passes per build per round")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--passes", type=int, default=passes, help="timed passes per setting per round")
+
+
+def team_config(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(model=args.model, workers=[args.workers], runs=[args.runs], contexts=[args.context],
+                       transformers=False, threads=args.threads)
+
+
+def fresh_engine(models, args: argparse.Namespace, prompts) -> OursVariant:
+    """A bench variant of ``args``' team on ``models``, set up and 3 passes in (where ``hogwild
+    bench`` starts timing)."""
+    v = OursVariant(models, args.workers, args.context, prompts, torch.device("cpu"), shared_prefix=0)
+    v.setup()
+    for _ in range(3):
+        v.step()
+    return v
+
+
+def save_comparison(args: argparse.Namespace, name: str, result: dict, ratio_best: float, ratio_median: float,
+                    load: float, **meta_extra) -> Path:
+    """``args.out``/``name``: the settings (``args`` but ``out`` and ``plot``, the load average
+    before and after, ``meta_extra``), each side's passes and the two ratios."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "plot")}
+    meta.update(meta_extra, load_average=[load, os.getloadavg()[0]])
+    path = args.out / name
+    path.write_text(json.dumps({"meta": meta, "results": result, "ratio_best": ratio_best,
+                                "ratio_median": ratio_median}, indent=1))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="HEAD", help="git revision of the before kernels")
+    team_arguments(ap, rounds=10, passes=5)
     ap.add_argument("--restart", action="store_true",
                     help="a fresh engine per build and round: passes as early in the steps as the bench's")
     ap.add_argument("--out", type=Path, help="folder to write pass_ab.json into")
@@ -101,20 +134,12 @@ def main() -> None:
     current = build.library()
     if current is None:
         raise SystemExit(f"native kernels unavailable: {build.status()}")
-    cfg = BenchConfig(model=args.model, workers=[args.workers], runs=[args.runs], contexts=[args.context],
-                      transformers=False, threads=args.threads)
+    cfg = team_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         libs = {"before": base_library(args.base, Path(tmp), current), "after": current}
         models = load_models(cfg, torch.bfloat16, torch.device("cpu"), weights=args.weights)
         prompts = run_prompts(models.config.vocab_size, args.context, args.runs, 0, 1)
-        def engine() -> OursVariant:
-            v = OursVariant(models, args.workers, args.context, prompts, torch.device("cpu"), shared_prefix=0)
-            v.setup()
-            for _ in range(3):
-                v.step()
-            return v
-
-        variant = None if args.restart else engine()
+        variant = None if args.restart else fresh_engine(models, args, prompts)
         stack = getattr(models.ours, "stack", None)  # the NativeDecoder, which holds its library
         times: dict[str, list[float]] = {name: [] for name in libs}
         load = os.getloadavg()[0]
@@ -128,7 +153,7 @@ def main() -> None:
                     if args.restart:
                         if variant is not None:
                             variant.close()
-                        variant = engine()
+                        variant = fresh_engine(models, args, prompts)
                     else:
                         variant.step()  # the switch's first pass is not timed
                     for _ in range(args.passes):
@@ -148,13 +173,8 @@ def main() -> None:
     print(f"{args.model} {args.runs} x {args.workers}, context {args.context}, {args.threads} threads, base "
           f"{args.base}: before / after {ratio_best:.3f} (best), {ratio_median:.3f} (median); load average {load:.2f}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
-        meta.update(flags=build.FLAGS, load_average=[load, os.getloadavg()[0]])
-        path = args.out / f"pass_ab-{args.model}-{args.runs}x{args.workers}{'-restart' if args.restart else ''}.json"
-        path.write_text(json.dumps({"meta": meta, "results": result, "ratio_best": ratio_best,
-                                    "ratio_median": ratio_median}, indent=1))
-        print(f"wrote {path}")
+        name = f"pass_ab-{args.model}-{args.runs}x{args.workers}{'-restart' if args.restart else ''}.json"
+        print(f"wrote {save_comparison(args, name, result, ratio_best, ratio_median, load, flags=build.FLAGS)}")
 
 
 if __name__ == "__main__":
