@@ -1,8 +1,8 @@
 """Whole decode passes with the weights and KV pools on small pages against huge pages.
 
 One process loads the model twice, once with ``HOGWILD_HUGE_PAGES=0`` (every buffer on the
-4 KiB pages ``torch.empty`` gives) and once with huge pages on (the packed weights, quantized
-blocks and KV pools through :func:`hogwild.tensors.huge_empty`), then steps fresh engines (a
+4 KiB pages ``torch.empty`` gives) and once with huge pages on (the dot-pair weights and
+the KV pools through :func:`hogwild.tensors.huge_empty`), then steps fresh engines (a
 bench variant: R runs of N workers, prompts of C tokens, the combined layout) of the two in
 turn, ``--rounds`` times: 3 passes of warm-up, then ``--passes`` timed, the order
 alternating, so both see the same load on a shared machine. Prints best and median ms per

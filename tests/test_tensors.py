@@ -12,7 +12,7 @@ import torch
 from hogwild import kernels
 from hogwild.core.cache import KVStore
 from hogwild.models.config import ModelConfig
-from hogwild.tensors import HUGE_PAGE, huge_copy, huge_empty, huge_pages_on, int_tensor
+from hogwild.tensors import HUGE_PAGE, huge_empty, huge_pages_on, int_tensor
 
 
 def thp_eligible(address: int) -> bool | None:
@@ -89,17 +89,6 @@ def test_arena_tensors_do_not_overlap_and_outlive_their_chunk():
     assert float(keep.sum()) == 0.0
     keep.add_(1.0)
     assert float(keep.mean()) == 1.0
-
-
-def test_huge_copy_keeps_values():
-    src = torch.randn(700, 512)
-    out = huge_copy(src)
-    assert out.data_ptr() != src.data_ptr() or not huge_pages_on()
-    assert torch.equal(out, src)
-    small = torch.arange(10)
-    assert huge_copy(small) is small
-    strided = torch.randn(8, 6).t()
-    assert torch.equal(huge_copy(strided), strided) and huge_copy(strided).is_contiguous()
 
 
 @needs_thp

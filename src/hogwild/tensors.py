@@ -96,10 +96,3 @@ def huge_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     raw = _arena.take(nbytes) if nbytes <= _Arena.CHUNK // 4 else _huge_mapping(nbytes)[:nbytes]
     return raw.view(dtype).view(shape)
 
-
-def huge_copy(t: torch.Tensor) -> torch.Tensor:
-    """``t``'s values on huge pages where :func:`huge_empty` would put a tensor of its size (a
-    weight that every pass streams); otherwise ``t`` made contiguous (``t`` itself if it is)."""
-    if t.device.type != "cpu" or t.numel() * t.element_size() < 256 << 10 or not huge_pages_on():
-        return t.contiguous()
-    return huge_empty(tuple(t.shape), t.dtype).copy_(t)

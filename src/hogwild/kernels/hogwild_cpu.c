@@ -1214,8 +1214,9 @@ static inline const float *rot_row(const float *table, const int32_t *at, int p,
     return table + (size_t)(at ? at[p] : p) * D;
 }
 
-/* Write this pass's keys (rotated at their local positions) and values into the pool.
- * k, v [R, Hkv, D] fp32; slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
+/* Write this pass's keys (rotated at their local positions, row r by rotation r of kr_rot)
+ * and values into the pool. k, v [R, Hkv, D] fp32, rows kv_ld floats apart (hw_store_kv:
+ * Hkv * D; the native decoder reads its fused q/k/v output in place); slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
  * capacity * D elements), fp32 or bf16. A slot at or above COMPACT_SLOT goes to layer `layer`
  * of the int8 part `pk`, quantized per vector (q8_vector). Returns 0, or -2 when D >
  * STORE_MAX_D or a compact slot comes without an int8 part. */

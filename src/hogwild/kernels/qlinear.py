@@ -20,7 +20,6 @@ from torch import nn
 
 from ..errors import HogwildError
 from ..quant.weights import QuantWeight
-from ..tensors import huge_copy
 from .build import declare, library, status
 from .ops import _need, check_rc, span, threads
 
@@ -169,9 +168,9 @@ class QuantLinear(nn.Module):
             raise HogwildError(f"format {weight.fmt.name} has no native kernel")
         if weight.data.device.type != "cpu":
             raise HogwildError("quantized linears run on CPU")
-        # the blocks are read whole every pass: on huge pages (hogwild.tensors.huge_empty)
-        weight = QuantWeight(weight.fmt, huge_copy(weight.data), weight.n, weight.k, weight.scale,
-                             weight.fix_index, weight.fix_delta)
+        if not weight.data.is_contiguous():
+            weight = QuantWeight(weight.fmt, weight.data.contiguous(), weight.n, weight.k, weight.scale,
+                                 weight.fix_index, weight.fix_delta)
         if bias is not None and bias.numel() != weight.n:
             raise HogwildError(f"bias of {bias.numel()} values for {weight.n} outputs")
         self.qweight = weight
