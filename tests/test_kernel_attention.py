@@ -192,6 +192,46 @@ def _attend_pairs(q, pairs, cos, sin, k_pool, v_pool, shift=0):
 
 
 @needs_kernels
+@pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 64), (14, 2, 64), (8, 1, 128)])
+def test_short_blocks_follow_their_ids_not_the_pool(heads, kv_heads, d, isa) -> None:
+    """A team's rows (the combined layout's markers and short steps) give the same bits when
+    the pool holds their blocks in another order, as it does when other runs share the pool:
+    the kernel takes a row's short blocks in the order of the ids it is given (``pair_key``),
+    and only by slot without them (which then changes the row's sums, so the test can fail)."""
+    torch.manual_seed(d)
+    # blocks: a prompt, a header, a marker and four workers' steps of 4-12 keys (id, keys)
+    blocks = [(0, 120), (1, 3), (2, 3), (3, 9), (4, 12), (5, 4), (6, 7)]
+    views = [[0, 1, 4, 2, 5, 2, 6, 2, 3], [0, 1, 3, 2, 5, 2, 6, 2, 4],
+             [0, 1, 3, 2, 4, 2, 6, 2, 5], [0, 1, 3, 2, 4, 2, 5, 2, 6]]
+    layouts = {"ids order": [0, 1, 2, 3, 4, 5, 6], "reversed": [0, 6, 5, 4, 3, 2, 1]}
+    values = {b: (torch.randn(kv_heads, n, d), torch.randn(kv_heads, n, d)) for b, n in blocks}
+    q = torch.randn(len(views), heads, d)
+    pairs_per_row = sum(len(v) for v in views)
+    angles = torch.rand(pairs_per_row, d // 2) * 6
+    cos, sin = torch.cat((angles.cos(),) * 2, -1), torch.cat((angles.sin(),) * 2, -1)
+    row_start = torch.tensor([0] + [sum(len(v) for v in views[: r + 1]) for r in range(len(views))], dtype=torch.int32)
+    outs = {}
+    for name, order in layouts.items():
+        slot, at = 5, {}  # odd start: other alignments too
+        for b in order:
+            at[b] = slot
+            slot += dict(blocks)[b] + 2
+        k_pool = torch.zeros(kv_heads, slot, d, dtype=torch.bfloat16)
+        v_pool = torch.zeros_like(k_pool)
+        for b, n in blocks:
+            k_pool[:, at[b] : at[b] + n], v_pool[:, at[b] : at[b] + n] = values[b][0], values[b][1]
+        slots = torch.tensor([at[b] for v in views for b in v])
+        lens = torch.tensor([dict(blocks)[b] for v in views for b in v], dtype=torch.int32)
+        key = torch.tensor([b for v in views for b in v])
+        for keyed in (True, False):
+            outs[name, keyed] = kernels.attend(q, row_start, slots, lens, cos, sin, k_pool, v_pool,
+                                               1 / math.sqrt(d), slot, pair_key=key if keyed else None)
+    assert torch.equal(outs["ids order", True], outs["reversed", True])
+    if kernels.attention_rounds(torch.zeros(1, 1, d, dtype=torch.bfloat16)):  # short blocks make units here
+        assert not torch.equal(outs["ids order", False], outs["reversed", False])
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 # head_dim 64, 128 and 96 take the AVX-512 loops where the CPU has them (96: a 32-lane value block)
 @pytest.mark.parametrize("heads,kv_heads,d", [(4, 2, 16), (9, 3, 64), (8, 1, 128), (6, 6, 72), (14, 2, 20), (6, 2, 96)])

@@ -432,6 +432,7 @@ class _BatchedPasses:
             pair_slot=torch.tensor([start + shift for r in order for start, _ in self.pairs[r]]),
             pair_len=torch.tensor([n for r in order for _, n in self.pairs[r]], dtype=torch.int32),
             pair_at=torch.tensor([top - len(order) - p for p in range(3 * len(order))], dtype=torch.int32),
+            pair_key=torch.tensor([start + shift for r in order for start, _ in self.pairs[r]]),
             k=k, v=v, scale=1 / math.sqrt(self.d),
         )
         x = self.x[order].clone()

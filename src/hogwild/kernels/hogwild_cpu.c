@@ -1216,10 +1216,11 @@ static inline const float *rot_row(const float *table, const int32_t *at, int p,
 
 /* Write this pass's keys (rotated at their local positions, row r by rotation r of kr_rot)
  * and values into the pool. k, v [R, Hkv, D] fp32, rows kv_ld floats apart (hw_store_kv:
- * Hkv * D; the native decoder reads its fused q/k/v output in place); slots [R]; pools [Hkv, capacity, D] of this layer (head_stride =
- * capacity * D elements), fp32 or bf16. A slot at or above COMPACT_SLOT goes to layer `layer`
- * of the int8 part `pk`, quantized per vector (q8_vector). Returns 0, or -2 when D >
- * STORE_MAX_D or a compact slot comes without an int8 part. */
+ * Hkv * D; the native decoder reads its fused q/k/v output in place); slots [R]; pools
+ * [Hkv, capacity, D] of this layer (head_stride = capacity * D elements), fp32 or bf16. A
+ * slot at or above COMPACT_SLOT goes to layer `layer` of the int8 part `pk`, quantized per
+ * vector (q8_vector). Returns 0, or -2 when D > STORE_MAX_D or a compact slot comes without
+ * an int8 part. */
 #define STORE_MAX_D 1024
 static int store_kv(const float *k, const float *v, size_t kv_ld, const int64_t *slots, const Rot *kr_rot, void *kpool,
                     void *vpool, int64_t head_stride, int bf16, int R, int Hkv, int D, const Compact *pk, int layer) {
@@ -1649,8 +1650,8 @@ static inline void from_eo32(const float *src, float *dst, int D) {
  * head: members x G query vectors against keys [slot, slot + count). Each key and value row
  * is read (and converted from bf16) once for all of them. Writes every member's unnormalised
  * partial result into its own slot of `part`: max score m, weight sum l, weighted values. */
-static void attend_group(const float *q, size_t qld, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
-                         int D, int Hkv, const Rot *rot, const void *kbase, const void *vbase,
+static void attend_group(const float *q, size_t qld, const Unit *list, const UnitKey *members, int nm, int kh,
+                         int H, int G, int D, int Hkv, const Rot *rot, const void *kbase, const void *vbase,
                          int64_t head_stride, int bf16, const Compact *pk, int layer, float scale, float *part,
                          size_t per) {
     float qr[MAX_Q * MAX_D], accb[MAX_Q * MAX_D]; /* rows of D floats */
@@ -2393,8 +2394,8 @@ static HW_AMX void amx_pv(const AmxWork *w, int nqt, int steps, int DT, int D) {
  * is multiplied by its key's scale after the tile product, and each weight by its value's
  * scale before it is rounded for the P V tiles (l sums the unscaled rounded weights). With
  * `amx`, the caller has loaded the tile configuration (8 tiles of 16 x 64 B). */
-static HW_AMX void tile_group(const float *q, size_t qld, const Unit *list, const UnitKey *members, int nm, int kh, int H, int G,
-                              int D, int Hkv, const Rot *rot, const uint16_t *kbase,
+static HW_AMX void tile_group(const float *q, size_t qld, const Unit *list, const UnitKey *members, int nm,
+                              int kh, int H, int G, int D, int Hkv, const Rot *rot, const uint16_t *kbase,
                               const uint16_t *vbase, int64_t head_stride, const Compact *pk, int layer, float scale,
                               float *part, size_t per, const AmxWork *w, int amx) {
     int nq = nm * G, nqt = (nq + AMX_Q - 1) / AMX_Q, KS = D / 32, DT = D / 16;
@@ -2576,9 +2577,9 @@ int hw_attend_rounds(int D, int bf16) { return isa_now() >= 3 && bf16 && D % 32 
  * heads items singly: a 16-worker pass has a few big items, and the thread that drew the last
  * group kept the other waiting). Threads take items from a shared counter. Returns 0 or -1
  * (a thread's buffers could not be allocated). */
-static HW_AMX int tile_attends(const float *q, size_t qld, const Unit *list, const UnitKey *keys, const int *group_start,
-                               const int *order, int items, int H, int G, int D, int Hkv, const Rot *rot,
-                               const void *kbase, const void *vbase, int64_t head_stride,
+static HW_AMX int tile_attends(const float *q, size_t qld, const Unit *list, const UnitKey *keys,
+                               const int *group_start, const int *order, int items, int H, int G, int D, int Hkv,
+                               const Rot *rot, const void *kbase, const void *vbase, int64_t head_stride,
                                const Compact *pk, int layer, float scale, float *part, size_t per, int threads,
                                int amx) {
     int failed = 0, grab = amx ? ITEMS_PER_GRAB(Hkv) : Hkv;
@@ -2662,15 +2663,16 @@ static int group_cost_cmp(const void *a, const void *b) {
     return x->group - y->group;
 }
 
-/* A short pair of a row as attend_plan orders them: by the keys it reads, then its place. */
+/* A short pair of a row as attend_plan orders them: by the block it reads (its pair_key: the
+ * block's id, which names it wherever the pool puts it), then its length, then its place. */
 typedef struct {
-    int64_t slot;
+    int64_t key;
     int len, pair;
 } ShortPair;
 
 static int short_pair_cmp(const void *a, const void *b) {
     const ShortPair *x = (const ShortPair *)a, *y = (const ShortPair *)b;
-    if (x->slot != y->slot) return x->slot < y->slot ? -1 : 1;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
     if (x->len != y->len) return x->len < y->len ? -1 : 1;
     return x->pair - y->pair;
 }
@@ -2681,20 +2683,26 @@ static int short_pair_cmp(const void *a, const void *b) {
  * slots without a compact part.
  *
  * On the tile unit and the dot path (tile_group), a row's pairs shorter than SHORT_KEYS (in
- * the full-precision pool) are not units of their own: ordered by the keys they read (slot,
- * then length, then their place in the view), they fill units of up to UNIT_KEYS keys, one
- * segment each, after the row's other units. A team's markers ("unfinished" after each other
- * worker's step, the section headers) and short steps then cost no work item and no partial
- * result of their own; and since softmax does not care in which order a row's keys come, the
- * order by slot makes the short units of a team's rows read the same keys (each row sees
+ * the full-precision pool) are not units of their own: ordered by the blocks they read
+ * (pair_key: the blocks' ids; NULL: their slots), then length, then their place in the view,
+ * they fill units of up to UNIT_KEYS keys, one segment each, after the row's other units. A
+ * team's markers ("unfinished" after each other worker's step, the section headers) and
+ * short steps then cost no work item and no partial result of their own; and since softmax
+ * does not care in which order a row's keys come, the order by block makes the short units
+ * of a team's rows read the same keys (each row sees
  * every worker's step and the same markers, only at other positions, so in another order):
  * they share one work item, each row's query rotated per segment for its own position, as
  * the rows sharing a prompt do. A unit whose keys begin another's (a row that sees fewer of
  * the short blocks, or a shorter last one) joins that one's work item, its lanes masked past
  * its own keys. All of it depends only on the row's own view, so a row's result stays batch
- * invariant; the masking gives the bits the unit's own item would (weights 0 add +0). */
+ * invariant; the masking gives the bits the unit's own item would (weights 0 add +0). The
+ * order is the order of the row's keys in its softmax and P V sums, so it must not come from
+ * the pool: where other runs share the pool, a run's blocks sit (and move) elsewhere, and
+ * ordered by slot a 2-worker team's answers changed with the batch (Qwen2.5-Coder-0.5B, `hogwild
+ * eval` at concurrency 1 and 8 on Zen 4); block ids follow the run's own creation order. */
 static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32_t *row_start,
-                       const int64_t *pair_slot, const int32_t *pair_len, int has_compact, int amx) {
+                       const int64_t *pair_slot, const int32_t *pair_len, const int64_t *pair_key, int has_compact,
+                       int amx) {
     int item_q = amx ? AMX_MAX_Q : MAX_Q;
     memset(pl, 0, sizeof(*pl));
     if (!has_compact)
@@ -2728,7 +2736,7 @@ static int attend_plan(AttendPlan *pl, int R, int Hkv, int G, int D, const int32
         for (int p = row_start[r]; p < row_start[r + 1]; p++) {
             int len = pair_len[p];
             if (amx && len > 0 && len < SHORT_KEYS && pair_slot[p] < COMPACT_SLOT) {
-                shorts[ns++] = (ShortPair){pair_slot[p], len, p};
+                shorts[ns++] = (ShortPair){pair_key ? pair_key[p] : pair_slot[p], len, p};
                 continue;
             }
             for (int first = 0; first < len; first += UNIT_KEYS) {
@@ -2870,19 +2878,30 @@ static int attend_planned(const AttendPlan *pl, const float *q, size_t qld, floa
  * per tile cell or dot-product lane, as invariant as the rest; on the dot path a query's
  * scores of a segment come from key tiles or from dot_scores by its own row's view
  * (LANE_KEYS, LANE_MIN_PAIRS), never by the rows it shares a work item with. */
-int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
-              const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
-              const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
-              float scale, int threads) {
+int hw_attend_keyed(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
+                    const int64_t *pair_slot, const int32_t *pair_len, const int64_t *pair_key, const float *pair_cos,
+                    const float *pair_sin, const void *kbase, const void *vbase, int64_t head_stride, int bf16,
+                    const Compact *pk, int layer, float scale, int threads) {
     if (!heads_supported(H, Hkv, D)) return -2;
     AttendPlan pl;
-    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pk != NULL, hw_attend_rounds(D, bf16));
+    int rc = attend_plan(&pl, R, Hkv, H / Hkv, D, row_start, pair_slot, pair_len, pair_key, pk != NULL,
+                         hw_attend_rounds(D, bf16));
     if (rc != 0) return rc;
     Rot rot = {pair_cos, pair_sin, NULL};
     rc = attend_planned(&pl, q, (size_t)H * D, out, H, Hkv, D, &rot, kbase, vbase, head_stride, bf16, pk, layer,
                         scale, threads);
     attend_plan_free(&pl);
     return rc;
+}
+
+/* hw_attend_keyed with short pairs ordered by slot (pair_key NULL): invariant only while a
+ * row's short blocks keep their order in the pool (bench scripts and older callers). */
+int hw_attend(const float *q, float *out, int R, int H, int Hkv, int D, const int32_t *row_start,
+              const int64_t *pair_slot, const int32_t *pair_len, const float *pair_cos, const float *pair_sin,
+              const void *kbase, const void *vbase, int64_t head_stride, int bf16, const Compact *pk, int layer,
+              float scale, int threads) {
+    return hw_attend_keyed(q, out, R, H, Hkv, D, row_start, pair_slot, pair_len, NULL, pair_cos, pair_sin, kbase,
+                           vbase, head_stride, bf16, pk, layer, scale, threads);
 }
 
 /* ------------------------------------------------------------------ whole decoder stack */
@@ -2962,7 +2981,8 @@ typedef struct {
     const int32_t *row_start;
     const int64_t *pair_slot;
     const int32_t *pair_len;
-    const int32_t *pair_at; /* each pair's query rotation: its position in the tables */
+    const int32_t *pair_at;  /* each pair's query rotation: its position in the tables */
+    const int64_t *pair_key; /* the block each pair reads, by id (attend_plan's order of short pairs) */
 } PassInfo;
 
 /* Floats of scratch hw_decode_layers needs for `rows` rows. */
@@ -3070,8 +3090,8 @@ int hw_decode_layers(float *x, const LayerWeights *layers, int num_layers, const
     if (!heads_supported(H, Hkv, D)) return -2;
     /* the views are the same in every layer: one attention plan (and partial buffer) per pass */
     AttendPlan pl;
-    int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, pk != NULL,
-                         hw_attend_rounds(D, dm->kv_bf16));
+    int rc = attend_plan(&pl, ps->rows, Hkv, H / Hkv, D, ps->row_start, ps->pair_slot, ps->pair_len, ps->pair_key,
+                         pk != NULL, hw_attend_rounds(D, dm->kv_bf16));
     for (int l = 0; l < num_layers && rc == 0; l++)
         rc = decode_layer(x, &layers[l], l + 1 < num_layers ? &layers[l + 1] : NULL, l, dm, ps, &pl, k_pool, v_pool,
                           layer_stride, head_stride, pk, scratch);

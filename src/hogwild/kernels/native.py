@@ -50,6 +50,7 @@ class NativePass:
     pair_slot: torch.Tensor  # int64 [pairs]
     pair_len: torch.Tensor  # int32 [pairs]
     pair_at: torch.Tensor  # int32 [pairs]: the table row rotating the query of each pair
+    pair_key: torch.Tensor  # int64 [pairs]: the block each pair reads, by id (the order of short blocks)
     k: torch.Tensor  # the store's keys [layers, kv_heads, capacity, head_dim], fp32 or bf16
     v: torch.Tensor  # the store's values, same shape and dtype
     scale: float  # attention score scale
@@ -102,7 +103,7 @@ _PAIRS = 1030  # bf16 in dot pairs (ops.PairedBF16): hogwild's own, hogwild_cpu.
 
 class PassInfo(ctypes.Structure):
     _fields_ = [("rows", ctypes.c_int)] + [(name, ctypes.c_void_p) for name in (
-        "slots", "rope_cos", "rope_sin", "k_at", "row_start", "pair_slot", "pair_len", "pair_at",
+        "slots", "rope_cos", "rope_sin", "k_at", "row_start", "pair_slot", "pair_len", "pair_at", "pair_key",
     )]
 
 
@@ -207,7 +208,7 @@ class NativeDecoder:
             int(p.k.dtype == torch.bfloat16), threads(), c.rms_eps, p.scale,
         )
         info = PassInfo(p.rows, *(t.data_ptr() for t in (
-            p.slots, p.rope_cos, p.rope_sin, p.k_at, p.row_start, p.pair_slot, p.pair_len, p.pair_at,
+            p.slots, p.rope_cos, p.rope_sin, p.k_at, p.row_start, p.pair_slot, p.pair_len, p.pair_at, p.pair_key,
         )))
         scratch = torch.empty(int(self.lib.hw_decode_scratch(ctypes.byref(dims), p.rows)), dtype=torch.float32)
         _, kv_heads, capacity, head_dim = p.k.shape

@@ -83,6 +83,10 @@ declare({
         _I,
         [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _P, _I, ctypes.c_float, _I],
     ),
+    "hw_attend_keyed": (
+        _I,
+        [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int64, _I, _P, _I, ctypes.c_float, _I],
+    ),
 })
 
 
@@ -337,11 +341,15 @@ def attend(
     q: torch.Tensor, row_start: torch.Tensor, pair_slot: torch.Tensor, pair_len: torch.Tensor,
     pair_cos: torch.Tensor, pair_sin: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
     scale: float, max_slot: int, compact: CompactPool | None = None, layer: int = 0, max_compact: int = 0,
+    pair_key: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of rows q [R, H, D] (fp32, un-rotated) over their view entries.
 
     Row r owns pairs row_start[r]:row_start[r+1]; pair p reads keys at pool slots
     pair_slot[p] .. + pair_len[p] - 1 with the query rotated by pair_cos/sin[p] [P, D].
+    ``pair_key`` (int64 [P]): the block each pair reads, by id; a row's short blocks are taken
+    in that order (None: by slot, which is batch invariant only while a row's short blocks keep
+    their order in the pool).
     ``max_slot``: an upper bound of the slots the pairs read (checked against the pool);
     pairs from :data:`COMPACT_SLOT` on read layer ``layer`` of the int8 pool ``compact``,
     ``max_compact`` (less COMPACT_SLOT) bounds their slots."""
@@ -353,6 +361,8 @@ def attend(
     P = pair_slot.numel()
     _need(row_start.dtype == torch.int32 and row_start.numel() == R + 1 and row_start.is_contiguous(), "row_start int32 [R+1]")
     _need(pair_slot.dtype == torch.int64 and pair_len.dtype == torch.int32 and pair_len.numel() == P, "pair arrays")
+    _need(pair_key is None or (pair_key.dtype == torch.int64 and pair_key.numel() == P and pair_key.is_contiguous()),
+          "pair_key int64 [P]")
     _need(pair_cos.shape == (P, D) and pair_sin.shape == (P, D), "pair cos/sin [P, D]")
     _need(pair_cos.dtype == torch.float32 and pair_cos.is_contiguous() and pair_sin.is_contiguous(), "pair cos/sin fp32")
     _need(max_slot <= k_pool.shape[1], "a pair reads outside the pool")
@@ -360,10 +370,11 @@ def attend(
     stride, bf16 = _pool_args(k_pool, v_pool)
     out = torch.empty_like(q)
     with span("attend"):
-        rc = lib.hw_attend(
+        rc = lib.hw_attend_keyed(
             q.data_ptr(), out.data_ptr(), R, H, Hkv, D, row_start.data_ptr(), pair_slot.data_ptr(),
-            pair_len.data_ptr(), pair_cos.data_ptr(), pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
-            stride, bf16, _compact_ref(compact, layer), layer, scale, threads(),
+            pair_len.data_ptr(), None if pair_key is None else pair_key.data_ptr(), pair_cos.data_ptr(),
+            pair_sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), stride, bf16, _compact_ref(compact, layer),
+            layer, scale, threads(),
         )
     check_rc(rc, "attend")
     return out

@@ -45,6 +45,9 @@ class KernelPlan(kernels.NativePassSource):
         self.row_start = int_tensor(expanded.row_start)
         self.pair_slot = int_tensor([base[b] for b in pair_blocks], torch.long)
         self.pair_len = int_tensor(lens)
+        # the blocks by id: the kernel orders a row's short blocks by them, never by where the
+        # pool puts them (that moves with the other runs in the pool)
+        self.pair_key = int_tensor(pair_blocks, torch.long)
         # bounds of what the pairs read and write in each pool (int8 slots less COMPACT_SLOT):
         # a pair reads at most its block's length, so the blocks' ends bound the reads
         ends = [start + blocks[b].length for b, start in base.items()]
@@ -73,7 +76,7 @@ class KernelPlan(kernels.NativePassSource):
             cos, sin = self.rope.tables(self.top)
             self._native = kernels.NativePass(
                 slots=self.slots, rope_cos=cos, rope_sin=sin, k_at=self.k_at, row_start=self.row_start,
-                pair_slot=self.pair_slot, pair_len=self.pair_len, pair_at=self.pair_at,
+                pair_slot=self.pair_slot, pair_len=self.pair_len, pair_at=self.pair_at, pair_key=self.pair_key,
                 k=store.k, v=store.v, scale=self.scale, compact=self.compact,
             )
         return self._native
@@ -110,6 +113,6 @@ class KernelPlan(kernels.NativePassSource):
         )
         out = kernels.attend(
             q.float().contiguous(), self.row_start, self.pair_slot, self.pair_len, q_cos, q_sin,
-            k_pool, v_pool, self.scale, self.max_slot, self.compact, layer, self.max_compact,
+            k_pool, v_pool, self.scale, self.max_slot, self.compact, layer, self.max_compact, self.pair_key,
         )
         return out.to(q.dtype)
