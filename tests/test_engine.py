@@ -128,3 +128,20 @@ def test_fused_projections_match(arch) -> None:
     *_, pairs = lockstep(a, b, forced_tokens(2, 6, seed=1))
     for x, y in pairs:
         assert (x - y).abs().max().item() < 1e-5
+
+
+def test_draw_follows_the_weights_and_never_draws_a_zero():
+    """The sampler's draw (inverse CDF, one uniform per token): frequencies follow the weights,
+    a zero weight is never drawn, and the same stream gives the same tokens."""
+    from collections import Counter
+
+    from hogwild.core.sampling import draw
+
+    p = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    counts = Counter(draw(p, gen) for _ in range(20000))
+    assert set(counts) == {1, 3, 4}
+    for i, weight in ((1, 0.1), (3, 0.6), (4, 0.3)):
+        assert abs(counts[i] / 20000 - weight) < 0.015
+    streams = [torch.Generator().manual_seed(7) for _ in range(2)]
+    assert [draw(p, streams[0]) for _ in range(50)] == [draw(p, streams[1]) for _ in range(50)]

@@ -56,11 +56,40 @@ class Sampler:
             return list(greedy) if greedy is not None else greedy_ids(logits)
         probs = torch.softmax(logits / self.settings.temperature, dim=-1)
         if self.settings.top_p < 1:
-            sorted_p, order = probs.sort(-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < self.settings.top_p  # always keeps the top token
-            sorted_p = sorted_p * keep
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        out = []
-        for row, w in zip(probs, workers):
-            out.append(int(torch.multinomial(row, 1, generator=self.generators[w]).item()))
-        return out
+            probs = top_p_probs(probs, self.settings.top_p)
+        return [draw(row, self.generators[w]) for row, w in zip(probs, workers)]
+
+
+def draw(p: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from the weights ``p`` [vocab] (non-negative, zeros never drawn): the first
+    whose cumulative weight exceeds one uniform draw from ``generator`` times the total
+    (inverse CDF). ``torch.multinomial`` draws an exponential for every token instead: 3 ms a
+    row of Qwen2.5's 152k tokens against 0.25, a sixth of an evaluation's time."""
+    c = p.cumsum(0)
+    u = torch.rand(1, generator=generator, device=p.device) * c[-1]
+    i = int(torch.searchsorted(c, u, right=True))
+    if i >= p.numel():  # the product rounded up to the total: the last token with weight
+        i = int((p > 0).nonzero()[-1])
+    return i
+
+
+#: Tokens :func:`top_p_probs` looks at first; the nucleus of a sampled step is nearly always
+#: far smaller.
+TOP_P_FIRST = 1024
+
+
+def top_p_probs(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` [rows, vocab] with every token outside each row's nucleus set to 0: the
+    highest-probability tokens whose sum before them is under ``top_p`` (the top token always
+    stays). The nucleus comes from the largest :data:`TOP_P_FIRST` probabilities
+    (``topk``), and from a sort of the whole row only where those do not reach ``top_p``:
+    sorting 152k probabilities per row took 2 ms of each sampled step of Qwen2.5, about a
+    sixth of an evaluation's time. The same tokens kept as the whole sort keeps (the same
+    values in the same order, summed the same way), short of ties at the nucleus' edge."""
+    k = min(TOP_P_FIRST, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)
+    keep = top.cumsum(-1) - top < top_p
+    if k < probs.shape[-1] and bool(keep[:, -1].any()):  # a row's nucleus may go on past k
+        top, order = probs.sort(-1, descending=True)
+        keep = top.cumsum(-1) - top < top_p
+    return torch.zeros_like(probs).scatter_(-1, order, top * keep)
