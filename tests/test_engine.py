@@ -145,3 +145,22 @@ def test_draw_follows_the_weights_and_never_draws_a_zero():
         assert abs(counts[i] / 20000 - weight) < 0.015
     streams = [torch.Generator().manual_seed(7) for _ in range(2)]
     assert [draw(p, streams[0]) for _ in range(50)] == [draw(p, streams[1]) for _ in range(50)]
+
+
+def test_top_p_keeps_what_a_whole_sort_keeps():
+    """top_p_probs looks at the largest 1024 probabilities first and sorts a whole row only
+    when its nucleus may go past them: either way the tokens and values a full sort keeps."""
+    from hogwild.core.sampling import TOP_P_FIRST, top_p_probs
+
+    def whole_sort(probs, top_p):
+        values, order = probs.sort(-1, descending=True)
+        keep = values.cumsum(-1) - values < top_p
+        return torch.zeros_like(probs).scatter_(-1, order, values * keep)
+
+    gen = torch.Generator().manual_seed(0)
+    for scale, top_p in ((12.0, 0.95), (4.0, 0.9), (0.5, 0.95), (12.0, 1e-6)):  # 0.5: a nucleus past 1024
+        probs = torch.softmax(torch.randn(3, 20000, generator=gen) * scale, -1)
+        kept = top_p_probs(probs, top_p)
+        assert torch.equal(kept, whole_sort(probs, top_p))
+        if scale == 0.5:
+            assert int((kept[0] > 0).sum()) > TOP_P_FIRST
