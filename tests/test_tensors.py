@@ -46,7 +46,7 @@ def test_int_tensor_values_and_dtypes():
     assert int_tensor([], torch.long).numel() == 0
 
 
-def test_huge_empty_shape_dtype_and_small_ones_stay_plain():
+def test_huge_empty_shape_dtype_and_alignment():
     t = huge_empty((3, 5), torch.float32)
     assert t.shape == (3, 5) and t.dtype == torch.float32 and t.is_contiguous()
     big = huge_empty((1536, 576), torch.bfloat16)
